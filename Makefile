@@ -1,0 +1,32 @@
+# make run: set up .venv, build the demo database if it is missing, serve the app on 127.0.0.1.
+# make test: set up .venv and run the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+DEMO_DIR ?= demo
+DEMO_DB ?= $(DEMO_DIR)/reviews.db
+
+.PHONY: run test demo clean-demo
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+$(DEMO_DB): | $(STAMP)
+	$(PY) -m rocore demo --db $(DEMO_DB) --workdir $(DEMO_DIR)
+
+demo: $(DEMO_DB)
+
+run: $(STAMP) $(DEMO_DB)
+	@echo "Serving the app at http://127.0.0.1:$(PORT) (Ctrl+C to stop)"
+	ROCORE_DB=$(DEMO_DB) $(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

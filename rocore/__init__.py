@@ -1,0 +1,1 @@
+"""rocore: the library behind the app and the CLI. No Streamlit import anywhere in it."""

@@ -1,0 +1,5 @@
+import sys
+
+from rocore.cli import main
+
+sys.exit(main())

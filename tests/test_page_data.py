@@ -1,0 +1,94 @@
+"""The Data page through Streamlit's AppTest, against a real database file."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, csv_bytes, row
+from rocore.case_import import import_cases
+from rocore.db import opened
+
+PAGE = str(ROOT / "pages" / "data.py")
+
+
+@pytest.fixture
+def page(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def case_count(db_path) -> int:
+    with opened(db_path) as conn:
+        return conn.execute("SELECT count(*) FROM cases").fetchone()[0]
+
+
+def test_app_opens_on_the_data_page(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30).run()
+    assert not at.exception
+    assert at.title[0].value == "Cases"
+
+
+def test_empty_store(page):
+    assert page.metric[0].value == "0"
+    assert "No cases yet" in page.info[0].value
+
+
+def test_upload_map_validate_and_import(page, db_path):
+    data = b"Patient ID,Dx,Rx,Beam,ICD-10\nP1,Prostate cancer,60 Gy/20,Photons,c61\nP2,GBM,60 Gy/30,IMRT,C71.1\n"
+    page.file_uploader[0].set_value(("export.csv", data, "text/csv"))
+    page.run()
+    assert not page.exception
+    mapping = {box.label.split(" ")[0]: box.value for box in page.selectbox}
+    assert mapping["case_id"] == "Patient ID" and mapping["modality"] == "(none)"
+    assert "Map every required column" in page.error[0].value
+    assert "is missing the required column 'modality'" in page.code[0].value
+
+    next(box for box in page.selectbox if box.label.startswith("modality")).select("Beam")
+    page.run()
+    assert not page.error
+    assert [m.value for m in page.metric[1:4]] == ["2", "0", "0"]
+    page.button(key="import-run").click()
+    page.run()
+    assert not page.exception
+    assert "export.csv: imported 2 new and 0 updated cases" in page.success[0].value
+    assert page.metric[0].value == "2"
+    assert case_count(db_path) == 2
+
+
+def test_invalid_file_shows_located_errors_and_cannot_be_imported(page, db_path):
+    page.file_uploader[0].set_value(("bad.csv", csv_bytes(row("P1"), row("P2", icd10="C99.9")), "text/csv"))
+    page.run()
+    assert "bad.csv: row 2: column 'icd10': 'C99.9' is not a valid ICD-10-CM code" in page.code[0].value
+    assert page.button(key="import-run").disabled
+    page.checkbox(key="import-skip").check()
+    page.run()
+    assert not page.button(key="import-run").disabled
+    page.button(key="import-run").click()
+    page.run()
+    assert "imported 1 new" in page.success[0].value
+    assert case_count(db_path) == 1
+
+
+def test_unreadable_file(page):
+    page.file_uploader[0].set_value(("empty.csv", b"", "text/csv"))
+    page.run()
+    assert page.error[0].value == "This file cannot be read."
+    assert page.code[0].value == "empty.csv: is empty; expected a header row and at least one case"
+
+
+def test_create_split_from_the_form(page, db_path):
+    with opened(db_path) as conn:
+        import_cases(conn, csv_bytes(*[row(f"P{i}", diagnosis=f"case {i}") for i in range(50)]), "f.csv")
+    page.run()
+    page.text_input[0].set_value("first")
+    page.button[0].click()  # the form's submit button
+    page.run()
+    assert not page.exception
+    assert "Created split 'first'" in page.success[0].value
+    assert any("No diagnosis text appears in two parts" in s.value for s in page.success)
+    assert page.expander[0].label.startswith("first: 50 cases")
