@@ -27,12 +27,13 @@ MODALITY_SYNONYMS: dict[str, str] = {
         "3d conformal", "conformal", "sbrt", "sabr", "srs", "srt", "stereotactic", "tomotherapy",
         "gamma knife", "cyberknife", "megavoltage", "linac", "fff",
         "4x", "6x", "10x", "15x", "18x", "6fff", "10fff", "cobalt-60", "co-60", "tbi", "isrt",
-        "wbrt", "ha-wbrt",
+        "wbrt", "ha-wbrt", "orthovoltage", "superficial x-ray", "superficial x-rays",
     )},
     **{t: "proton" for t in (
         "proton", "protons", "proton beam", "proton therapy", "protontherapy", "impt", "pbs",
-        "pencil beam", "pencil beam scanning", "pencil-beam scanning", "gyrbe", "gy(rbe)",
-        "gy rbe", "cge", "cobalt gray equivalent", "passive scatter", "double scatter",
+        "pencil beam", "pencil beam scanning", "pencil-beam scanning", "gyrbe", "gy (rbe)",
+        "gy rbe", "gy [rbe]", "gye", "gy (isoe)", "cge", "cobalt gray equivalent", "passive scatter",
+        "passive scattering", "double scatter", "double scattering",
     )},
     **{t: "electron" for t in (
         "electron", "electrons", "electron beam", "e-beam", "ebeam", "en face", "en-face",
@@ -42,14 +43,14 @@ MODALITY_SYNONYMS: dict[str, str] = {
         "brachytherapy", "brachy", "hdr", "ldr", "pdr", "hdr brachytherapy", "ldr brachytherapy",
         "seed implant", "seed implants", "seeds", "permanent seed", "i-125", "i125",
         "iodine-125", "pd-103", "pd103", "palladium-103", "ir-192", "ir192", "iridium-192",
-        "cs-131", "interstitial", "intracavitary", "tandem and ovoid", "tandem and ring",
+        "cs-131", "cesium-131", "caesium-131", "interstitial", "intracavitary", "tandem and ovoid", "tandem and ring",
         "tandem/ovoid", "tandem/ring", "vaginal cuff", "vaginal cylinder", "cylinder",
         "surface mould", "surface mold", "plaque", "electronic brachytherapy",
     )},
 }
 
-# MeV energies ("9 MeV") mark electrons; MV photon energies are written "6 MV" or "6X".
-_ENERGY = re.compile(r"\b\d+(?:\.\d+)?\s*(mev|mv)\b", re.IGNORECASE)
+# MeV energies ("9 MeV") mark electrons; photon energies are written "6 MV", "6X" or "100 kV".
+_ENERGY = re.compile(r"\b\d+(?:\.\d+)?\s*(mev|mv|kv)\b", re.IGNORECASE)
 
 
 def _separator_free(term: str) -> str:
