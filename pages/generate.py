@@ -1,0 +1,74 @@
+"""Generate: answer a split part's cases with a base model, with or without its adapter, in the background."""
+
+import pandas as pd
+import streamlit as st
+
+from pages._access import require_staff
+from rocore import generation, jobs, models, prompts, splits
+from rocore.db import default_db_path, opened
+
+DB = default_db_path()
+require_staff()
+
+st.title("Generate")
+st.caption("Base and fine-tuned models answer the same held-out cases; every output is stored as it is made. "
+           "A run keeps going if this page is closed, and an interrupted run resumes where it stopped.")
+
+with opened(DB) as conn:
+    stored_splits = splits.list_splits(conn)
+    known = conn.execute("SELECT kind, path FROM models ORDER BY model_id DESC").fetchall()
+bases = [m["path"] for m in known if m["kind"] == "base"]
+adapters = [m["path"] for m in known if m["kind"] == "adapter"]
+
+if not stored_splits:
+    st.info("Create a split on the Data page first.")
+    st.stop()
+
+left, right = st.columns(2)
+model = left.selectbox("Base model directory", bases, index=0 if bases else None, accept_new_options=True,
+                       help="A local Hugging Face model directory; type a path to use another one.")
+adapter = right.selectbox("LoRA adapter (empty: the base model alone)", adapters, index=None,
+                          accept_new_options=True)
+split_name = left.selectbox("Split", [s["name"] for s in reversed(stored_splits)])
+part = right.selectbox("Part", splits.PARTS, index=splits.PARTS.index("test"))
+tasks = left.multiselect("Tasks", prompts.TASKS, default=list(prompts.TASKS))
+quantization = right.selectbox("Quantization", models.QUANTIZATIONS,
+                               help="auto: bf16 on a GPU with room for it, else nf4; fp32 for small models on the CPU")
+batch_size = left.number_input("Batch size", 1, 512, 32)
+device = right.selectbox("Device", models.DEVICES)
+submitted = st.button("Start generation", type="primary")
+
+args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
+        "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size)]
+if adapter:
+    args += ["--adapter", str(adapter)]
+st.caption("Command line equivalent")
+st.code(jobs.command_line("rocore", args), language="bash", wrap_lines=True)
+if submitted:
+    if not model or not tasks:
+        st.error("Choose a base model directory and at least one task.")
+    else:
+        job = jobs.launch("rocore", args, DB.parent / "logs")
+        st.success(f"Started (process {job.pid}); its log is {job.log_path}.")
+
+
+@st.fragment(run_every=3)
+def runs_table():
+    with opened(DB) as conn:
+        runs = generation.list_runs(conn)
+    if not runs:
+        st.info("No generation runs yet.")
+        return
+    for run in runs:
+        if run["status"] in ("running", "queued") and run["total"]:
+            st.progress(min(run["done"] / run["total"], 1.0),
+                        text=f"Run {run['run_id']} ({run['status']}): {run['done']:,} of {run['total']:,} outputs")
+    table = pd.DataFrame([{
+        "run": r["run_id"], "status": r["status"], "model": r["base_path"].rsplit("/", 1)[-1],
+        "adapter": (r["adapter_path"] or "").rsplit("/", 1)[-1] or "(base)", "split": f"{r['split_name']}/{r['part']}",
+        "outputs": f"{r['done']:,} / {r['total']:,}", "quantization": r["quantization"],
+        "started": r["created_at"], "error": r["error"] or ""} for r in runs])
+    st.dataframe(table, hide_index=True)
+
+
+runs_table()

@@ -1,0 +1,78 @@
+"""The demo's base model, made on the spot with no download: a byte-level BPE tokenizer trained on the
+synthetic cases' text and a small Llama pretrained briefly on unlabelled clinical text (diagnoses and
+prescriptions, never paired), so that it writes fluent text but has not learnt the three tasks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rocore.prompts import INSTRUCTIONS, PLAIN_TEMPLATE, TASKS
+
+SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+ARCHITECTURE = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512}
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
+    """A byte-level BPE tokenizer (no unknown characters) fitted to the demo's text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def _corpus(cases: Sequence[dict], seed: int) -> list[str]:
+    """Unlabelled documents: every diagnosis and every prescription on its own, shuffled apart."""
+    documents = [c["diagnosis"] for c in cases] + [c["regimen"] for c in cases]
+    random.Random(seed).shuffle(documents)
+    return documents
+
+
+def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], seed: int = 0, epochs: float = 2.0,
+                    architecture: dict | None = None, progress: Callable[[str], None] = print) -> Path:
+    """Tokenizer + randomly initialised Llama + causal-LM pretraining on the corpus; saved to `out_dir`."""
+    import torch
+    from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer,
+                              TrainingArguments, set_seed)
+
+    set_seed(seed)
+    out_dir = Path(out_dir)
+    architecture = architecture or ARCHITECTURE
+    documents = _corpus(train_cases, seed)
+    # The tokenizer learns from the very text the model will read and write, prompts included, so
+    # the instructions cost a few tokens each instead of one per character.
+    examples = [f"{PLAIN_TEMPLATE.format(instruction=INSTRUCTIONS[task], diagnosis=case['diagnosis'])} {case[task]}"
+                for case in train_cases for task in TASKS]
+    tokenizer = train_tokenizer(examples)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True, **architecture)
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    progress(f"demo base model: Llama {architecture['num_hidden_layers']} layers x {architecture['hidden_size']}, "
+             f"{n_params / 1e6:.1f}M parameters, vocabulary {len(tokenizer)}; pretraining on "
+             f"{len(documents)} unlabelled documents")
+    dataset = [tokenizer(f"{tokenizer.bos_token}{doc}{tokenizer.eos_token}", add_special_tokens=False,
+                         truncation=True, max_length=architecture["max_position_embeddings"])
+               for doc in documents]
+    args = TrainingArguments(output_dir=str(out_dir / "pretraining"), num_train_epochs=epochs,
+                             per_device_train_batch_size=32, learning_rate=2e-3, lr_scheduler_type="cosine",
+                             warmup_steps=0.05, weight_decay=0.01, logging_steps=50, save_strategy="no",
+                             train_sampling_strategy="group_by_length", use_cpu=not torch.cuda.is_available(),
+                             report_to=[], disable_tqdm=True, seed=seed)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False, pad_to_multiple_of=8))
+    result = trainer.train()
+    progress(f"demo base model: pretraining loss {result.training_loss:.2f}")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

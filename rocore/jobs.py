@@ -1,0 +1,62 @@
+"""Long jobs (generation, training) as child processes that outlive a page reload or an app restart.
+
+A page only launches a job and then reads its progress from the database; the job records its own
+process id there, so a run whose process has died can be told from one still working.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_children: dict[int, subprocess.Popen] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    pid: int
+    log_path: Path
+    command: str
+
+
+def command_line(module: str, args: list[str]) -> str:
+    """What a researcher would type to run the same job from a shell."""
+    return shlex.join(["python", "-m", module, *args])
+
+
+def launch(module: str, args: list[str], log_dir: str | Path) -> Job:
+    """Start `python -m module args...` detached from the caller's session, output to a log file."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    log_path = log_dir / f"{module.replace('.', '-')}-{args[0] if args else 'job'}-{stamp}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    _children[process.pid] = process
+    return Job(process.pid, log_path, command_line(module, args))
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process is still running here (a finished child is reaped, a zombie counts as dead)."""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True

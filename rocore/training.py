@@ -1,0 +1,207 @@
+"""QLoRA supervised fine-tuning: a 4-bit base (bitsandbytes NF4) with a LoRA adapter (peft), trained
+with transformers' Trainer on prompt/answer pairs from rocore.prompts, loss on the answer tokens only.
+
+The same function trains the embedded demo's adapter on the CPU and a 7B model's on a GPU.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rocore.models import (
+    QUANTIZATIONS,
+    check_model_dir,
+    load_kwargs,
+    resolve_device,
+    resolve_quantization,
+    write_adapter_info,
+)
+from rocore.prompts import TASKS, TEMPLATE_IDS, answer_text, build_prompt, check_tasks
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one fine-tune (defaults: a typical LLaMA-2 QLoRA recipe)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    quantization: str = "nf4"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    # "auto": on only when the estimated activations would not fit the GPU; off on the CPU.
+    gradient_checkpointing: bool | str = "auto"
+    # Batches of similar length waste little compute on padding.
+    group_by_length: bool = True
+    warmup_steps: float = 0.03
+    logging_steps: int = 10
+    # None: evaluate (and checkpoint) once per epoch.
+    eval_steps: int | None = None
+    # Stop after this many evaluations without a lower validation loss (None: never stop early).
+    early_stopping_patience: int | None = 3
+    seed: int = 0
+
+
+def check_config(config: TrainingConfig) -> list[str]:
+    """Every reason the hyper-parameters cannot be used, each saying what would be right."""
+    problems = []
+    try:
+        check_tasks(config.tasks)
+    except ValueError as exc:
+        problems.append(f"tasks: {exc}")
+    if config.quantization not in QUANTIZATIONS:
+        problems.append(f"quantization: {config.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    for name, low in (("lora_r", 1), ("lora_alpha", 1), ("batch_size", 1), ("gradient_accumulation_steps", 1),
+                      ("max_length", 16), ("logging_steps", 1)):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            problems.append(f"{name}: {value!r} must be a whole number of at least {low}")
+    for name in ("learning_rate", "epochs"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{name}: {value!r} must be a number above 0")
+    if not isinstance(config.lora_dropout, (int, float)) or not 0 <= config.lora_dropout < 1:
+        problems.append(f"lora_dropout: {config.lora_dropout!r} must be at least 0 and below 1")
+    if not isinstance(config.learning_rate, (int, float)) or config.learning_rate > 1e-2:
+        problems.append(f"learning_rate: {config.learning_rate!r} is above 0.01; LoRA diverges there")
+    if config.gradient_checkpointing not in (True, False, "auto"):
+        problems.append(f"gradient_checkpointing: {config.gradient_checkpointing!r} must be true, false or auto")
+    for name in ("eval_steps", "early_stopping_patience"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{name}: {value!r} must be a whole number of at least 1, or empty")
+    return problems
+
+
+def needs_gradient_checkpointing(config: TrainingConfig, model_config, device: str) -> bool:
+    """Checkpointing trades about 40% of the speed for memory: use it only when the activations of
+    one batch (roughly 34 bytes x hidden x layers x tokens in bf16) would not fit beside the model."""
+    if config.gradient_checkpointing != "auto":
+        return bool(config.gradient_checkpointing)
+    if device != "cuda":
+        return False
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    tokens = config.batch_size * config.max_length
+    activations = 34 * model_config.hidden_size * model_config.num_hidden_layers * tokens
+    return activations > 0.8 * free
+
+
+def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_length: int) -> list[dict]:
+    """One tokenised example per case and task: prompt tokens masked out of the loss, answer kept.
+    Over-long prompts are cut from the left of the diagnosis side so the answer always survives."""
+    examples = []
+    for case in cases:
+        for task in check_tasks(list(tasks)):
+            prompt = tokenizer(build_prompt(tokenizer, task, case["diagnosis"]), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(answer_text(tokenizer, case[task]), add_special_tokens=False)["input_ids"]
+            prompt = prompt[-max(1, max_length - len(answer)):]
+            input_ids = (prompt + answer)[:max_length]
+            labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+            examples.append({"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels})
+    return examples
+
+
+def load_for_training(base_path: str | Path, config: TrainingConfig, device: str = "auto"):
+    """The base in the configured precision with a fresh LoRA adapter on all linear layers."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path = Path(base_path)
+    check_model_dir(base_path)
+    device = resolve_device(device)
+    quantization = resolve_quantization(config.quantization, device, base_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs(quantization, device))
+    checkpointing = needs_gradient_checkpointing(config, model.config, device)
+    if quantization in ("nf4", "int8"):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable()
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), tokenizer, device, quantization
+
+
+def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases: Sequence[dict],
+                  output_dir: str | Path, config: TrainingConfig | None = None, device: str = "auto",
+                  callbacks: Sequence = (), resume: bool = False, details: dict | None = None) -> Path:
+    """Fine-tune and save the adapter (with its tokenizer and a record of how it was made, plus
+    `details`) in `output_dir/adapter`; checkpoints go to `output_dir/checkpoints` for resuming."""
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+
+    config = config or TrainingConfig()
+    problems = check_config(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    set_seed(config.seed)
+    output_dir = Path(output_dir)
+    model, tokenizer, device, quantization = load_for_training(base_path, config, device)
+    train_set = sft_examples(tokenizer, train_cases, config.tasks, config.max_length)
+    random.Random(config.seed).shuffle(train_set)
+    eval_set = sft_examples(tokenizer, eval_cases, config.tasks, config.max_length) if eval_cases else None
+    by_steps = config.eval_steps is not None
+    args = TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        logging_steps=config.logging_steps,
+        eval_strategy=("steps" if by_steps else "epoch") if eval_set else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps" if by_steps else "epoch",
+        save_steps=config.eval_steps or 500,
+        save_total_limit=2,
+        load_best_model_at_end=bool(eval_set and config.early_stopping_patience),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        seed=config.seed,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX,
+                                                           pad_to_multiple_of=8),
+                      callbacks=list(callbacks) + ([EarlyStoppingCallback(config.early_stopping_patience)]
+                                                   if eval_set and config.early_stopping_patience else []))
+    trainer.train(resume_from_checkpoint=resume or None)
+    adapter_dir = output_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    write_adapter_info(adapter_dir, base_path, {
+        **(details or {}), "config": asdict(config), "quantization": quantization, "device": device,
+        "templates": {t: TEMPLATE_IDS[t] for t in config.tasks}, "n_train_examples": len(train_set),
+        "final_train_loss": _last(trainer.state.log_history, "loss"),
+        "final_eval_loss": _last(trainer.state.log_history, "eval_loss"),
+    })
+    return adapter_dir
+
+
+def _last(history: list[dict], key: str) -> float | None:
+    values = [entry[key] for entry in history if key in entry]
+    return values[-1] if values else None

@@ -1,0 +1,114 @@
+"""Generation runs against a real database and a real (tiny) model."""
+
+import json
+
+import pytest
+
+from rocore.db import opened
+from rocore.generation import (
+    decoding_settings,
+    generate_batch,
+    get_or_create_run,
+    pending_items,
+    register_model,
+    run_generation,
+)
+from rocore.models import attach_adapter, load_model
+from rocore.prompts import TASKS, TEMPLATE_IDS, build_prompt
+from rocore.splits import split_case_ids
+
+DECODING = decoding_settings({"regimen": 10, "modality": 4, "icd10": 4})
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir, tiny_adapter_dir):
+    model = load_model(tiny_model_dir, "fp32")
+    attach_adapter(model, tiny_adapter_dir, "finetuned")
+    return model
+
+
+def new_run(db_path, split_id, model, adapter_dir=None, decoding=DECODING):
+    with opened(db_path) as conn:
+        base_id = register_model(conn, model.path, "base")
+        adapter_id = register_model(conn, adapter_dir, "adapter", base_id) if adapter_dir else None
+        return get_or_create_run(conn, base_id, adapter_id, split_id, "test", list(TASKS), model.quantization, decoding)
+
+
+def test_batched_generation_equals_one_by_one_for_greedy(loaded, synthetic_cases):
+    prompts = [build_prompt(loaded.tokenizer, "regimen", c["diagnosis"]) for c in synthetic_cases[:6]]
+    for adapter in (None, "finetuned"):
+        batched = generate_batch(loaded, prompts, 12, adapter)
+        single = [generate_batch(loaded, [p], 12, adapter)[0] for p in prompts]
+        assert batched == single
+
+
+def test_a_run_stores_every_case_and_task_with_its_details(split_db, loaded):
+    db_path, split_id = split_db
+    run_id, resumed = new_run(db_path, split_id, loaded)
+    assert not resumed
+    seen = []
+    final = run_generation(db_path, run_id, loaded, batch_size=8, progress=seen.append)
+    with opened(db_path) as conn:
+        test_ids = split_case_ids(conn, split_id, "test")
+        rows = conn.execute("SELECT * FROM generations WHERE run_id = ?", (run_id,)).fetchall()
+        run = conn.execute("SELECT * FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
+    assert len(rows) == len(test_ids) * 3 == final.done == final.total
+    assert {(r["case_id"], r["task"]) for r in rows} == {(c, t) for c in test_ids for t in TASKS}
+    assert all(r["template_id"] == TEMPLATE_IDS[r["task"]] and r["prompt_tokens"] > 20 and
+               0 < r["output_tokens"] <= json.loads(run["decoding"])["max_new_tokens"][r["task"]] and
+               r["seconds"] > 0 for r in rows)
+    assert run["status"] == "finished" and run["finished_at"]
+    assert json.loads(run["decoding"]) == DECODING
+    assert [p.done for p in seen] == sorted(p.done for p in seen) and seen[-1].eta_s == 0
+
+
+def test_an_interrupted_run_resumes_with_only_the_missing_rows(split_db, loaded):
+    db_path, split_id = split_db
+    run_id, _ = new_run(db_path, split_id, loaded)
+
+    def interrupt_after_two_batches(progress):
+        if progress.done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(db_path, run_id, loaded, batch_size=4, progress=interrupt_after_two_batches)
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM generations WHERE run_id = ?", (run_id,)).fetchone()[0] == 8
+        status = conn.execute("SELECT status, error FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
+        assert status["status"] == "cancelled" and "resume" in status["error"]
+        first_rows = {tuple(r) for r in conn.execute("SELECT case_id, task, raw_text, created_at FROM generations")}
+        remaining = len(pending_items(conn, run_id))
+
+    again, resumed = new_run(db_path, split_id, loaded)
+    assert (again, resumed) == (run_id, True)
+    final = run_generation(db_path, run_id, loaded, batch_size=4)
+    assert final.total == remaining
+    with opened(db_path) as conn:
+        assert first_rows <= {tuple(r) for r in conn.execute("SELECT case_id, task, raw_text, created_at FROM generations")}
+        assert pending_items(conn, run_id) == []
+        assert conn.execute("SELECT status FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()[0] == "finished"
+    assert run_generation(db_path, run_id, loaded).total == 0
+
+
+def test_base_and_finetuned_runs_pair_up_case_by_case(split_db, loaded, tiny_adapter_dir):
+    db_path, split_id = split_db
+    base_run, _ = new_run(db_path, split_id, loaded)
+    tuned_run, _ = new_run(db_path, split_id, loaded, tiny_adapter_dir)
+    assert base_run != tuned_run
+    run_generation(db_path, base_run, loaded, adapter=None)
+    run_generation(db_path, tuned_run, loaded, adapter="finetuned")
+    with opened(db_path) as conn:
+        pairs = conn.execute(
+            "SELECT b.raw_text AS base, f.raw_text AS tuned FROM generations b JOIN generations f "
+            "ON b.case_id = f.case_id AND b.task = f.task WHERE b.run_id = ? AND f.run_id = ?",
+            (base_run, tuned_run)).fetchall()
+        n_test = len(split_case_ids(conn, split_id, "test"))
+    assert len(pairs) == n_test * 3
+    assert sum(p["base"] != p["tuned"] for p in pairs) > len(pairs) / 2
+
+
+def test_other_decoding_settings_make_a_new_run(split_db, loaded):
+    db_path, split_id = split_db
+    first, _ = new_run(db_path, split_id, loaded)
+    second, resumed = new_run(db_path, split_id, loaded, decoding=decoding_settings({"regimen": 20}))
+    assert second != first and not resumed

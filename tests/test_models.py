@@ -1,0 +1,104 @@
+"""Loading real transformers models (tiny Llamas built from a config) in 4-bit and fp32 on the CPU."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from conftest import save_tiny_llama
+from rocore.generation import generate_batch
+from rocore.models import ModelError, attach_adapter, load_model, resolve_quantization, using_adapter
+
+PROMPTS = ["### Task: modality\n### Patient: prostate cancer\n### Answer:", "### Patient: left breast"]
+
+
+def greedy(loaded, adapter=None, n=8):
+    return [text for text, _, _ in generate_batch(loaded, PROMPTS, n, adapter)]
+
+
+def test_nf4_loads_4bit_layers_and_generates(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    loaded = load_model(tiny_model_dir, "nf4")
+    assert loaded.quantization == "nf4"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.model.modules())
+    quant = loaded.model.config.quantization_config
+    assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    outputs = generate_batch(loaded, PROMPTS, 6, None)
+    assert all(0 < new <= 6 for _, _, new in outputs)
+
+
+def test_fp32_and_auto_on_the_cpu(tiny_model_dir):
+    loaded = load_model(tiny_model_dir, "auto")
+    assert (loaded.quantization, loaded.device) == ("fp32", "cpu")
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert loaded.tokenizer.padding_side == "left"
+
+
+def test_adapter_on_and_off_from_one_base(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "fp32")
+    before = greedy(loaded)
+    base_weights = loaded.model.model.layers[0].self_attn.q_proj.weight
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    assert greedy(loaded, None) == before, "with the adapter off, the base must answer as before"
+    assert greedy(loaded, "finetuned") != before, "the adapter must change the outputs"
+    assert loaded.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight is base_weights
+    assert greedy(loaded, None) == before
+
+
+def test_concurrent_requests_cannot_switch_the_adapter_under_each_other(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "fp32")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    expected = {None: greedy(loaded, None), "finetuned": greedy(loaded, "finetuned")}
+    seen, errors = [], []
+
+    def worker(adapter):
+        try:
+            for _ in range(5):
+                seen.append(greedy(loaded, adapter) == expected[adapter])
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(a,)) for a in (None, "finetuned") * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(seen) == 30 and all(seen)
+
+
+def test_missing_and_wrong_model_directories(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(ModelError, match="has no config.json: it is not a Hugging Face model directory"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    with pytest.raises(ModelError, match="BertForMaskedLM model, not a causal language model"):
+        load_model(tmp_path)
+
+
+def test_bad_choices(tiny_model_dir):
+    with pytest.raises(ModelError, match="unknown quantization 'int4'"):
+        resolve_quantization("int4", "cpu", tiny_model_dir)
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="no usable CUDA GPU"):
+            load_model(tiny_model_dir, "nf4", device="cuda")
+
+
+def test_adapter_of_another_base_is_refused(tmp_path, tiny_tokenizer, tiny_model_dir, tiny_adapter_dir):
+    other = save_tiny_llama(tmp_path / "wider", tiny_tokenizer, hidden_size=96)
+    loaded = load_model(other, "fp32")
+    with pytest.raises(ModelError, match="was trained on another base model"):
+        attach_adapter(loaded, tiny_adapter_dir)
+    (tiny_adapter_dir / "rocore_adapter.json").rename(tmp_path / "info.json")
+    try:
+        with pytest.raises(ModelError, match="does not fit the base model"):
+            attach_adapter(loaded, tiny_adapter_dir)
+    finally:
+        (tmp_path / "info.json").rename(tiny_adapter_dir / "rocore_adapter.json")
+    with pytest.raises(ModelError, match="not a LoRA adapter directory"):
+        attach_adapter(loaded, tmp_path)
+    with pytest.raises(ModelError, match="no adapter named 'x'"):
+        with using_adapter(loaded, "x"):
+            pass

@@ -1,0 +1,1 @@
+"""`python -m train CONFIG.yaml`: the fine-tuning entry point, a thin layer over rocore.training_runs."""

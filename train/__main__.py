@@ -1,0 +1,96 @@
+"""python -m train CONFIG.yaml [--set KEY=VALUE ...] | python -m train --resume RUN_ID
+
+CONFIG.yaml holds `base_model` (a local model directory), optionally `split` (default: the newest),
+`output_root` (default: runs/ beside the database), `device`, and any hyper-parameter of
+rocore.training.TrainingConfig (lora_r, learning_rate, epochs, tasks, quantization, ...).
+Flags override the file. The run, its progress and its outcome are recorded in the database.
+Exit status: 0 finished or cancelled, 1 refused or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from rocore.db import default_db_path, opened
+
+JOB_KEYS = ("base_model", "split", "output_root", "device")
+
+
+def _setting(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE, e.g. --set learning_rate=1e-4")
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path, nargs="?", help="YAML file of settings")
+    parser.add_argument("--db", type=Path, default=default_db_path())
+    parser.add_argument("--base-model", help="local Hugging Face model directory (overrides the file)")
+    parser.add_argument("--split", help="split name (default: the newest)")
+    parser.add_argument("--output-root", type=Path, help="where run-N folders go (default: runs/ beside the database)")
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one hyper-parameter; repeatable")
+    parser.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run from its last checkpoint")
+    parser.add_argument("--run", type=int, metavar="RUN_ID", help="train a run already recorded as queued (used by the app)")
+    return parser
+
+
+def read_settings(args: argparse.Namespace) -> dict:
+    settings: dict = {}
+    if args.config is not None:
+        try:
+            loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise SystemExit(f"{args.config}: cannot be read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"{args.config}: is not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"{args.config}: expected KEY: VALUE lines, found a {type(loaded).__name__}")
+        settings.update(loaded)
+    for key, flag in (("base_model", args.base_model), ("split", args.split), ("output_root", args.output_root),
+                      ("device", args.device)):
+        if flag is not None:
+            settings[key] = str(flag)
+    settings.update(dict(args.set))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rocore.training_runs import TrainingConfigError, config_from_dict, create_run, run_training
+
+    args = build_parser().parse_args(argv)
+    settings = read_settings(args)
+    try:
+        with opened(args.db) as conn:
+            if args.resume is not None or args.run is not None:
+                run_id = args.resume if args.resume is not None else args.run
+            else:
+                if not settings.get("base_model"):
+                    raise TrainingConfigError("base_model: missing; give it in the file or with --base-model PATH")
+                config = config_from_dict({k: v for k, v in settings.items() if k not in JOB_KEYS})
+                run_id = create_run(conn, settings["base_model"], settings.get("split"), config,
+                                    settings.get("output_root") or Path(args.db).resolve().parent / "runs")
+        print(f"training run {run_id}: {'resuming' if args.resume is not None else 'starting'}", flush=True)
+        status = run_training(args.db, run_id, resume=args.resume is not None, device=settings.get("device", "auto"))
+    except (TrainingConfigError, TypeError) as exc:
+        print(f"not started: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"training run {run_id}: interrupted; resume with: python -m train --resume {run_id}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # recorded in the run by run_training; say it once here too
+        print(f"training run {run_id}: failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"training run {run_id}: {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
