@@ -1,0 +1,131 @@
+"""Dashboard: base against fine-tuned per task, and the blinded review; live as outputs and ratings arrive."""
+
+import time
+
+import streamlit as st
+
+from pages._access import require_staff
+from rocore import dashboard, report
+from rocore.db import default_db_path, opened
+from rocore.evaluation import EvaluationInputError
+
+DB = default_db_path()
+require_staff()
+
+
+@st.cache_resource
+def score_cache() -> dashboard.ScoreCache:
+    """One cache for every session: a run is scored once, whoever looks at it."""
+    return dashboard.ScoreCache()
+
+
+st.title("Dashboard")
+st.caption("Fine-tuned against base on the same held-out cases: every figure with its 95% interval and "
+           "paired test, and the oncologists' blinded verdicts. It refreshes itself while runs and ratings "
+           "arrive.")
+
+with opened(DB) as conn:
+    runs = dashboard.list_runs(conn)
+    pair = dashboard.default_pair(conn)
+    sites, modalities = dashboard.filter_options(conn)
+if len(runs) < 2:
+    st.info("No base and fine-tuned generation runs to compare yet: run both on the Generate page first.")
+    st.stop()
+
+labels = {run["run_id"]: run["label"] for run in runs}
+ids = list(labels)
+pair = pair or (ids[1], ids[0])  # no base and fine-tuned pair over one split part: the two newest runs
+left, right = st.columns(2)
+base_run = left.selectbox("Base run", ids, index=ids.index(pair[0]), format_func=labels.get)
+finetuned_run = right.selectbox("Fine-tuned run", ids, index=ids.index(pair[1]), format_func=labels.get)
+chosen_sites = left.multiselect("Disease site", sites, placeholder="all sites")
+chosen_modalities = right.multiselect("Gold modality", modalities, placeholder="all modalities")
+filters = dashboard.Filters(tuple(chosen_sites), tuple(chosen_modalities))
+with opened(DB) as conn:
+    studies = dashboard.studies_for(conn, base_run, finetuned_run)
+study_id = None
+if len(studies) > 1:
+    names = {s["study_id"]: f"{s['name']} (study {s['study_id']})" for s in studies}
+    study_id = st.selectbox("Review study", list(names), format_func=names.get)
+
+
+def show_task(task: str, task_report: dict, view: dashboard.Dashboard) -> None:
+    st.dataframe(report.metric_table(task_report), column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in ("base", "fine-tuned", "difference")})
+    st.dataframe(report.tests_table(task_report),
+                 column_config={"p": st.column_config.NumberColumn(format="%.3g")})
+    if task == "regimen" and view.rouge_histogram is not None:
+        st.caption("ROUGE-1 F per case: number of cases per bin")
+        st.bar_chart(view.rouge_histogram, stack=False, height=260)
+    if task == "modality":
+        st.caption("F1 per modality")
+        per_class = report.per_class_table(task_report)
+        st.bar_chart(per_class[["base f1", "fine-tuned f1"]], stack=False, horizontal=True, height=220)
+        st.dataframe(per_class)
+        for column, model in zip(st.columns(2), ("base", "finetuned")):
+            column.caption(f"Confusion matrix, {report.MODEL_NAMES[model]} (rows gold, columns output)")
+            column.dataframe(report.confusion_table(task_report, model))
+    if task == "icd10" and view.icd10_codes is not None:
+        st.caption("Most frequent gold codes: share of outputs that are exactly the code")
+        st.bar_chart(view.icd10_codes[["base", "fine-tuned"]], stack=False, horizontal=True, height=320)
+
+
+def show_reviews(reviews: dashboard.Reviews | None) -> None:
+    if reviews is None:
+        st.info("No ratings yet: no review study compares these two runs.")
+        return
+    st.caption(f"Study {reviews.study['study_id']} ({reviews.study['name']}), task {reviews.study['task']}: "
+               f"{reviews.n_rated:,} of {reviews.n_assigned:,} assignments rated.")
+    if reviews.acceptability is None:
+        st.info(reviews.message)
+    else:
+        table = report.acceptability_table(reviews.acceptability)
+        st.dataframe(table, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
+        st.dataframe(report.acceptability_tests_table(reviews.acceptability),
+                     column_config={"value": st.column_config.NumberColumn(format="%.3g")})
+        st.bar_chart(table[["share"]], horizontal=True, height=140)
+        st.caption("Inter-rater agreement on acceptability")
+        st.dataframe(report.agreement_table(reviews.agreement))
+    st.caption("Review progress per reviewer (whole study)")
+    st.dataframe(reviews.progress,
+                 column_config={"share rated": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+
+
+@st.fragment(run_every=dashboard.REFRESH_S)
+def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id: int | None) -> None:
+    try:
+        with opened(DB) as conn:
+            view = dashboard.compute(conn, score_cache(), base_run, finetuned_run, filters, study_id)
+    except EvaluationInputError as exc:
+        st.error(str(exc))
+        return
+    first, second = st.columns(2)
+    first.metric("Cases", f"{view.n_cases:,}")
+    second.caption(f"Filters: {filters.describe()}. Updated {time.strftime('%H:%M:%S')}; "
+                   f"refreshes every {dashboard.REFRESH_S} s.")
+    if view.report is None:
+        st.warning(view.message)
+    else:
+        tasks = list(view.report["tasks"])
+        for tab, task in zip(st.tabs([report.TASK_NAMES[t] for t in tasks]), tasks):
+            with tab:
+                show_task(task, view.report["tasks"][task], view)
+    st.subheader("Clinical acceptability")
+    show_reviews(view.reviews)
+    name = f"runs-{base_run}-{finetuned_run}"
+    left, right = st.columns(2)
+    left.download_button("Per-case results (CSV)", lambda: report.per_case_csv(view.scores),
+                         file_name=f"{name}-per-case.csv", mime="text/csv", on_click="ignore",
+                         disabled=view.scores.empty)
+    right.download_button("Report (HTML)", lambda: report.html_report(view), file_name=f"{name}-report.html",
+                          mime="text/html", on_click="ignore")
+    with st.expander("Methods: which tests and settings made each figure"):
+        for figure, text in view.methods.items():
+            st.markdown(f"**{figure}.** {text}")
+        notes = [*(view.report["notes"] if view.report else []),
+                 *(view.reviews.notes if view.reviews else [])]
+        if notes:
+            st.markdown("**Notes.**\n" + "\n".join(f"- {note}" for note in notes))
+
+
+live(base_run, finetuned_run, filters, study_id)

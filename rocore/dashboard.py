@@ -1,0 +1,489 @@
+"""The Dashboard's figures from the store, kept between refreshes so that a live page costs little.
+
+The page redraws every few seconds while generations and ratings arrive. Scoring (ROUGE-1 above
+all) is the slow step, and a stored output never changes (generations are only added, INSERT OR
+IGNORE), so ScoreCache keeps each run's per-case scores. A refresh reads a fingerprint of each run
+(number of outputs, newest created_at) and of the cases (newest update): unchanged, nothing else is
+read or scored; grown, only the rows added since are read, scored and appended. The statistics
+(evaluate_scores, task by task) and the review figures are kept too, keyed by the fingerprints they
+depend on: a batch of new outputs of one task recomputes that task's statistics, a new rating the
+review figures, and a refresh with no new row recomputes nothing.
+
+Everything here reads the store; the review workflow writes the ratings (rocore.review).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from rocore.evaluation import MODELS, EvaluationInputError, check_run_pair, evaluate_scores, latest_run_pair
+from rocore.report import MODEL_NAMES, score_rows
+from rocore.prompts import TASKS
+from rocore.statistics import acceptability, rater_agreement
+
+__all__ = [
+    "REFRESH_S",
+    "Dashboard",
+    "Filters",
+    "Reviews",
+    "RunScores",
+    "ScoreCache",
+    "compute",
+    "default_pair",
+    "filter_options",
+    "from_outputs",
+    "list_runs",
+    "studies_for",
+]
+
+REFRESH_S = 5  # seconds between refreshes of the live page
+TOP_CODES = 10  # ICD-10 gold codes shown in the per-code chart
+ROUGE_BINS = np.linspace(0.0, 1.0, 11)
+_NOTHING_TO_EVALUATE = "no cases to evaluate: "  # how evaluate_scores says a task has no pairs
+
+_RUN_ROWS = (
+    "SELECT g.case_id, g.task, CASE g.task WHEN 'regimen' THEN c.regimen WHEN 'modality' THEN c.modality "
+    "ELSE c.icd10 END AS gold, coalesce(g.answer, g.raw_text) AS output, c.site, c.modality AS case_modality "
+    "FROM generations AS g JOIN cases AS c USING (case_id) WHERE g.run_id = ?")
+_RUN_COLUMNS = ["case_id", "task", "gold", "output", "site", "case_modality"]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Cases kept by the page's filters: disease site (cases.site) and gold modality (cases.modality)."""
+
+    sites: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
+
+    def keep(self, frame: pd.DataFrame) -> pd.Series:
+        mask = pd.Series(True, index=frame.index)
+        if self.sites:
+            mask &= frame["site"].isin(self.sites)
+        if self.modalities:
+            mask &= frame["case_modality"].isin(self.modalities)
+        return mask
+
+    def describe(self) -> str:
+        parts = [f"{name} {', '.join(values)}"
+                 for name, values in (("site", self.sites), ("modality", self.modalities)) if values]
+        return "; ".join(parts) or "none (all cases)"
+
+
+@dataclass
+class Reviews:
+    """The blinded review of two runs: progress over the whole study, the rest over the filtered cases."""
+
+    study: dict
+    progress: pd.DataFrame
+    n_assigned: int
+    n_rated: int
+    acceptability: dict | None
+    agreement: dict | None
+    message: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dashboard:
+    """Every figure of the page (and of the HTML report) and the per-case rows they come from."""
+
+    source: dict
+    filters: Filters
+    scores: pd.DataFrame  # one row per case, task and model: the per-case CSV
+    n_cases: int
+    report: dict | None  # rocore.evaluation's report; None when no case has outputs from both models
+    message: str | None
+    rouge_histogram: pd.DataFrame | None
+    icd10_codes: pd.DataFrame | None
+    reviews: Reviews | None
+    methods: dict
+
+
+# --------------------------------------------------------------------------- runs and choices
+
+
+def list_runs(conn: sqlite3.Connection) -> list[dict]:
+    """Every generation run, newest first, with a label for a select box."""
+    rows = conn.execute(
+        "SELECT r.run_id, r.adapter_model_id, r.part, r.status, s.name AS split_name, b.path AS base_path, "
+        "a.path AS adapter_path, "
+        "(SELECT count(*) FROM generations AS g WHERE g.run_id = r.run_id) AS outputs "
+        "FROM generation_runs AS r JOIN splits AS s USING (split_id) "
+        "JOIN models AS b ON b.model_id = r.base_model_id "
+        "LEFT JOIN models AS a ON a.model_id = r.adapter_model_id ORDER BY r.run_id DESC").fetchall()
+    runs = []
+    for r in rows:
+        model = r["base_path"].rsplit("/", 1)[-1]
+        kind = f"fine-tuned ({r['adapter_path'].rsplit('/', 1)[-1]})" if r["adapter_path"] else "base"
+        label = (f"run {r['run_id']}: {model}, {kind}, {r['split_name']}/{r['part']}, "
+                 f"{r['outputs']:,} outputs ({r['status']})")
+        runs.append({**dict(r), "label": label})
+    return runs
+
+
+def default_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """The latest base and fine-tuned runs over the same split part, or None."""
+    try:
+        return latest_run_pair(conn)
+    except EvaluationInputError:
+        return None
+
+
+def filter_options(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+    """(disease sites, gold modalities) that stored cases have."""
+    sites = [r[0] for r in conn.execute(
+        "SELECT DISTINCT site FROM cases WHERE site IS NOT NULL ORDER BY site")]
+    modalities = [r[0] for r in conn.execute("SELECT DISTINCT modality FROM cases ORDER BY modality")]
+    return sites, modalities
+
+
+def studies_for(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> list[dict]:
+    """Review studies that compare exactly these two runs, newest first."""
+    return [dict(r) for r in conn.execute(
+        "SELECT study_id, name, task, created_at FROM studies WHERE (run_1_id = ? AND run_2_id = ?) "
+        "OR (run_1_id = ? AND run_2_id = ?) ORDER BY study_id DESC",
+        (base_run, finetuned_run, finetuned_run, base_run))]
+
+
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction, so that fingerprints and the rows read after them agree."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _db_key(conn: sqlite3.Connection) -> str:
+    return conn.execute("PRAGMA database_list").fetchone()[2]
+
+
+def _keys(rows: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(rows["case_id"].tolist(), rows["task"].tolist()))
+
+
+@dataclass
+class RunScores:
+    """A run's per-case scores as of `fingerprint`: (outputs, newest created_at, newest case update)."""
+
+    fingerprint: tuple
+    frame: pd.DataFrame  # sorted by task and case, as rocore.evaluation.outputs_from_runs orders them
+    keys: set[tuple[str, str]]  # (case_id, task) of every row
+    task_counts: dict[str, int]
+
+
+class ScoreCache:
+    """Per-case scores of generation runs and the figures made from them, shared by the page's sessions.
+
+    Thread-safe (Streamlit serves each session on its own thread). `rows_scored` counts the
+    outputs scored so far: a refresh that scores nothing leaves it unchanged.
+    """
+
+    def __init__(self, max_runs: int = 8, max_figures: int = 32):
+        self._lock = threading.RLock()
+        self._runs: OrderedDict[tuple, RunScores] = OrderedDict()
+        self._figures: OrderedDict[Hashable, tuple[Hashable, object]] = OrderedDict()
+        self._max_runs, self._max_figures = max_runs, max_figures
+        self.rows_scored = 0
+
+    def _read(self, conn: sqlite3.Connection, run_id: int, where: str = "",
+              params: tuple = ()) -> pd.DataFrame:
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        rows = pd.DataFrame(cursor.execute(_RUN_ROWS + where, (run_id, *params)).fetchall(),
+                            columns=_RUN_COLUMNS)
+        rows["gold"] = rows["gold"].str.strip()
+        rows.insert(2, "run_id", run_id)
+        return rows
+
+    def _score(self, rows: pd.DataFrame) -> pd.DataFrame:
+        self.rows_scored += len(rows)
+        return score_rows(rows)
+
+    def run_scores(self, conn: sqlite3.Connection, run_id: int) -> RunScores:
+        """The run's per-case scores as stored now; only rows not scored before are scored."""
+        key = (_db_key(conn), run_id)
+        with self._lock, _snapshot(conn):
+            n, newest = conn.execute("SELECT count(*), max(created_at) FROM generations WHERE run_id = ?",
+                                     (run_id,)).fetchone()
+            fingerprint = (n, newest, conn.execute("SELECT max(updated_at) FROM cases").fetchone()[0])
+            entry = self._runs.get(key)
+            if entry is not None and entry.fingerprint == fingerprint:
+                self._runs.move_to_end(key)
+                return entry
+            frame, keys = None, None
+            grown = entry is not None and entry.fingerprint[1] is not None and n > entry.fingerprint[0]
+            if grown and entry.fingerprint[2] == fingerprint[2]:
+                added = self._read(conn, run_id, " AND g.created_at >= ?", (entry.fingerprint[1],))
+                added_keys = _keys(added)
+                added = added[[k not in entry.keys for k in added_keys]]
+                if len(entry.frame) + len(added) == n:
+                    frame = pd.concat([entry.frame, self._score(added)], ignore_index=True)
+                    keys = entry.keys.union(added_keys)
+            if frame is None:
+                frame = self._score(self._read(conn, run_id))
+                keys = set(_keys(frame))
+            frame = frame.sort_values(["task", "case_id"], kind="stable", ignore_index=True)
+            entry = RunScores(fingerprint, frame, keys, frame["task"].value_counts().to_dict())
+            self._runs[key] = entry
+            self._runs.move_to_end(key)
+            while len(self._runs) > self._max_runs:
+                self._runs.popitem(last=False)
+            return entry
+
+    def figures(self, view: Hashable, fingerprint: Hashable, build: Callable[[], object]) -> object:
+        """The figures of `view` (what is shown: runs, filters) as of `fingerprint` (the data they come
+        from), built when the data changed; one version per view is kept, so memory stays bounded."""
+        with self._lock:
+            stored = self._figures.get(view)
+            if stored is not None and stored[0] == fingerprint:
+                self._figures.move_to_end(view)
+                return stored[1]
+            value = build()
+            self._figures[view] = (fingerprint, value)
+            self._figures.move_to_end(view)
+            while len(self._figures) > self._max_figures:
+                self._figures.popitem(last=False)
+            return value
+
+
+# --------------------------------------------------------------------------- figures from scores
+
+
+def _paired(scores: pd.DataFrame, task: str, column: str) -> pd.DataFrame:
+    """Per case (index) the two models' `column` for the cases of `task` both models answered."""
+    rows = scores[scores["task"] == task]
+    return rows.pivot(index="case_id", columns="model", values=column).reindex(columns=list(MODELS)).dropna()
+
+
+def _rouge_histogram(scores: pd.DataFrame) -> pd.DataFrame | None:
+    paired = _paired(scores, "regimen", "rouge1_f")
+    if paired.empty:
+        return None
+    labels = [f"{low:.1f}-{high:.1f}" for low, high in itertools.pairwise(ROUGE_BINS)]
+    return pd.DataFrame({MODEL_NAMES[m]: np.histogram(paired[m], bins=ROUGE_BINS)[0] for m in MODELS},
+                        index=pd.Index(labels, name="ROUGE-1 F"))
+
+
+def _icd10_codes(scores: pd.DataFrame) -> pd.DataFrame | None:
+    paired = _paired(scores, "icd10", "correct")
+    if paired.empty:
+        return None
+    rows = scores[(scores["task"] == "icd10") & (scores["model"] == "base")]
+    gold = rows.set_index("case_id")["gold_label"].reindex(paired.index)
+    counts = gold.value_counts()
+    top = sorted(counts.index, key=lambda code: (-counts[code], code))[:TOP_CODES]
+    shares = paired.groupby(gold).mean().loc[top]
+    return pd.DataFrame({"cases": counts.loc[top], **{MODEL_NAMES[m]: shares[m] for m in MODELS}},
+                        index=pd.Index(top, name="gold code"))
+
+
+def _task_figures(rows: pd.DataFrame, task: str) -> dict:
+    """One task's statistics (evaluate_scores on its rows) and chart, or the note why there are none."""
+    try:
+        report = evaluate_scores(rows)
+    except ValueError as exc:
+        if not str(exc).startswith(_NOTHING_TO_EVALUATE):
+            raise
+        return {"report": None, "notes": [str(exc).removeprefix(_NOTHING_TO_EVALUATE)], "chart": None}
+    chart = {"regimen": _rouge_histogram, "icd10": _icd10_codes}.get(task)
+    return {"report": report, "notes": report["notes"], "chart": chart(rows) if chart else None}
+
+
+
+def _score_figures(scores: pd.DataFrame, filters: Filters,
+                   task_figures: Callable[[str, pd.DataFrame], dict] | None = None) -> dict:
+    """The kept cases' report, histogram and per-code table, or why there is no report.
+
+    Each task's figures come from `task_figures` (compute keeps them per task, so that a batch of
+    new outputs of one task recomputes that task only) and are merged as evaluate_scores merges
+    them: the report equals evaluate_scores over all the tasks' rows.
+    """
+    task_figures = task_figures or (lambda task, rows: _task_figures(rows, task))
+    if filters.sites or filters.modalities:
+        scores = scores[filters.keep(scores)]
+    figures = {"scores": scores, "n_cases": int(scores["case_id"].nunique()), "report": None, "message": None,
+               "rouge_histogram": None, "icd10_codes": None}
+    if scores.empty:
+        figures["message"] = ("No case matches the filters." if filters.sites or filters.modalities
+                              else "These runs have no outputs yet.")
+        return figures
+    by_task = {task: scores[scores["task"] == task] for task in TASKS}
+    per_task = {task: task_figures(task, rows) for task, rows in by_task.items() if not rows.empty}
+    reports = {task: f["report"] for task, f in per_task.items() if f["report"] is not None}
+    if not reports:
+        figures["message"] = ("No case has outputs from both runs: the two runs have no case and task in "
+                              "common (yet).")
+        return figures
+    figures["report"] = {"tasks": {task: report["tasks"][task] for task, report in reports.items()},
+                         "methods": next(iter(reports.values()))["methods"],
+                         "notes": [note for f in per_task.values() for note in f["notes"]]}
+    figures["rouge_histogram"] = per_task.get("regimen", {}).get("chart")
+    figures["icd10_codes"] = per_task.get("icd10", {}).get("chart")
+    return figures
+
+
+# --------------------------------------------------------------------------- reviews
+
+
+def _ratings_fingerprint(conn: sqlite3.Connection) -> tuple:
+    return tuple(conn.execute(
+        "SELECT (SELECT count(*) FROM ratings), (SELECT max(rating_id) FROM ratings), "
+        "(SELECT count(*) FROM assignments), (SELECT max(assignment_id) FROM assignments), "
+        "(SELECT count(*) FROM reviewers)").fetchone())
+
+
+def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetuned_run: int) -> pd.DataFrame:
+    """One row per assignment of the study with its current rating (highest revision), if any."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    rows = cursor.execute(
+        "SELECT a.case_id, v.name, a.run_a_id, a.run_b_id, r.rating_id, r.acceptable_a, r.acceptable_b, "
+        "r.unratable_reason, c.site, c.modality "
+        "FROM assignments AS a JOIN reviewers AS v USING (reviewer_id) JOIN cases AS c USING (case_id) "
+        "LEFT JOIN current_ratings AS r USING (assignment_id) "
+        "WHERE a.study_id = ? AND a.run_a_id IN (?, ?) AND a.run_b_id IN (?, ?)",
+        (study_id, base_run, finetuned_run, base_run, finetuned_run)).fetchall()
+    return pd.DataFrame(rows, columns=["case_id", "reviewer", "run_a_id", "run_b_id", "rating_id",
+                                       "acceptable_a", "acceptable_b", "unratable_reason", "site",
+                                       "case_modality"])
+
+
+def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int, filters: Filters) -> Reviews:
+    rated = rows["rating_id"].notna()
+    progress = pd.DataFrame({
+        "assigned": rows.groupby("reviewer").size(),
+        "rated": rated.groupby(rows["reviewer"]).sum(),
+        "unratable": rows["unratable_reason"].notna().groupby(rows["reviewer"]).sum(),
+    }).astype(int)
+    progress["share rated"] = progress["rated"] / progress["assigned"]
+    reviews = Reviews(study, progress.rename_axis("reviewer"), len(rows), int(rated.sum()), None, None, None)
+    judged = rows[rated & rows["unratable_reason"].isna() & filters.keep(rows)]
+    if judged.empty:
+        reviews.message = ("No ratings yet." if not rated.any() else
+                           "No rated case matches the filters." if filters.sites or filters.modalities else
+                           "No ratings with a verdict yet (every rating so far marks its case unratable).")
+        return reviews
+    verdicts = pd.concat([
+        pd.DataFrame({"case_id": judged["case_id"], "reviewer": judged["reviewer"], "model": model,
+                      "verdict": np.where(judged["run_a_id"] == run, judged["acceptable_a"],
+                                          judged["acceptable_b"]).astype(int)})
+        for model, run in zip(MODELS, (base_run, finetuned_run))], ignore_index=True)
+    majority = (verdicts.groupby(["model", "case_id"])["verdict"].mean() > 0.5).astype(int)
+    reviews.acceptability = acceptability(majority["base"].to_dict(), majority["finetuned"].to_dict())
+    reviews.agreement = rater_agreement(pd.DataFrame({
+        "item": verdicts["case_id"] + " / " + verdicts["model"], "rater": verdicts["reviewer"],
+        "label": verdicts["verdict"]}))
+    reviews.notes = [f"acceptability: {n}" for n in reviews.acceptability["notes"]]
+    reviews.notes += [f"agreement: {n}" for n in reviews.agreement["notes"]]
+    return reviews
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _methods(report: dict | None, reviews: Reviews | None) -> dict:
+    """Which tests and settings made each figure, in words; the task figures' from the report's methods."""
+    methods = {}
+    if report is not None:
+        m = report["methods"]
+        boot = m["bootstrap"]
+        scores = "; ".join(f"{task}: {text}" for task, text in m["scores"].items())
+        methods |= {
+            "Task tables": (
+                f"Means of per-case scores over the cases with outputs from both models ({m['pairing']}). "
+                f"95% intervals: {boot['method']} bootstrap, {boot['resamples']} resamples, seed "
+                f"{boot['seed']}: {boot['description']}. Scores: {scores}. Precision, recall, F1: "
+                f"{m['classification']}."),
+            "p-values": f"One-sided Wilcoxon signed-rank: {m['wilcoxon']}. Exact McNemar: {m['mcnemar']}.",
+            "Confusion matrices and per-class chart (modality)": m["classification"],
+            "ICD-10 top codes": (
+                f"The {TOP_CODES} most frequent gold codes among the paired ICD-10 cases (ties by code); per "
+                "code and model, the share of outputs that are exactly that code (per-class recall)."),
+            "ROUGE-1 distribution": (
+                "Per-case ROUGE-1 F of the paired regimen cases, the score of the regimen table, counted in "
+                "10 bins of width 0.1 (numpy.histogram: the last bin includes 1.0)."),
+        }
+    methods["Filters"] = (
+        "A case is kept when its disease site (cases.site) is one of the chosen sites and its gold modality "
+        "(cases.modality) one of the chosen modalities; no choice keeps all. Every figure is recomputed on "
+        "the kept cases (ICD-10 labels: the kept cases' gold codes); review progress covers the whole study.")
+    if reviews is not None:
+        methods |= {
+            "Acceptability": (
+                "The current rating (highest revision) of each assignment of the study; the blinded sides "
+                "A and B are mapped back to the runs through the assignment. A rating marked unratable gives "
+                "no verdict. Per case and model, the output is acceptable when more than half of its "
+                "reviewers judged it acceptable (a tie is not acceptable). rocore.statistics.acceptability: "
+                "share per model with Wilson (statsmodels proportion_confint, method='wilson', alpha 0.05) "
+                "and percentile bootstrap intervals; one-sided Wilcoxon signed-rank on the per-case 0/1 "
+                "verdicts (fine-tuned > base) and exact McNemar (two-sided)."),
+            "Inter-rater agreement": (
+                "Items: each case's output of each model; labels: each reviewer's acceptable/not verdict. "
+                "Cohen's kappa (sklearn cohen_kappa_score) for two reviewers, Fleiss' kappa (statsmodels) "
+                "for three or more, over the items every reviewer rated; Krippendorff's alpha (krippendorff, "
+                "nominal) over all verdicts."),
+            "Review progress": ("Per reviewer: assignments in the study, those with a rating (rated), and of "
+                                "those the ones marked unratable."),
+        }
+    return methods
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def compute(conn: sqlite3.Connection, cache: ScoreCache, base_run: int, finetuned_run: int,
+            filters: Filters = Filters(), study_id: int | None = None) -> Dashboard:
+    """Every figure of the dashboard for two runs; what did not change since the last call is reused.
+
+    Raises EvaluationInputError for a pair that cannot be compared (a missing run, different
+    split parts). study_id: the review study to show (default: the newest on these runs).
+    """
+    with _snapshot(conn):
+        check_run_pair(conn, base_run, finetuned_run)
+        db = _db_key(conn)
+        base, finetuned = cache.run_scores(conn, base_run), cache.run_scores(conn, finetuned_run)
+        view = (db, base_run, finetuned_run, filters)
+        cases_version = base.fingerprint[2]
+
+        def task_figures(task: str, rows: pd.DataFrame) -> dict:
+            counts = (base.task_counts.get(task), finetuned.task_counts.get(task), cases_version)
+            return cache.figures(("task", task, *view), counts, lambda: _task_figures(rows, task))
+
+        figures = cache.figures(
+            ("scores", *view), (base.fingerprint, finetuned.fingerprint),
+            lambda: _score_figures(pd.concat([base.frame.assign(model="base"),
+                                              finetuned.frame.assign(model="finetuned")], ignore_index=True),
+                                   filters, task_figures))
+        studies = studies_for(conn, base_run, finetuned_run)
+        study = next((s for s in studies if study_id in (None, s["study_id"])), None)
+        reviews = None
+        if study is not None:
+            reviews = cache.figures(
+                ("reviews", study["study_id"], *view), (_ratings_fingerprint(conn), cases_version),
+                lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
+                                 base_run, finetuned_run, filters))
+    return Dashboard(source={"db": db, "base_run": base_run, "finetuned_run": finetuned_run}, filters=filters,
+                     **figures, reviews=reviews, methods=_methods(figures["report"], reviews))
+
+
+def from_outputs(outputs: pd.DataFrame, source: dict) -> Dashboard:
+    """The figures for a table of paired outputs (rocore.evaluation.OUTPUT_COLUMNS); no reviews."""
+    rows = outputs.melt(id_vars=["case_id", "task", "gold"], value_vars=list(MODELS), var_name="model",
+                        value_name="output").dropna(subset=["output"])
+    figures = _score_figures(score_rows(rows[["case_id", "task", "model", "gold", "output"]]), Filters())
+    return Dashboard(source=source, filters=Filters(), **figures, reviews=None,
+                     methods=_methods(figures["report"], None))

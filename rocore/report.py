@@ -1,0 +1,351 @@
+"""Per-case results and the study report as files: the CSV a researcher opens in a spreadsheet, and a
+self-contained HTML page (tables, inline SVG charts, methods) that opens anywhere, offline.
+
+The tables are built here once and shown by both the Dashboard page and the HTML report, so the
+page and the file always state the same figures. The HTML has no script and no external reference
+(no fonts, no stylesheets, no images by URL): it can be mailed or archived with the study. Case
+text appears only in the per-case CSV, never in the HTML report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from rocore.evaluation import METRIC_NAMES, MODELS
+from rocore.scoring import SCORE_COLUMNS, TASKS, score_task
+
+if TYPE_CHECKING:
+    from rocore.dashboard import Dashboard
+
+__all__ = [
+    "MODEL_NAMES",
+    "TASK_NAMES",
+    "acceptability_table",
+    "acceptability_tests_table",
+    "agreement_table",
+    "bar_chart_svg",
+    "confusion_table",
+    "html_report",
+    "metric_table",
+    "neutralise",
+    "per_case_csv",
+    "per_class_table",
+    "score_rows",
+    "tests_table",
+]
+
+TASK_NAMES = {"regimen": "Task 1: treatment regimen", "modality": "Task 2: treatment modality",
+              "icd10": "Task 3: ICD-10-CM code"}
+MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+_LABEL_ORDER = ("gold_label", "predicted_label")
+_SCORE_ORDER = tuple(dict.fromkeys(column for task in TASKS for column in SCORE_COLUMNS[task]))
+
+
+# --------------------------------------------------------------------------- per-case results
+
+
+def score_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` (case_id, task, gold, output, and any other columns) with every label and score column
+    of rocore.scoring added, the rows grouped by task in TASKS order, input order kept within a task.
+
+    One row is one output of one model, so rows of any runs or models can be scored together or
+    apart (the dashboard scores only the rows a run has added since it last looked) and
+    concatenated; score columns a row's task does not have are NaN.
+    """
+    frames = []
+    for task in TASKS:
+        part = rows[rows["task"] == task]
+        if part.empty:
+            continue
+        scores = score_task(task, part["gold"].tolist(), part["output"].tolist())
+        scores.index = part.index
+        frames.append(pd.concat([part, scores], axis=1))
+    if not frames:
+        return rows.reindex(columns=[*rows.columns, *_LABEL_ORDER, *_SCORE_ORDER])
+    return pd.concat(frames).reindex(columns=[*rows.columns, *_LABEL_ORDER, *_SCORE_ORDER])
+
+
+def neutralise(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, made inert with a leading quote.
+
+    Every such cell is changed, even one that reads as a harmless number ("-5") or regimen ("-"):
+    telling harmless from harmful is what the spreadsheet gets wrong.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def per_case_csv(scores: pd.DataFrame) -> bytes:
+    """One row per case, task and model: identifiers, gold, output, labels and scores, as UTF-8 CSV
+    (with a byte-order mark, so that spreadsheets read accents right); text cells neutralised."""
+    leading = [c for c in ("case_id", "site", "case_modality", "task", "model", "run_id", "gold", "output")
+               if c in scores.columns]
+    columns = leading + [c for c in (*_LABEL_ORDER, *_SCORE_ORDER) if c in scores.columns]
+    order = scores.assign(_task=scores["task"].map(TASKS.index)).sort_values(
+        ["_task", "case_id", "model"], kind="stable").index
+    table = scores.loc[order, columns].copy()
+    for column in table.columns:
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            table[column] = table[column].map(neutralise)
+    return table.to_csv(index=False, lineterminator="\n").encode("utf-8-sig")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _interval_text(ci95: Mapping | None, kind: str = "bootstrap") -> str:
+    interval = (ci95 or {}).get(kind)
+    if not interval or interval[0] is None:
+        return ""
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def metric_table(task_report: Mapping) -> pd.DataFrame:
+    """Each metric of one task: both models' means and the paired difference, with 95% bootstrap intervals."""
+    base, finetuned, paired = task_report["base"], task_report["finetuned"], task_report["paired"]
+    metrics = [metric for metric in METRIC_NAMES.values() if metric in base]
+    metrics += [m for m in ("precision_macro", "recall_macro", "f1_macro",
+                            "precision_weighted", "recall_weighted", "f1_weighted") if m in base]
+    rows = {}
+    for metric in metrics:
+        difference = paired["difference"].get(metric) or {"mean": None, "ci95": None}
+        rows[metric] = {
+            "base": base[metric], "base 95% CI": _interval_text(base["ci95"].get(metric)),
+            "fine-tuned": finetuned[metric],
+            "fine-tuned 95% CI": _interval_text(finetuned["ci95"].get(metric)),
+            "difference": difference["mean"], "difference 95% CI": _interval_text(difference["ci95"]),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("metric")
+
+
+def tests_table(task_report: Mapping) -> pd.DataFrame:
+    """The paired tests of one task: one-sided Wilcoxon signed-rank and, on 0/1 scores, exact McNemar."""
+    paired = task_report["paired"]
+    rows = [{"test": "Wilcoxon signed-rank, one-sided (fine-tuned > base)", "on": paired["tested_metric"],
+             "n pairs": paired["n_pairs"], "statistic": paired["wilcoxon_statistic"],
+             "p": paired["wilcoxon_p_one_sided"]}]
+    if "mcnemar_exact_p" in paired:
+        table = paired["mcnemar_table"]
+        rows.append({"test": "McNemar exact, two-sided", "on": paired["tested_metric"],
+                     "n pairs": paired["n_pairs"],
+                     "statistic": float(min(table["base_only_right"], table["finetuned_only_right"])),
+                     "p": paired["mcnemar_exact_p"]})
+    return pd.DataFrame(rows).set_index("test")
+
+
+def per_class_table(task_report: Mapping) -> pd.DataFrame:
+    """Precision, recall and F1 per class for both models (modality), with the gold support."""
+    frame = pd.DataFrame({
+        f"{MODEL_NAMES[model]} {measure}": {label: values[measure]
+                                           for label, values in task_report[model]["per_class"].items()}
+        for model in MODELS for measure in ("precision", "recall", "f1")
+    })
+    frame["support"] = pd.Series({k: v["support"] for k, v in task_report["base"]["per_class"].items()})
+    return frame.rename_axis("class")
+
+
+def confusion_table(task_report: Mapping, model: str) -> pd.DataFrame:
+    """One model's confusion matrix: rows gold, columns output."""
+    matrix = task_report[model]["confusion_matrix"]
+    return pd.DataFrame(matrix["matrix"], index=pd.Index(matrix["labels"], name="gold"),
+                        columns=pd.Index(matrix["labels"], name="output"))
+
+
+def acceptability_table(acceptability: Mapping) -> pd.DataFrame:
+    """Share of cases judged acceptable per model, with Wilson and bootstrap 95% intervals."""
+    return pd.DataFrame.from_dict({
+        MODEL_NAMES[model]: {
+            "acceptable": acceptability[model]["acceptable"], "cases": acceptability[model]["n"],
+            "share": acceptability[model]["share"],
+            "Wilson 95% CI": _interval_text(acceptability[model]["ci95"], "wilson"),
+            "bootstrap 95% CI": _interval_text(acceptability[model]["ci95"]),
+        } for model in MODELS}, orient="index").rename_axis("model")
+
+
+def acceptability_tests_table(acceptability: Mapping) -> pd.DataFrame:
+    """The paired tests on per-case acceptability verdicts."""
+    paired = acceptability["paired"]
+    difference = paired["difference"]["share"]
+    return pd.DataFrame([
+        {"test": "difference in share (fine-tuned - base)", "value": difference["mean"],
+         "95% CI": _interval_text(difference["ci95"])},
+        {"test": "Wilcoxon signed-rank, one-sided (fine-tuned > base)",
+         "value": paired["wilcoxon_p_one_sided"], "95% CI": ""},
+        {"test": "McNemar exact, two-sided", "value": paired["mcnemar_exact_p"], "95% CI": ""},
+    ]).set_index("test")
+
+
+def agreement_table(agreement: Mapping) -> pd.DataFrame:
+    """Inter-rater agreement figures; None where undefined for the ratings at hand."""
+    return pd.DataFrame.from_dict({
+        "items (case x model)": agreement["n_items"], "raters": agreement["n_raters"],
+        "items rated by all": agreement["n_items_rated_by_all"],
+        "Cohen's kappa": agreement["cohen_kappa"], "Fleiss' kappa": agreement["fleiss_kappa"],
+        "Krippendorff's alpha": agreement["krippendorff_alpha"],
+    }, orient="index", columns=["value"], dtype=object)
+
+
+# --------------------------------------------------------------------------- inline SVG charts
+
+_COLOURS = ("#8c8c8c", "#1f6fb4", "#d9822b", "#3a9b5c")
+# The metrics drawn as bars in the HTML report (all of them are in its tables).
+_CHARTED_METRICS = ("accuracy", "rouge1_f", "f1_macro", "accuracy_category", "schedule_match")
+
+
+def bar_chart_svg(frame: pd.DataFrame, *, title: str, x_max: float | None = None,
+                  intervals: Mapping[str, Sequence] | None = None, value_format: str = "{:.3f}") -> str:
+    """Horizontal grouped bars: one group per row of `frame`, one bar per column (series).
+
+    `intervals` maps a column to one (low, high) pair (or None) per row, drawn as whiskers.
+    Plain SVG, no script and no namespace URL, to be inlined in an HTML page.
+    """
+    label_w, bar_w, value_w, bar_h, gap = 170, 360, 70, 13, 8
+    series = list(frame.columns)
+    values = frame.to_numpy(dtype=float)
+    top = float(x_max if x_max is not None else np.nanmax(values, initial=0.0)) or 1.0
+    legend_h = 22
+    group_h = bar_h * len(series) + gap
+    height = legend_h + 20 + group_h * len(frame) + 6
+    width = label_w + bar_w + value_w
+    parts = [(f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+              f'role="img" aria-label="{html.escape(title)}">'),
+             f'<text x="0" y="14" font-weight="bold">{html.escape(title)}</text>']
+    for j, name in enumerate(series):
+        x = label_w + j * 120
+        parts.append(f'<rect x="{x}" y="{legend_h - 4}" width="10" height="10" fill="{_COLOURS[j % 4]}"/>'
+                     f'<text x="{x + 14}" y="{legend_h + 5}">{html.escape(str(name))}</text>')
+    y = legend_h + 20
+    scale = bar_w / top
+    for i, label in enumerate(frame.index):
+        parts.append(f'<text x="{label_w - 6}" y="{y + group_h / 2}" text-anchor="end">'
+                     f'{html.escape(str(label))}</text>')
+        for j, name in enumerate(series):
+            value = values[i, j]
+            by = y + j * bar_h
+            if not np.isnan(value):
+                parts.append(f'<rect x="{label_w}" y="{by}" width="{max(value, 0) * scale:.1f}" '
+                             f'height="{bar_h - 2}" fill="{_COLOURS[j % 4]}"/>')
+                parts.append(f'<text x="{label_w + bar_w + 6}" y="{by + bar_h - 3}">'
+                             f'{html.escape(value_format.format(value))}</text>')
+            interval = (intervals or {}).get(name)
+            if interval is not None and interval[i] is not None and interval[i][0] is not None:
+                low, high = (float(v) * scale + label_w for v in interval[i])
+                mid = by + (bar_h - 2) / 2
+                parts.append(f'<path d="M{low:.1f},{mid:.1f}H{high:.1f}M{low:.1f},{mid - 4:.1f}V{mid + 4:.1f}'
+                             f'M{high:.1f},{mid - 4:.1f}V{mid + 4:.1f}" stroke="#222" fill="none"/>')
+        y += group_h
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- HTML report
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+svg.chart { display: block; margin: 0.5em 0 1.5em; font-size: 11px; }
+.note { color: #555; font-size: 0.9em; } dt { font-weight: bold; margin-top: 0.6em; }
+"""
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(escape=True, na_rep="-", float_format=lambda v: f"{v:.4g}", border=0)
+
+
+def _list_html(items: Mapping) -> str:
+    parts = ["<dl>"]
+    for key, value in items.items():
+        body = _list_html(value) if isinstance(value, Mapping) else html.escape(str(value))
+        parts.append(f"<dt>{html.escape(str(key))}</dt><dd>{body}</dd>")
+    return "".join(parts) + "</dl>"
+
+
+def _task_html(task: str, task_report: Mapping, view: Dashboard) -> list[str]:
+    means = metric_table(task_report)
+    out = [f"<h2>{html.escape(TASK_NAMES[task])}</h2>",
+           f"<p>{task_report['paired']['n_pairs']} paired cases.</p>",
+           _table_html(means), _table_html(tests_table(task_report))]
+    shown = means.loc[[m for m in means.index if m in _CHARTED_METRICS]]
+    if len(shown):
+        out.append(bar_chart_svg(
+            shown[["base", "fine-tuned"]], title=f"{task}: mean per-case score, 95% bootstrap CI", x_max=1.0,
+            intervals={MODEL_NAMES[m]: [task_report[m]["ci95"].get(metric, {}).get("bootstrap")
+                                        for metric in shown.index] for m in MODELS}))
+    if "per_class" in task_report["base"]:
+        per_class = per_class_table(task_report)
+        out += ["<h3>Per class</h3>", _table_html(per_class),
+                bar_chart_svg(per_class[["base f1", "fine-tuned f1"]], title="F1 per modality", x_max=1.0)]
+    if "confusion_matrix" in task_report["base"]:
+        for model in MODELS:
+            out += [f"<h3>Confusion matrix, {MODEL_NAMES[model]} (rows gold, columns output)</h3>",
+                    _table_html(confusion_table(task_report, model))]
+    if task == "regimen" and view.rouge_histogram is not None:
+        out.append(bar_chart_svg(view.rouge_histogram, title="ROUGE-1 F per case: number of cases per bin",
+                                 value_format="{:.0f}"))
+    if task == "icd10" and view.icd10_codes is not None and len(view.icd10_codes):
+        out += ["<h3>Most frequent gold codes: share of exact codes</h3>", _table_html(view.icd10_codes),
+                bar_chart_svg(view.icd10_codes[["base", "fine-tuned"]], title="Exact code per gold code",
+                              x_max=1.0)]
+    return out
+
+
+def _reviews_html(view: Dashboard) -> list[str]:
+    reviews = view.reviews
+    out = ["<h2>Clinical review</h2>"]
+    if reviews is None:
+        return out + ['<p class="note">No review study on these runs: no ratings yet.</p>']
+    out.append(f"<p>Study {reviews.study['study_id']} ({html.escape(reviews.study['name'])}), "
+               f"task {html.escape(reviews.study['task'])}: {reviews.n_rated} of {reviews.n_assigned} "
+               "assignments rated.</p>")
+    if reviews.acceptability is None:
+        out.append(f'<p class="note">{html.escape(reviews.message or "No ratings yet.")}</p>')
+    else:
+        table = acceptability_table(reviews.acceptability)
+        out += [_table_html(table), _table_html(acceptability_tests_table(reviews.acceptability)),
+                bar_chart_svg(table[["share"]], title="Share judged acceptable, 95% Wilson CI", x_max=1.0,
+                              intervals={"share": [reviews.acceptability[m]["ci95"].get("wilson")
+                                                   for m in MODELS]})]
+    if reviews.agreement is not None:
+        out += ["<h3>Inter-rater agreement (acceptability)</h3>",
+                _table_html(agreement_table(reviews.agreement))]
+    out += ["<h3>Review progress per reviewer</h3>", _table_html(reviews.progress)]
+    return out
+
+
+def html_report(view: Dashboard, *, title: str = "Base against fine-tuned: study report") -> str:
+    """The whole report as one HTML page: every table and chart of the dashboard, methods and notes."""
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    source = "; ".join(f"{key}: {value}" for key, value in view.source.items())
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>",
+           (f'<p class="note">{html.escape(source)}. Filters: {html.escape(view.filters.describe())}. '
+            f"{view.n_cases} cases. Generated {generated}.</p>")]
+    if view.report is None:
+        out.append(f"<p>{html.escape(view.message or 'Nothing to evaluate.')}</p>")
+    else:
+        for task, task_report in view.report["tasks"].items():
+            out += _task_html(task, task_report, view)
+    out += _reviews_html(view)
+    out += ["<h2>Methods</h2>", _list_html(view.methods)]
+    if view.report is not None:
+        out += ["<h3>Settings and versions</h3>", _list_html(view.report["methods"])]
+    notes = [*(view.report["notes"] if view.report else []),
+             *(view.reviews.notes if view.reviews is not None else [])]
+    if notes:
+        out += ["<h2>Notes</h2><ul>", *(f"<li>{html.escape(note)}</li>" for note in notes), "</ul>"]
+    out.append("</body></html>")
+    return "\n".join(out)

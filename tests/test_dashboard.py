@@ -1,0 +1,250 @@
+"""The dashboard's figures from a real store: equal to the evaluation report, cached between refreshes,
+scored incrementally, filtered, and the blinded ratings mapped back to the runs.
+
+The helpers at the top build generation runs and review studies with known outputs and verdicts;
+the page and report tests import them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rocore.dashboard import Filters, ScoreCache, compute, from_outputs
+from rocore.db import opened, transaction
+from rocore.evaluation import EvaluationInputError, evaluate_outputs, outputs_from_runs
+from rocore.generation import get_or_create_run, register_model
+
+TASKS = ("regimen", "modality", "icd10")
+WRONG = {"modality": "surgery", "icd10": "C80.1"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cases_of(conn, part: str = "test") -> list[dict]:
+    """The cases of split 'main' in `part`, sorted by id."""
+    return [dict(r) for r in conn.execute(
+        "SELECT c.* FROM split_cases s JOIN cases c USING (case_id) WHERE s.split_id = 1 AND s.part = ? "
+        "ORDER BY c.case_id", (part,))]
+
+
+def output(case: dict, task: str, model: str, i: int) -> str:
+    """Known outputs: the fine-tuned model is right three times in four, the base model once in four."""
+    right = i % 4 != 0 if model == "finetuned" else i % 4 == 0
+    if right:
+        return case[task]
+    return f"{case['regimen']} twice daily" if task == "regimen" else WRONG[task]
+
+
+def add_run(conn, model: str, tasks=TASKS, part: str = "test") -> int:
+    """An empty generation run of the base model, or of its adapter; its id."""
+    base_id = register_model(conn, "/models/base", "base")
+    adapter_id = register_model(conn, "/models/adapter", "adapter", base_id) if model == "finetuned" else None
+    run_id, _ = get_or_create_run(conn, base_id, adapter_id, 1, part, list(tasks), "fp32", {})
+    return run_id
+
+
+def add_outputs(conn, run_id: int, rows, created_at: str | None = None) -> None:
+    """Store (case_id, task, text) rows as a generation run does; created_at: now unless given."""
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO generations (run_id, case_id, task, template_id, raw_text, answer, prompt_tokens, "
+            "output_tokens, seconds, created_at) VALUES (?, ?, ?, 't', ?, ?, 10, 3, 0.1, "
+            "coalesce(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+            [(run_id, case_id, task, text, text, created_at) for case_id, task, text in rows])
+
+
+def make_runs(conn, part: str = "test", base_tasks=TASKS, finetuned_tasks=TASKS) -> tuple[int, int]:
+    """A base and a fine-tuned run with every known output of `part`."""
+    cases = cases_of(conn, part)
+    runs = []
+    for model, tasks in (("base", base_tasks), ("finetuned", finetuned_tasks)):
+        run_id = add_run(conn, model, tasks, part)
+        add_outputs(conn, run_id, [(c["case_id"], task, output(c, task, model, i))
+                                   for task in tasks for i, c in enumerate(cases)])
+        runs.append(run_id)
+    return runs[0], runs[1]
+
+
+def add_study(conn, base_run: int, finetuned_run: int, reviewers=("ana", "ben", "cem")) -> int:
+    """A regimen study of the two runs, every test case assigned to every reviewer, sides alternating."""
+    with transaction(conn):
+        ids = [conn.execute("INSERT INTO reviewers (name, code_hash, code_salt) VALUES (?, x'00', x'00')",
+                            (name,)).lastrowid for name in reviewers]
+        study_id = conn.execute("INSERT INTO studies (name, run_1_id, run_2_id, seed, overlap) "
+                                "VALUES ('acceptability', ?, ?, 0, ?)",
+                                (base_run, finetuned_run, len(reviewers))).lastrowid
+        for position, case in enumerate(cases_of(conn), start=1):
+            for reviewer_id in ids:
+                sides = (base_run, finetuned_run)
+                if (position + reviewer_id) % 2:
+                    sides = sides[::-1]
+                conn.execute("INSERT INTO assignments (study_id, reviewer_id, case_id, position, run_a_id, "
+                             "run_b_id) VALUES (?, ?, ?, ?, ?, ?)",
+                             (study_id, reviewer_id, case["case_id"], position, *sides))
+    return study_id
+
+
+def rate(conn, study_id: int, reviewer: str, case_id: str, base_ok: int | None, finetuned_ok: int | None,
+         unratable: str | None = None) -> None:
+    """A new revision of the reviewer's rating of the case, given per model (mapped to sides A/B here)."""
+    a = conn.execute(
+        "SELECT a.assignment_id, a.reviewer_id, a.run_a_id, s.run_1_id FROM assignments a "
+        "JOIN reviewers v USING (reviewer_id) JOIN studies s USING (study_id) "
+        "WHERE a.study_id = ? AND v.name = ? AND a.case_id = ?",
+        (study_id, reviewer, case_id)).fetchone()
+    base_is_a = a["run_a_id"] == a["run_1_id"]
+    verdict_a, verdict_b = (base_ok, finetuned_ok) if base_is_a else (finetuned_ok, base_ok)
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, unratable_reason, "
+            "reviewer_id) VALUES (?, 1 + (SELECT coalesce(max(revision), 0) FROM ratings "
+            "WHERE assignment_id = ?), ?, ?, ?, ?)",
+            (a["assignment_id"], a["assignment_id"], verdict_a, verdict_b, unratable, a["reviewer_id"]))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.fixture
+def store(split_db):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        yield conn
+
+
+def test_figures_are_the_evaluation_report(store):
+    base_run, finetuned_run = make_runs(store)
+    view = compute(store, ScoreCache(), base_run, finetuned_run)
+    assert view.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
+    assert view.n_cases == len(cases_of(store))
+    assert set(view.scores["model"]) == {"base", "finetuned"} and len(view.scores) == 6 * view.n_cases
+    assert view.rouge_histogram.sum().tolist() == [view.n_cases, view.n_cases]
+    codes = view.icd10_codes
+    assert codes["cases"].is_monotonic_decreasing and len(codes) <= 10
+    assert view.reviews is None and "Task tables" in view.methods and "Acceptability" not in view.methods
+
+
+def test_a_refresh_without_new_rows_scores_nothing_and_reuses_everything(store):
+    base_run, finetuned_run = make_runs(store)
+    cache = ScoreCache()
+    first = compute(store, cache, base_run, finetuned_run)
+    scored = cache.rows_scored
+    assert scored == len(first.scores)
+    again = compute(store, cache, base_run, finetuned_run)
+    assert cache.rows_scored == scored
+    assert again.report is first.report and again.scores is first.scores
+    assert cache.run_scores(store, base_run).frame is cache.run_scores(store, base_run).frame
+
+
+def test_new_outputs_are_scored_alone_and_appended(store):
+    cases = cases_of(store)
+    base_run, finetuned_run = make_runs(store, finetuned_tasks=("modality", "icd10"))
+    cache = ScoreCache()
+    before = compute(store, cache, base_run, finetuned_run)
+    assert before.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
+    assert "regimen" not in before.report["tasks"]
+    scored = cache.rows_scored
+    newest = store.execute("SELECT max(created_at) FROM generations WHERE run_id = ?",
+                           (finetuned_run,)).fetchone()[0]
+    # Rows stored in the same millisecond as the newest cached one are read again and must not be rescored.
+    add_outputs(store, finetuned_run, [(c["case_id"], "regimen", output(c, "regimen", "finetuned", i))
+                                       for i, c in enumerate(cases[:3])], created_at=newest)
+    add_outputs(store, finetuned_run, [(c["case_id"], "regimen", output(c, "regimen", "finetuned", i))
+                                       for i, c in enumerate(cases) if i >= 3])
+    after = compute(store, cache, base_run, finetuned_run)
+    assert cache.rows_scored == scored + len(cases)
+    assert after.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
+    assert after.report["tasks"]["regimen"]["paired"]["n_pairs"] == len(cases)
+    # The tasks without new outputs are not recomputed.
+    assert after.report["tasks"]["modality"] is before.report["tasks"]["modality"]
+    assert after.report["tasks"]["regimen"] is not before.report["tasks"].get("regimen")
+
+
+def test_a_changed_gold_answer_rescores_the_runs(store):
+    base_run, finetuned_run = make_runs(store)
+    cache = ScoreCache()
+    before = compute(store, cache, base_run, finetuned_run)
+    case_id = cases_of(store)[1]["case_id"]  # the fine-tuned modality answer of case 1 is right
+    with transaction(store):
+        store.execute("UPDATE cases SET modality = CASE modality WHEN 'photon' THEN 'proton' "
+                      "ELSE 'photon' END, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                      "WHERE case_id = ?", (case_id,))
+    after = compute(store, cache, base_run, finetuned_run)
+    accuracy = [view.report["tasks"]["modality"]["finetuned"]["accuracy"] for view in (before, after)]
+    assert accuracy[1] == pytest.approx(accuracy[0] - 1 / before.n_cases)
+    assert after.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
+
+
+def test_filters_keep_the_cases_of_the_chosen_sites_and_modalities(store):
+    base_run, finetuned_run = make_runs(store)
+    cases = cases_of(store)
+    site = max({c["site"] for c in cases}, key=[c["site"] for c in cases].count)
+    view = compute(store, ScoreCache(), base_run, finetuned_run, Filters(sites=(site,)))
+    kept = {c["case_id"] for c in cases if c["site"] == site}
+    assert view.n_cases == len(kept) < len(cases)
+    outputs = outputs_from_runs(store, base_run, finetuned_run)
+    assert view.report == evaluate_outputs(outputs[outputs["case_id"].isin(kept)].reset_index(drop=True))
+    photon = compute(store, ScoreCache(), base_run, finetuned_run, Filters(modalities=("photon",)))
+    assert photon.n_cases == sum(c["modality"] == "photon" for c in cases)
+    nothing = compute(store, ScoreCache(), base_run, finetuned_run, Filters(sites=("nowhere",)))
+    assert nothing.report is None and nothing.message == "No case matches the filters."
+
+
+def test_runs_without_overlapping_cases_or_outputs(store):
+    base_run, finetuned_run = make_runs(store, base_tasks=("modality",), finetuned_tasks=("icd10",))
+    view = compute(store, ScoreCache(), base_run, finetuned_run)
+    assert view.report is None and "no case and task in common" in view.message
+    assert view.rouge_histogram is None and view.icd10_codes is None
+    empty = [add_run(store, model, ("regimen",), "validation") for model in ("base", "finetuned")]
+    assert compute(store, ScoreCache(), *empty).message == "These runs have no outputs yet."
+
+
+def test_pairs_that_cannot_be_compared_are_refused(store):
+    base_run, _ = make_runs(store)
+    other = add_run(store, "finetuned", part="validation")
+    with pytest.raises(EvaluationInputError, match="cover different split parts"):
+        compute(store, ScoreCache(), base_run, other)
+    with pytest.raises(EvaluationInputError, match="has no generation run 99"):
+        compute(store, ScoreCache(), base_run, 99)
+    with pytest.raises(EvaluationInputError, match="chosen twice"):
+        compute(store, ScoreCache(), base_run, base_run)
+
+
+def test_acceptability_from_blinded_ratings(store):
+    base_run, finetuned_run = make_runs(store)
+    study_id = add_study(store, base_run, finetuned_run)
+    cache = ScoreCache()
+    view = compute(store, cache, base_run, finetuned_run)
+    assert view.reviews.acceptability is None and view.reviews.message == "No ratings yet."
+    assert view.reviews.progress["assigned"].tolist() == [len(cases_of(store))] * 3
+    cases = [c["case_id"] for c in cases_of(store)][:8]
+    for i, case_id in enumerate(cases):
+        rate(store, study_id, "ana", case_id, 0, 1)
+        rate(store, study_id, "ben", case_id, 0, 1 if i % 2 else 0)  # every other fine-tuned output
+    rate(store, study_id, "cem", cases[0], 1, 1)
+    rate(store, study_id, "cem", cases[0], 0, 0)  # a revision replaces the first verdict
+    rate(store, study_id, "cem", cases[1], None, None, unratable="no diagnosis")
+    scored = cache.rows_scored
+    view = compute(store, cache, base_run, finetuned_run)
+    assert cache.rows_scored == scored  # new ratings score nothing
+    reviews = view.reviews
+    # The majority of current verdicts: fine-tuned outputs of odd cases (ana and ben say yes); of even
+    # cases, none (ana yes, ben no: a tie is not acceptable; case 0: cem's revision says no).
+    assert reviews.acceptability["finetuned"]["acceptable"] == 4
+    assert reviews.acceptability["base"]["acceptable"] == 0
+    assert reviews.acceptability["base"]["n"] == 8
+    assert reviews.progress.loc["cem", ["rated", "unratable"]].tolist() == [2, 1]
+    assert reviews.n_rated == 18 and reviews.agreement["n_raters"] == 3
+    assert "Acceptability" in view.methods and "Inter-rater agreement" in view.methods
+    filtered = compute(store, cache, base_run, finetuned_run, Filters(sites=("nowhere",)))
+    assert filtered.reviews.acceptability is None and "No rated case matches" in filtered.reviews.message
+
+
+def test_from_outputs_is_the_evaluation_report(store):
+    base_run, finetuned_run = make_runs(store)
+    outputs = outputs_from_runs(store, base_run, finetuned_run)
+    outputs.loc[0, "base"] = None  # a missing output is left out, as evaluate_outputs does
+    view = from_outputs(outputs, {"file": "outputs.csv"})
+    assert view.report == evaluate_outputs(outputs)
+    assert len(view.scores) == 2 * len(outputs) - 1

@@ -1,0 +1,103 @@
+"""The Dashboard page through AppTest on a real database: the figures it shows are the evaluation
+report's, filters change them, and the review section follows the ratings."""
+
+import pytest
+from test_dashboard import add_study, cases_of, make_runs, rate
+
+from rocore.db import opened
+from rocore.evaluation import evaluate_outputs, outputs_from_runs
+from rocore.report import MODEL_NAMES, TASK_NAMES
+
+
+@pytest.fixture
+def page_for(open_page):
+    return lambda db_path: open_page("pages/dashboard.py", db_path)
+
+
+@pytest.fixture
+def runs(split_db):
+    """The database path, its base and fine-tuned runs, and the evaluation report of the two."""
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        base_run, finetuned_run = make_runs(conn)
+        report = evaluate_outputs(outputs_from_runs(conn, base_run, finetuned_run))
+    return db_path, base_run, finetuned_run, report
+
+
+def table(at, label: str):
+    """The shown dataframes whose index is named `label`, or that have a column or row `label`."""
+    for frame in at.dataframe:
+        value = frame.value
+        if label in (value.index.name, *value.columns, *value.index):
+            yield value
+
+
+def test_without_runs_the_page_says_what_to_do_first(page_for, db_path):
+    assert "Generate page first" in page_for(db_path).info[0].value
+
+
+def test_the_figures_are_the_evaluation_report(page_for, runs):
+    db_path, _, _, report = runs
+    at = page_for(db_path)
+    assert at.metric[0].value == str(report["tasks"]["regimen"]["paired"]["n_pairs"])
+    assert [tab.label for tab in at.tabs] == [TASK_NAMES[t] for t in ("regimen", "modality", "icd10")]
+    metrics = list(table(at, "metric"))
+    tests = list(table(at, "test"))
+    for task, shown, test in zip(("regimen", "modality", "icd10"), metrics, tests):
+        task_report = report["tasks"][task]
+        for model in ("base", "finetuned"):
+            assert shown.loc["accuracy", MODEL_NAMES[model]] == task_report[model]["accuracy"]
+            low, high = task_report[model]["ci95"]["accuracy"]["bootstrap"]
+            assert shown.loc["accuracy", f"{MODEL_NAMES[model]} 95% CI"] == f"[{low:.3f}, {high:.3f}]"
+        assert test["p"].iloc[0] == task_report["paired"]["wilcoxon_p_one_sided"]
+    regimen, modality = report["tasks"]["regimen"], report["tasks"]["modality"]
+    assert metrics[0].loc["rouge1_f", "difference"] == regimen["paired"]["difference"]["rouge1_f"]["mean"]
+    assert tests[1].loc["McNemar exact, two-sided", "p"] == modality["paired"]["mcnemar_exact_p"]
+    confusion = next(table(at, "gold"))
+    assert confusion.to_numpy().tolist() == modality["base"]["confusion_matrix"]["matrix"]
+    assert "No ratings yet" in at.info[0].value
+    buttons = [button.label for button in at.get("download_button")]
+    assert buttons == ["Per-case results (CSV)", "Report (HTML)"]
+    assert "One-sided Wilcoxon" in at.expander[0].markdown[1].value
+
+
+def test_filters_change_the_cases(page_for, runs):
+    db_path, *_ = runs
+    with opened(db_path) as conn:
+        cases = cases_of(conn)
+    at = page_for(db_path)
+    assert at.metric[0].value == str(len(cases))
+    site, modality = cases[0]["site"], cases[0]["modality"]
+    at.multiselect[0].set_value([site]).run()
+    assert at.metric[0].value == str(sum(c["site"] == site for c in cases)) != str(len(cases))
+    at.multiselect[1].set_value([modality]).run()
+    assert at.metric[0].value == str(sum(c["site"] == site and c["modality"] == modality for c in cases))
+
+
+def test_runs_without_common_cases(page_for, split_db):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        make_runs(conn, base_tasks=("modality",), finetuned_tasks=("icd10",))
+    at = page_for(db_path)
+    assert "no case and task in common" in at.warning[0].value and not at.tabs
+
+
+def test_acceptability_follows_the_ratings(page_for, runs):
+    db_path, base_run, finetuned_run, _ = runs
+    with opened(db_path) as conn:
+        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
+        cases = [c["case_id"] for c in cases_of(conn)]
+    at = page_for(db_path)
+    assert "No ratings yet." in at.info[0].value
+    with opened(db_path) as conn:
+        for i, case_id in enumerate(cases):
+            rate(conn, study_id, "ana", case_id, 0, i % 5 != 0)
+            rate(conn, study_id, "ben", case_id, 0, i % 5 != 0)
+    at.run()
+    shares = next(table(at, "Wilson 95% CI"))
+    assert shares.loc["fine-tuned", "acceptable"] == sum(i % 5 != 0 for i in range(len(cases)))
+    assert shares.loc["base", "share"] == 0.0 and shares.loc["fine-tuned", "cases"] == len(cases)
+    progress = next(table(at, "reviewer"))
+    assert progress["rated"].tolist() == [len(cases), len(cases)]
+    agreement = next(table(at, "Cohen's kappa"))
+    assert agreement.loc["Cohen's kappa", "value"] == 1.0
