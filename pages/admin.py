@@ -1,0 +1,132 @@
+"""Admin: blinded review studies and their progress, the people who sign in, and the audit log.
+
+For researchers and administrators only (app.py lists it for them; rocore checks the role again).
+"""
+
+import pandas as pd
+import streamlit as st
+
+from pages._access import require_staff
+from rocore import auth, review
+from rocore.db import default_db_path, opened
+from rocore.prompts import TASKS
+
+
+DB = default_db_path()
+
+user = require_staff().as_session()
+client = auth.web_client(st.context.ip_address)
+
+st.title("Admin")
+tab_studies, tab_people, tab_audit = st.tabs(["Studies", "People", "Audit log"])
+
+with opened(DB) as conn:
+    runs = review.list_runs(conn)
+    active = {p["reviewer_id"]: p for p in auth.list_users(conn) if p["active"]}
+
+with tab_studies:
+    pair = review.default_run_pair(runs)
+    if pair is None:
+        st.info("A study compares two generation runs over the same split part: "
+                "make them on the Generate page.")
+    else:
+        run_ids, labels = [r["run_id"] for r in runs], {r["run_id"]: r["label"] for r in runs}
+        with st.form("new-study"):
+            st.subheader("New study")
+            name = st.text_input("Name", help="Reviewers see the name: leave model names out of it.",
+                                 key="study-name")
+            left, right = st.columns(2)
+            run_1 = left.selectbox("Run 1 (for example the base model)", run_ids, format_func=labels.get,
+                                   index=run_ids.index(pair[0]))
+            run_2 = right.selectbox("Run 2 (for example the fine-tuned model)", run_ids,
+                                    format_func=labels.get, index=run_ids.index(pair[1]))
+            task = left.selectbox("Task", TASKS, format_func=review.TASK_LABELS.get)
+            reviewers = right.multiselect("Reviewers", list(active), format_func=lambda r: active[r]["name"])
+            sample_n = left.number_input("Cases to sample (0: every case with both outputs)", min_value=0,
+                                         step=1)
+            seed = right.number_input("Seed of the sample and assignment", value=0, step=1)
+            overlap = left.number_input("Reviewers per case", min_value=1, value=1, step=1)
+            right.caption("Each output is rated Acceptable or Not acceptable; the form can also ask")
+            likert = right.checkbox("a score from 1 to 5 per output")
+            preference = right.checkbox("which of the two is preferred")
+            comment = right.checkbox("a free-text comment", value=True)
+            create = st.form_submit_button("Create study", type="primary")
+        if create:
+            try:
+                with opened(DB) as conn:
+                    study_id = review.create_study(
+                        conn, actor_id=user["id"], name=name, run_1_id=run_1, run_2_id=run_2,
+                        reviewer_ids=reviewers, task=task, sample_n=int(sample_n) or None, seed=int(seed),
+                        overlap=int(overlap), form=review.Form(likert, preference, comment), client=client)
+                st.success(f"Created study '{' '.join(name.split())}' (id {study_id}).")
+            except (review.ReviewError, auth.AuthError) as exc:
+                st.error(str(exc))
+
+    with opened(DB) as conn:
+        studies = review.list_studies(conn, actor_id=user["id"])
+        for study in studies:
+            progress = review.study_progress(conn, study["study_id"], actor_id=user["id"])
+            summary = review.study_summary(conn, study["study_id"], actor_id=user["id"])
+            with st.expander(f"{study['name']}: {study['n_done']} of {study['n_assignments']} ratings done",
+                             expanded=study is studies[0]):
+                sampled = f" (sample, seed {study['seed']})" if study["sample_n"] else ""
+                st.caption(f"Task {study['task']}; runs {study['run_1_id']} and {study['run_2_id']}; "
+                           f"{study['n_cases']} cases{sampled}; {study['overlap']} reviewers per case; "
+                           f"created {study['created_at']}")
+                metrics = st.columns(3)
+                for column, number in zip(metrics, (1, 2)):
+                    result = summary["runs"][number]
+                    share = result["share_acceptable"]
+                    column.metric(f"Run {study[f'run_{number}_id']} acceptable",
+                                  "–" if share is None else f"{share:.0%}",
+                                  help=f"{result['acceptable']} of {result['rated']} current ratings")
+                metrics[2].metric("Flagged unratable", summary["flagged"])
+                st.dataframe(pd.DataFrame(progress), hide_index=True)
+    if not studies:
+        st.caption("No studies yet.")
+
+with tab_people:
+    with st.form("add-person"):
+        st.subheader("Add a person")
+        left, right = st.columns(2)
+        new_name = left.text_input("Name", key="person-name")
+        role = right.selectbox("Role", ("reviewer", "researcher", "admin"))
+        add = st.form_submit_button("Add", type="primary")
+    if add:
+        try:
+            with opened(DB) as conn:
+                added, code = auth.add_user(conn, new_name, role, actor_id=user["id"], client=client)
+            st.success(f"Added {added.role} '{added.name}'. Their access code is shown only now: "
+                       "hand it over privately.")
+            st.code(code, language=None)
+        except auth.AuthError as exc:
+            st.error(str(exc))
+
+    st.subheader("People")
+    with opened(DB) as conn:
+        people = auth.list_users(conn)
+    st.dataframe(pd.DataFrame(people), hide_index=True)
+    names = [p["name"] for p in people]
+    if names:
+        chosen = st.selectbox("Person", names, key="admin-person")
+        reset, off, on = st.columns(3)
+        try:
+            if reset.button("New access code", key="admin-reset"):
+                with opened(DB) as conn:
+                    code = auth.reset_code(conn, chosen, actor_id=user["id"], client=client)
+                st.success(f"New access code for '{chosen}', shown only now; the old one no longer works.")
+                st.code(code, language=None)
+            for column, label, state in ((off, "Deactivate", False), (on, "Reactivate", True)):
+                if column.button(label, key=f"admin-{label.lower()}"):
+                    with opened(DB) as conn:
+                        auth.set_active(conn, chosen, state, actor_id=user["id"], client=client)
+                    st.rerun()
+        except auth.AuthError as exc:
+            st.error(str(exc))
+
+with tab_audit:
+    with opened(DB) as conn:
+        entries = auth.audit_entries(conn, actor_id=user["id"])
+    st.caption("The newest 500 entries: who did what, when and from where. Ratings are logged by value, "
+               "never with case text or comments.")
+    st.dataframe(pd.DataFrame(entries), hide_index=True)

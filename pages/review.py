@@ -1,0 +1,167 @@
+"""Review: rate two blinded outputs per case, side by side, one case at a time.
+
+The page receives only what `rocore.review.open_item` returns for the signed-in reviewer: the case,
+the texts as "A" and "B", and the reviewer's own answers. It keeps the study id, the case position
+and widget values in the session, never which run is which. Without a chosen position it opens the
+first case without a rating, so a refresh, a new browser or a server restart resumes there.
+Keyboard: Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the previous and next case.
+"""
+
+import streamlit as st
+
+from rocore import auth, review
+from rocore.db import default_db_path, opened
+
+DB = default_db_path()
+CHOICES = ("Acceptable", "Not acceptable")
+
+user = st.session_state.get("user")
+if not user:
+    st.error("Sign in first.")
+    st.stop()
+client = auth.web_client(st.context.ip_address)
+
+st.title("Review")
+try:
+    with opened(DB) as conn:
+        studies = review.my_studies(conn, user["id"])
+except auth.AccessDenied as exc:
+    st.error(str(exc))
+    st.stop()
+if not studies:
+    st.info("No cases are assigned to you yet.")
+    st.stop()
+
+
+def go_to(position: int | None) -> None:
+    """Show the case at `position` next (None: the first unrated), with a fresh form."""
+    st.session_state["review-position"] = position
+    st.session_state.pop("review-assignment", None)
+    st.session_state.pop("review-revision", None)
+
+
+by_id = {s["study_id"]: s for s in studies}
+if st.session_state.get("review-study") not in by_id:
+    st.session_state["review-study"] = next((s["study_id"] for s in studies if s["done"] < s["total"]),
+                                            studies[0]["study_id"])
+if len(studies) > 1:
+    st.selectbox("Study", list(by_id), key="review-study", on_change=go_to, args=(None,),
+                 format_func=lambda s: f"{by_id[s]['name']}: {by_id[s]['done']} of {by_id[s]['total']} rated")
+study_id = st.session_state["review-study"]
+
+notice = st.session_state.pop("review-notice", None)
+if notice:
+    getattr(st, notice[0])(notice[1])
+
+shown = (st.session_state.get("review-assignment"), st.session_state.get("review-revision"))
+try:
+    with opened(DB) as conn:
+        item = review.open_item(conn, user["id"], study_id, st.session_state.get("review-position"),
+                                shown if None not in shown else None)
+except auth.AccessDenied as exc:
+    st.error(str(exc))
+    st.stop()
+
+if item is None:
+    total = by_id[study_id]["total"]
+    st.progress(1.0, text=f"{total} of {total} rated")
+    st.success(f"You have rated all {total} cases of this study. Thank you!")
+    st.button("Look through my ratings", on_click=go_to, args=(1,), key="review-again")
+    st.stop()
+
+# Pin the case and the revision its form shows: the next run reads a submission against this very
+# form, even if another tab rated the case meanwhile (rocore then refuses it as stale).
+st.session_state["review-position"] = item.position
+st.session_state["review-assignment"], st.session_state["review-revision"] = item.assignment_id, item.revision
+st.progress(item.done / item.total, text=f"{item.done} of {item.total} rated")
+st.subheader(f"Case {item.position} of {item.total}")
+
+facts = [f"{field.capitalize() if field != 'ecog' else 'ECOG'}: {item.patient[field]}"
+         for field in review.PATIENT_FIELDS if item.patient[field] not in (None, "")]
+if facts:
+    st.caption(" · ".join(facts))
+with st.container(border=True):
+    st.text(item.patient["diagnosis"])
+
+current = item.current or review.Rating()
+if current.unratable:
+    st.warning(f"You flagged this case as unratable: {current.unratable_reason}")
+elif item.revision:
+    st.caption(f"You rated this case before (revision {item.revision}). Submitting again adds a revision; "
+               "the earlier rating is kept.")
+
+key = f"{item.assignment_id}-{item.revision}"
+asked = item.form
+
+
+def index_of(options, value):
+    """The radio index of a stored answer, None (nothing chosen) without one."""
+    return options.index(value) if value in options else None
+
+
+with st.form(f"rate-{key}", border=False):
+    columns = st.columns(2)
+    answers = {}
+    for column, side, text in ((columns[0], "a", item.text_a), (columns[1], "b", item.text_b)):
+        with column:
+            with st.container(border=True):
+                st.markdown(f"**{item.label} {side.upper()}**")
+                st.text(text)
+            accepted = getattr(current, f"acceptable_{side}")
+            answers[f"acceptable_{side}"] = st.radio(
+                f"Is {item.label} {side.upper()} clinically acceptable?", CHOICES, horizontal=True,
+                key=f"acceptable-{side}-{key}", index=None if accepted is None else int(not accepted))
+            if asked.likert:
+                answers[f"likert_{side}"] = st.radio(
+                    f"Score of {item.label} {side.upper()} (1 poor, 5 excellent)", review.LIKERT,
+                    horizontal=True, key=f"likert-{side}-{key}",
+                    index=index_of(review.LIKERT, getattr(current, f"likert_{side}")))
+    if asked.preference:
+        names = {"A": f"{item.label} A", "B": f"{item.label} B", "none": "No preference"}
+        answers["preference"] = st.radio(
+            "Which do you prefer?", review.PREFERENCES, format_func=names.get, horizontal=True,
+            index=index_of(review.PREFERENCES, current.preference), key=f"preference-{key}")
+    if asked.comment:
+        answers["comment"] = st.text_area("Comment (optional)", value=current.comment or "",
+                                          max_chars=review.MAX_COMMENT, key=f"comment-{key}")
+    submitted = st.form_submit_button("Submit", type="primary", shortcut="Ctrl+Enter", key=f"submit-{key}",
+                                      help="Store this rating and show the next case (Ctrl+Enter)")
+
+with st.expander("This case cannot be rated"), st.form(f"flag-{key}", border=False):
+    reason = st.text_input("Reason", max_chars=review.MAX_REASON, key=f"reason-{key}",
+                           placeholder="for example: the diagnosis is incomplete")
+    flagged = st.form_submit_button("Flag as unratable", key=f"flag-button-{key}")
+
+back, forward, first_open = st.columns(3)
+back.button("Previous case", on_click=go_to, args=(item.position - 1,), disabled=item.position == 1,
+            shortcut="Alt+P", key="review-previous", width="stretch")
+forward.button("Next case", on_click=go_to, args=(item.position + 1,), disabled=item.position == item.total,
+               shortcut="Alt+N", key="review-next", width="stretch")
+first_open.button("First unrated case", on_click=go_to, args=(None,), key="review-first-open",
+                  width="stretch")
+
+
+def save(rating: review.Rating) -> None:
+    """Store the rating and move on to the first unrated case; a refusal stays on this case."""
+    try:
+        with opened(DB) as conn:
+            saved = review.submit_rating(conn, user["id"], item.assignment_id, rating, item.revision, client)
+    except review.StaleRating as exc:
+        st.session_state["review-notice"] = ("warning", str(exc))
+        go_to(item.position)
+    except (review.ReviewError, auth.AccessDenied) as exc:
+        st.session_state["review-notice"] = ("error", str(exc))
+    else:
+        what = ("Kept" if saved.duplicate else "Flagged" if rating.unratable
+                else "Saved" if saved.revision == 1 else "Revised")
+        st.session_state["review-notice"] = ("success", f"{what} case {item.position}.")
+        go_to(None)
+    st.rerun()
+
+
+if submitted:
+    choice = {"Acceptable": True, "Not acceptable": False}
+    save(review.Rating(**{**answers, "acceptable_a": choice.get(answers["acceptable_a"]),
+                          "acceptable_b": choice.get(answers["acceptable_b"])}))
+if flagged:
+    save(review.Rating(unratable_reason=reason))

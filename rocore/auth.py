@@ -1,0 +1,312 @@
+"""People who sign in: access codes, sign-in with throttling, roles, and the audit trail they leave.
+
+Everyone (admins and researchers too) is a row in `reviewers`. An access code is shown once, when
+it is made; the store keeps only a salted scrypt hash. Failed sign-ins are written to the audit log,
+and after a few in a row the next attempt for that name must wait, doubling each time, so guessing
+codes through the form is slow. Every function that changes something takes the acting user's id
+and checks the role here, so a page that forgets a check still cannot do more than its user may;
+`actor_id=None` means the command line on the server, whose user already holds the database file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from rocore.db import transaction
+
+ROLES = ("admin", "researcher", "reviewer")
+STAFF_ROLES = ("admin", "researcher")
+
+# scrypt at n=2**14, r=8 costs about 16 MiB and tens of milliseconds per attempt.
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+SALT_BYTES = 16
+# Crockford's base 32: no I, L, O, U, so a code read aloud or from paper is not misread.
+CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CODE_GROUPS, CODE_GROUP_LENGTH = 3, 4  # 60 bits
+MIN_CHOSEN_CODE_LENGTH = 10
+
+FREE_FAILURES = 3  # failed attempts in a row before sign-in for that name is slowed
+FAILURE_WINDOW_S = 15 * 60  # failures older than this are forgotten
+BASE_DELAY_S, MAX_DELAY_S = 2.0, 300.0
+
+_DUMMY_SALT = b"\0" * SALT_BYTES
+
+
+class AuthError(Exception):
+    """A refusal whose message is safe to show to whoever made the request."""
+
+
+class SignInFailed(AuthError):
+    def __init__(self) -> None:
+        super().__init__("Unknown reviewer or wrong access code.")
+
+
+class SignInThrottled(AuthError):
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"Too many failed attempts: try again in {int(retry_after_s + 0.999)} seconds.")
+
+
+class AccessDenied(AuthError):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_staff(self) -> bool:
+        return self.role in STAFF_ROLES
+
+    def as_session(self) -> dict:
+        """What a page keeps in its session: id, name and role only."""
+        return asdict(self)
+
+
+def _now() -> float:
+    """The clock of audit rows and throttling (tests move it)."""
+    return time.time()
+
+
+def _timestamp(seconds: float) -> str:
+    """Seconds since the epoch in the schema's timestamp format, 2025-01-31T12:00:00.000Z."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def normalise_code(code: str) -> str:
+    """Codes are compared without spaces, hyphens or case, as people type them differently."""
+    return "".join(code.split()).replace("-", "").upper()
+
+
+def new_access_code() -> str:
+    """A random code such as 'K7M2-P9X4-Q3HT'."""
+    return "-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_GROUP_LENGTH))
+                    for _ in range(CODE_GROUPS))
+
+
+def hash_code(code: str, salt: bytes | None = None) -> tuple[bytes, bytes]:
+    """(hash, salt) of a code; a new random salt unless one is given."""
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    return hashlib.scrypt(normalise_code(code).encode("utf-8"), salt=salt, **SCRYPT), salt
+
+
+def verify_code(code: str, code_hash: bytes, salt: bytes) -> bool:
+    return hmac.compare_digest(hash_code(code, salt)[0], code_hash)
+
+
+def web_client(ip_address: str | None) -> str:
+    """The audit `client` of a browser request; Streamlit gives no address for local connections."""
+    return f"web {ip_address or 'localhost'}"
+
+
+def operator_name() -> str:
+    """The audit actor for the command line: the operating-system user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:
+        return "cli"
+
+
+def audit(conn: sqlite3.Connection, actor: str, action: str, entity: str, entity_id: object = None,
+          detail: dict | None = None, client: str | None = None) -> None:
+    """Append one audit row. `detail` holds ids and values, never case text."""
+    conn.execute(
+        "INSERT INTO audit_log (at, actor, action, entity, entity_id, detail, client) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (_timestamp(_now()), actor, action, entity, None if entity_id is None else str(entity_id),
+         json.dumps(detail or {}), client))
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["reviewer_id"], row["name"], row["role"])
+
+
+def active_user(conn: sqlite3.Connection, user_id: int) -> User | None:
+    """The user as stored now, or None if deactivated or gone: pages re-check on every run."""
+    row = conn.execute("SELECT * FROM reviewers WHERE reviewer_id = ? AND active = 1", (user_id,)).fetchone()
+    return _user(row) if row else None
+
+
+def require_role(conn: sqlite3.Connection, actor_id: int | None, roles=STAFF_ROLES) -> str:
+    """The audit actor name of `actor_id` if it holds one of `roles`; the command line always may."""
+    if actor_id is None:
+        return operator_name()
+    user = active_user(conn, actor_id)
+    if user is None or user.role not in roles:
+        raise AccessDenied("You are not allowed to do this.")
+    return user.name
+
+
+def has_users(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM reviewers LIMIT 1").fetchone() is not None
+
+
+def _check_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise AuthError("Enter a name.")
+    if len(name) > 100:
+        raise AuthError("A name has at most 100 characters.")
+    return name
+
+
+def _insert_user(conn: sqlite3.Connection, name: str, role: str, code: str) -> User:
+    if role not in ROLES:
+        raise AuthError(f"Unknown role {role!r}: choose one of {', '.join(ROLES)}.")
+    if conn.execute("SELECT 1 FROM reviewers WHERE name = ?", (name,)).fetchone():
+        raise AuthError(f"There is already someone named {name!r}.")
+    code_hash, salt = hash_code(code)
+    user_id = conn.execute("INSERT INTO reviewers (name, role, code_hash, code_salt) VALUES (?, ?, ?, ?)",
+                           (name, role, code_hash, salt)).lastrowid
+    return User(user_id, name, role)
+
+
+def create_first_admin(conn: sqlite3.Connection, name: str, code: str, client: str | None = None) -> User:
+    """The first admin of a fresh database, with a code they choose; refused once anyone exists."""
+    name = _check_name(name)
+    if len(normalise_code(code)) < MIN_CHOSEN_CODE_LENGTH:
+        raise AuthError(f"Choose an access code of at least {MIN_CHOSEN_CODE_LENGTH} characters "
+                        "(spaces and hyphens do not count).")
+    with transaction(conn):
+        if has_users(conn):
+            raise AuthError("This database already has users: sign in instead.")
+        user = _insert_user(conn, name, "admin", code)
+        audit(conn, name, "create-first-admin", "reviewers", user.id, {"role": "admin"}, client)
+    return user
+
+
+def add_user(conn: sqlite3.Connection, name: str, role: str = "reviewer", *, actor_id: int | None,
+             client: str | None = None) -> tuple[User, str]:
+    """(user, access code): the code is returned once and never stored. Only admins add admins."""
+    name = _check_name(name)
+    code = new_access_code()
+    with transaction(conn):
+        actor = require_role(conn, actor_id, ("admin",) if role == "admin" else STAFF_ROLES)
+        user = _insert_user(conn, name, role, code)
+        audit(conn, actor, "add-user", "reviewers", user.id, {"role": role}, client)
+    return user, code
+
+
+def _target(conn: sqlite3.Connection, name: str) -> User:
+    row = conn.execute("SELECT * FROM reviewers WHERE name = ?", (_check_name(name),)).fetchone()
+    if row is None:
+        raise AuthError(f"No one is named {name!r}.")
+    return _user(row)
+
+
+def reset_code(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
+               client: str | None = None) -> str:
+    """A new access code for `name`; the old one stops working. Only admins reset an admin's code.
+
+    The code hash is the one column of `reviewers` that changes after creation; the audit log keeps
+    the fact that it changed.
+    """
+    code = new_access_code()
+    code_hash, salt = hash_code(code)
+    with transaction(conn):
+        target = _target(conn, name)
+        actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
+        conn.execute("UPDATE reviewers SET code_hash = ?, code_salt = ? WHERE reviewer_id = ?",
+                     (code_hash, salt, target.id))
+        audit(conn, actor, "reset-code", "reviewers", target.id, {}, client)
+    return code
+
+
+def set_active(conn: sqlite3.Connection, name: str, active: bool, *, actor_id: int | None,
+               client: str | None = None) -> User:
+    """Deactivate (sign-in refused, ratings kept) or reactivate someone; no one deactivates themself."""
+    with transaction(conn):
+        target = _target(conn, name)
+        actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
+        if not active and target.id == actor_id:
+            raise AuthError("You cannot deactivate yourself.")
+        conn.execute("UPDATE reviewers SET active = ? WHERE reviewer_id = ?", (int(active), target.id))
+        audit(conn, actor, "activate" if active else "deactivate", "reviewers", target.id, {}, client)
+    return target
+
+
+def list_users(conn: sqlite3.Connection) -> list[dict]:
+    """Everyone, without their code hashes."""
+    rows = conn.execute("SELECT reviewer_id, name, role, active, created_at FROM reviewers ORDER BY name")
+    return [dict(r) for r in rows]
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _retry_after(conn: sqlite3.Connection, key: str) -> float:
+    """Seconds until `key` may try again: 0 until FREE_FAILURES failures in a row, then doubling."""
+    now = _now()
+    failures: list[float] = []
+    rows = conn.execute("SELECT action, at FROM audit_log WHERE entity = 'sign-in' AND entity_id = ? "
+                        "AND action IN ('sign-in', 'sign-in-failed') ORDER BY audit_id DESC LIMIT 64", (key,))
+    for row in rows:
+        at = _parse_time(row["at"])
+        if row["action"] == "sign-in" or now - at > FAILURE_WINDOW_S:
+            break
+        failures.append(at)
+    if len(failures) < FREE_FAILURES:
+        return 0.0
+    delay = min(BASE_DELAY_S * 2 ** (len(failures) - FREE_FAILURES), MAX_DELAY_S)
+    return max(0.0, failures[0] + delay - now)
+
+
+def sign_in(conn: sqlite3.Connection, name: str, code: str, client: str | None = None) -> User:
+    """The active user with this name and code; every attempt, good or bad, is in the audit log.
+
+    An unknown name costs the same scrypt as a wrong code and gets the same message, so the form
+    does not tell which names exist. It is logged only as a hash: people sometimes type their code
+    into the name field, and the log must not keep it.
+    """
+    name = " ".join(name.split())[:100]
+    row = conn.execute("SELECT * FROM reviewers WHERE name = ? AND active = 1", (name,)).fetchone()
+    if row is not None:
+        actor, key = row["name"], row["name"].casefold()
+    else:
+        actor, key = "(unknown name)", "unknown:" + hashlib.sha256(name.casefold().encode()).hexdigest()[:16]
+    wait = _retry_after(conn, key)
+    if wait > 0:
+        with transaction(conn):
+            audit(conn, actor, "sign-in-throttled", "sign-in", key, {"retry_after_s": round(wait, 1)}, client)
+        raise SignInThrottled(wait)
+    if row is None:
+        verify_code(code, b"", _DUMMY_SALT)
+        ok = False
+    else:
+        ok = verify_code(code, row["code_hash"], row["code_salt"])
+    with transaction(conn):
+        if ok:
+            audit(conn, actor, "sign-in", "sign-in", key, {"reviewer_id": row["reviewer_id"]}, client)
+        else:
+            audit(conn, actor, "sign-in-failed", "sign-in", key, {}, client)
+    if not ok:
+        raise SignInFailed()
+    return _user(row)
+
+
+def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None) -> None:
+    user = active_user(conn, user_id)
+    if user is not None:
+        with transaction(conn):
+            audit(conn, user.name, "sign-out", "sign-in", user.name.casefold(), {"reviewer_id": user.id},
+                  client)
+
+
+def audit_entries(conn: sqlite3.Connection, *, actor_id: int | None, limit: int = 500) -> list[dict]:
+    """The newest audit rows, for staff."""
+    require_role(conn, actor_id)
+    rows = conn.execute("SELECT * FROM audit_log ORDER BY audit_id DESC LIMIT ?", (limit,))
+    return [dict(r) for r in rows]

@@ -1,0 +1,557 @@
+"""Blinded review studies: assignments with randomized sides, and append-only ratings.
+
+A study pairs two generation runs over the same split part for one task. Each sampled case goes to
+`overlap` reviewers, balanced so reviewers' loads differ by at most one; for every reviewer and
+case, which run is shown as "A" is randomized (each reviewer sees each run as "A" about half the
+time) and stored in `assignments`, and each reviewer gets the cases in their own random order.
+
+The side mapping stays on the server: what a reviewer's page receives (`ReviewItem`) holds the
+case, the two texts as "A" and "B" and the reviewer's own earlier answers, never run or model
+identities. Every reviewer-facing function takes the signed-in reviewer's id and refuses
+assignments that are not theirs; the unblinded views take a staff id.
+
+Ratings are append-only: a revision is a new row. The next revision is computed inside a
+BEGIN IMMEDIATE transaction, and a form must say which revision it was based on. A submission based
+on an older revision than the stored one is refused (`StaleRating`). A submission that repeats the
+stored values exactly (a double click, a resubmitted tab, an unchanged form) returns the stored
+rating instead of adding a row. So two tabs never silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rocore.auth import AccessDenied, active_user, add_user, audit, require_role
+from rocore.db import transaction
+from rocore.prompts import TASKS
+
+TASK_LABELS = {"regimen": "Regimen", "modality": "Modality", "icd10": "ICD-10 code"}
+PREFERENCES = ("A", "B", "none")
+LIKERT = (1, 2, 3, 4, 5)
+MAX_COMMENT, MAX_REASON = 2000, 500
+PATIENT_FIELDS = ("site", "age", "sex", "laterality", "stage", "histology", "ecog")
+NOT_YOURS = "This case is not assigned to you."
+
+
+class ReviewError(ValueError):
+    """A refused request; the message is safe to show to the person who made it."""
+
+
+class StaleRating(ReviewError):
+    def __init__(self, current_revision: int) -> None:
+        self.current_revision = current_revision
+        super().__init__("This case was rated again in another tab or window after this form was opened, "
+                         "so your answer was not saved. The form now shows the stored rating: check it "
+                         "and submit again to revise it.")
+
+
+class _NotYours(Exception):
+    """Raised inside a transaction so it rolls back before the refusal is logged."""
+
+
+@dataclass(frozen=True)
+class Form:
+    """What the rating form asks besides acceptability of each output."""
+
+    likert: bool = False
+    preference: bool = False
+    comment: bool = True
+
+    @classmethod
+    def from_json(cls, text: str) -> Form:
+        return cls(**{k: bool(v) for k, v in json.loads(text).items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One answer of a reviewer, in the terms they saw: sides "A" and "B"."""
+
+    acceptable_a: bool | None = None
+    acceptable_b: bool | None = None
+    likert_a: int | None = None
+    likert_b: int | None = None
+    preference: str | None = None
+    comment: str | None = None
+    unratable_reason: str | None = None
+
+    @property
+    def unratable(self) -> bool:
+        return self.unratable_reason is not None
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """Everything the Review page shows for one case: nothing in it names a run or a model."""
+
+    assignment_id: int
+    study_id: int
+    task: str
+    position: int  # 1..total, in this reviewer's own random order
+    total: int
+    done: int  # cases of the study this reviewer has rated or flagged
+    patient: dict  # diagnosis and the structured fields in PATIENT_FIELDS
+    text_a: str
+    text_b: str
+    form: Form
+    current: Rating | None  # the reviewer's rating as of `revision`
+    revision: int  # the revision the form is based on (0: not rated yet)
+
+    @property
+    def label(self) -> str:
+        return TASK_LABELS[self.task]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """The stored rating a submission ended in; `duplicate` when it added no row."""
+
+    rating_id: int
+    revision: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One assignment before it is stored."""
+
+    reviewer_id: int
+    case_id: str
+    position: int
+    run_1_is_a: bool
+
+
+# --- Creating studies ---------------------------------------------------------------------------
+
+def eligible_cases(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, task: str) -> list[str]:
+    """Case ids with an output of `task` in both runs, sorted."""
+    rows = conn.execute(
+        "SELECT g1.case_id FROM generations g1 JOIN generations g2 ON g2.case_id = g1.case_id "
+        "AND g2.task = g1.task AND g2.run_id = ? WHERE g1.run_id = ? AND g1.task = ? ORDER BY g1.case_id",
+        (run_2_id, run_1_id, task))
+    return [r[0] for r in rows]
+
+
+def sample_cases(case_ids: Sequence[str], sample_n: int | None, seed: int) -> list[str]:
+    """All cases, or `sample_n` of them drawn with `seed` (the same seed draws the same cases)."""
+    ordered = sorted(case_ids)
+    if sample_n is None:
+        return ordered
+    if not 1 <= sample_n <= len(ordered):
+        raise ReviewError(f"Cannot sample {sample_n} cases: {len(ordered)} have outputs in both runs.")
+    return sorted(random.Random(seed).sample(ordered, sample_n))
+
+
+def plan_assignments(case_ids: Sequence[str], reviewer_ids: Sequence[int], overlap: int,
+                     seed: int) -> list[Planned]:
+    """Who rates which case, in which order, with which run as "A"; deterministic for a seed.
+
+    Each case goes to the `overlap` least-loaded reviewers (ties broken at random), which keeps
+    every reviewer's load within one of every other's. Each reviewer's sides are half run 1 as "A"
+    and half run 2 (the odd one at random), shuffled, and their case order is shuffled.
+    """
+    reviewers = list(dict.fromkeys(reviewer_ids))
+    if not 1 <= overlap <= len(reviewers):
+        raise ReviewError(f"Overlap must be between 1 and the number of reviewers ({len(reviewers)}).")
+    rng = random.Random(f"assign-{seed}")
+    cases = sorted(case_ids)
+    rng.shuffle(cases)
+    load = dict.fromkeys(reviewers, 0)
+    given: dict[int, list[str]] = {r: [] for r in reviewers}
+    for case_id in cases:
+        ties = {r: rng.random() for r in reviewers}
+        for reviewer in sorted(reviewers, key=lambda r: (load[r], ties[r]))[:overlap]:
+            load[reviewer] += 1
+            given[reviewer].append(case_id)
+    planned = []
+    for reviewer in reviewers:
+        mine = given[reviewer]
+        rng.shuffle(mine)
+        first = rng.random() < 0.5
+        sides = [(i % 2 == 0) == first for i in range(len(mine))]
+        rng.shuffle(sides)
+        planned += [Planned(reviewer, case_id, position, side)
+                    for position, (case_id, side) in enumerate(zip(mine, sides), start=1)]
+    return planned
+
+
+def _run(conn: sqlite3.Connection, run_id: int) -> sqlite3.Row:
+    row = conn.execute(
+        "SELECT r.*, b.name AS base_name, b.path AS base_path, a.name AS adapter_name, "
+        "a.path AS adapter_path FROM generation_runs r JOIN models b ON b.model_id = r.base_model_id "
+        "LEFT JOIN models a ON a.model_id = r.adapter_model_id WHERE r.run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise ReviewError(f"There is no generation run {run_id}.")
+    return row
+
+
+def _model_words(run: sqlite3.Row) -> set[str]:
+    """Names by which a run's models could be recognised, to keep them out of what reviewers see."""
+    words = set()
+    for value in (run["base_name"], run["base_path"], run["adapter_name"], run["adapter_path"]):
+        if value:
+            words |= {value.casefold(), Path(value).name.casefold()}
+    return {w for w in words if len(w) >= 3}
+
+
+def check_form(form: Form | dict | None) -> Form:
+    """A Form from what callers pass: None for the default, or its fields as a dict."""
+    if form is None:
+        return Form()
+    return form if isinstance(form, Form) else Form(**form)
+
+
+def create_study(conn: sqlite3.Connection, *, actor_id: int | None, name: str, run_1_id: int, run_2_id: int,
+                 reviewer_ids: Sequence[int], task: str = "regimen", sample_n: int | None = None,
+                 seed: int | None = None, overlap: int = 1, form: Form | dict | None = None,
+                 client: str | None = None) -> int:
+    """Store a study and all its assignments at once; the study id. Staff only.
+
+    The name is shown to reviewers, so a name that contains a model's name or path is refused.
+    """
+    name = " ".join(name.split())
+    form = check_form(form)
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    if not name:
+        raise ReviewError("Give the study a name.")
+    if task not in TASKS:
+        raise ReviewError(f"Unknown task {task!r}: choose one of {', '.join(TASKS)}.")
+    if run_1_id == run_2_id:
+        raise ReviewError("Choose two different generation runs.")
+    with transaction(conn):
+        actor = require_role(conn, actor_id)
+        runs = [_run(conn, run_1_id), _run(conn, run_2_id)]
+        if (runs[0]["split_id"], runs[0]["part"]) != (runs[1]["split_id"], runs[1]["part"]):
+            raise ReviewError("The two runs must answer the same split part.")
+        for run in runs:
+            if task not in json.loads(run["tasks"]):
+                raise ReviewError(f"Run {run['run_id']} has no '{task}' outputs.")
+        if any(word in name.casefold() for run in runs for word in _model_words(run)):
+            raise ReviewError("Reviewers see the study name: leave the model names out of it.")
+        if conn.execute("SELECT 1 FROM studies WHERE name = ?", (name,)).fetchone():
+            raise ReviewError(f"There is already a study named {name!r}.")
+        reviewers = list(dict.fromkeys(int(r) for r in reviewer_ids))
+        if not reviewers:
+            raise ReviewError("Choose at least one reviewer.")
+        for reviewer in reviewers:
+            if active_user(conn, reviewer) is None:
+                raise ReviewError(f"Reviewer {reviewer} does not exist or is deactivated.")
+        cases = eligible_cases(conn, run_1_id, run_2_id, task)
+        if not cases:
+            raise ReviewError(f"No case has a '{task}' output in both runs.")
+        cases = sample_cases(cases, sample_n, seed)
+        planned = plan_assignments(cases, reviewers, overlap, seed)
+        study_id = conn.execute(
+            "INSERT INTO studies (name, task, run_1_id, run_2_id, sample_n, seed, overlap, form, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, task, run_1_id, run_2_id, sample_n, seed, overlap, json.dumps(asdict(form)),
+             actor_id)).lastrowid
+        sides = {True: (run_1_id, run_2_id), False: (run_2_id, run_1_id)}
+        conn.executemany(
+            "INSERT INTO assignments (study_id, reviewer_id, case_id, position, run_a_id, run_b_id) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(study_id, p.reviewer_id, p.case_id, p.position, *sides[p.run_1_is_a]) for p in planned])
+        audit(conn, actor, "create-study", "studies", study_id,
+              {"name": name, "task": task, "run_1_id": run_1_id, "run_2_id": run_2_id, "sample_n": sample_n,
+               "seed": seed, "overlap": overlap, "form": asdict(form), "reviewer_ids": reviewers,
+               "n_cases": len(cases), "n_assignments": len(planned)}, client)
+    return study_id
+
+
+def study_id_by_name(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT study_id FROM studies WHERE name = ?", (" ".join(name.split()),)).fetchone()
+    if row is None:
+        raise ReviewError(f"There is no study named {name!r}.")
+    return row[0]
+
+
+def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *, n_reviewers: int = 3,
+                       sample_n: int | None = 30, overlap: int = 2, seed: int = 0,
+                       study_name: str = "Demo regimen review") -> dict[str, str]:
+    """Demo sign-ins and a regimen study over two runs: name -> access code, shown once.
+
+    Makes an admin named 'admin' and reviewers 'reviewer1'..'reviewerN', each assigned cases of the
+    study; the caller prints the codes (they are not stored in plain text anywhere).
+    """
+    codes = {}
+    user, codes["admin"] = add_user(conn, "admin", "admin", actor_id=None, client="demo")
+    reviewer_ids = []
+    for number in range(1, n_reviewers + 1):
+        reviewer, code = add_user(conn, f"reviewer{number}", "reviewer", actor_id=None, client="demo")
+        codes[reviewer.name] = code
+        reviewer_ids.append(reviewer.id)
+    available = len(eligible_cases(conn, run_1_id, run_2_id, "regimen"))
+    create_study(conn, actor_id=user.id, name=study_name, run_1_id=run_1_id, run_2_id=run_2_id,
+                 reviewer_ids=reviewer_ids, sample_n=min(sample_n, available) if sample_n else None,
+                 seed=seed, overlap=min(overlap, n_reviewers),
+                 form=Form(likert=True, preference=True, comment=True), client="demo")
+    return codes
+
+
+# --- Staff views (unblinded) --------------------------------------------------------------------
+
+def list_runs(conn: sqlite3.Connection) -> list[dict]:
+    """Generation runs that a study can use, with readable model names, newest first."""
+    rows = conn.execute(
+        "SELECT r.run_id, r.status, r.part, r.tasks, s.name AS split_name, b.path AS base_path, "
+        "a.path AS adapter_path, (SELECT count(*) FROM generations g WHERE g.run_id = r.run_id) AS outputs "
+        "FROM generation_runs r JOIN splits s USING (split_id) JOIN models b ON b.model_id = r.base_model_id "
+        "LEFT JOIN models a ON a.model_id = r.adapter_model_id ORDER BY r.run_id DESC")
+    result = []
+    for r in rows:
+        adapter = f" + {Path(r['adapter_path']).name}" if r["adapter_path"] else " (base)"
+        label = (f"run {r['run_id']}: {Path(r['base_path']).name}{adapter}, {r['split_name']}/{r['part']}, "
+                 f"{r['outputs']:,} outputs ({r['status']})")
+        result.append({**dict(r), "tasks": json.loads(r["tasks"]), "label": label})
+    return result
+
+
+def default_run_pair(runs: list[dict]) -> tuple[int, int] | None:
+    """(base run, fine-tuned run) to offer first: the newest adapter run and the newest base-only run
+    over the same split part, else the two newest runs."""
+    for tuned in (r for r in runs if r["adapter_path"]):
+        base = next((r for r in runs if not r["adapter_path"] and (r["split_name"], r["part"])
+                     == (tuned["split_name"], tuned["part"])), None)
+        if base:
+            return base["run_id"], tuned["run_id"]
+    return (runs[1]["run_id"], runs[0]["run_id"]) if len(runs) >= 2 else None
+
+
+def list_studies(conn: sqlite3.Connection, *, actor_id: int | None) -> list[dict]:
+    """Every study with its settings and overall progress, newest first. Staff only."""
+    require_role(conn, actor_id)
+    rows = conn.execute(
+        "SELECT s.*, "
+        "(SELECT count(DISTINCT case_id) FROM assignments a WHERE a.study_id = s.study_id) AS n_cases, "
+        "(SELECT count(*) FROM assignments a WHERE a.study_id = s.study_id) AS n_assignments, "
+        "(SELECT count(*) FROM assignments a WHERE a.study_id = s.study_id AND EXISTS "
+        " (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)) AS n_done "
+        "FROM studies s ORDER BY s.study_id DESC")
+    return [{**dict(r), "form": json.loads(r["form"])} for r in rows]
+
+
+def study_progress(conn: sqlite3.Connection, study_id: int, *, actor_id: int | None) -> list[dict]:
+    """Per reviewer: assigned, done (rated or flagged) and flagged cases. Staff only."""
+    require_role(conn, actor_id)
+    rows = conn.execute(
+        "SELECT p.name AS reviewer, count(*) AS assigned, count(c.rating_id) AS done, "
+        "count(c.unratable_reason) AS flagged FROM assignments a JOIN reviewers p USING (reviewer_id) "
+        "LEFT JOIN current_ratings c ON c.assignment_id = a.assignment_id WHERE a.study_id = ? "
+        "GROUP BY a.reviewer_id ORDER BY p.name", (study_id,))
+    return [dict(r) for r in rows]
+
+
+def unblinded_ratings(conn: sqlite3.Connection, study_id: int, *, actor_id: int | None) -> list[dict]:
+    """Current ratings translated back from sides to runs: one row per rated assignment. Staff only."""
+    require_role(conn, actor_id)
+    rows = conn.execute(
+        "SELECT a.assignment_id, a.case_id, p.name AS reviewer, a.reviewer_id, s.run_1_id, s.run_2_id, "
+        "a.run_a_id, c.* FROM current_ratings c JOIN assignments a USING (assignment_id) "
+        "JOIN studies s USING (study_id) JOIN reviewers p ON p.reviewer_id = a.reviewer_id "
+        "WHERE a.study_id = ? ORDER BY a.case_id, p.name", (study_id,))
+    result = []
+    for r in rows:
+        run_of = {"a": 1, "b": 2} if r["run_a_id"] == r["run_1_id"] else {"a": 2, "b": 1}
+        side_of = {number: side for side, number in run_of.items()}
+        preference = r["preference"]
+        result.append({
+            "assignment_id": r["assignment_id"], "case_id": r["case_id"], "reviewer": r["reviewer"],
+            "reviewer_id": r["reviewer_id"], "revision": r["revision"], "run_1_shown_as": side_of[1].upper(),
+            "acceptable_1": r[f"acceptable_{side_of[1]}"], "acceptable_2": r[f"acceptable_{side_of[2]}"],
+            "likert_1": r[f"likert_{side_of[1]}"], "likert_2": r[f"likert_{side_of[2]}"],
+            "preferred_run": run_of[preference.lower()] if preference in ("A", "B") else preference,
+            "unratable": r["unratable_reason"] is not None, "unratable_reason": r["unratable_reason"],
+            "comment": r["comment"], "rated_at": r["created_at"]})
+    return result
+
+
+def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | None) -> dict:
+    """Acceptability per run (the paper's measure), preferences and flags over current ratings. Staff only."""
+    ratings = unblinded_ratings(conn, study_id, actor_id=actor_id)
+    rated = [r for r in ratings if not r["unratable"]]
+    runs = {}
+    for number in (1, 2):
+        acceptable = sum(bool(r[f"acceptable_{number}"]) for r in rated)
+        likert = [r[f"likert_{number}"] for r in rated if r[f"likert_{number}"] is not None]
+        runs[number] = {"rated": len(rated), "acceptable": acceptable,
+                        "share_acceptable": acceptable / len(rated) if rated else None,
+                        "mean_likert": sum(likert) / len(likert) if likert else None}
+    preferences = {key: sum(r["preferred_run"] == key for r in rated) for key in (1, 2, "none")}
+    return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated)}
+
+
+# --- The reviewer's side ------------------------------------------------------------------------
+
+def _reviewer(conn: sqlite3.Connection, reviewer_id: int) -> str:
+    user = active_user(conn, reviewer_id)
+    if user is None:
+        raise AccessDenied("Your account is not active: ask a study administrator.")
+    return user.name
+
+
+def my_studies(conn: sqlite3.Connection, reviewer_id: int) -> list[dict]:
+    """The reviewer's own studies with their progress: name, task, total and done (rated or flagged)."""
+    _reviewer(conn, reviewer_id)
+    rows = conn.execute(
+        "SELECT s.study_id, s.name, s.task, count(*) AS total, "
+        "sum(EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)) AS done "
+        "FROM assignments a JOIN studies s USING (study_id) WHERE a.reviewer_id = ? "
+        "GROUP BY s.study_id ORDER BY s.study_id", (reviewer_id,))
+    return [dict(r) for r in rows]
+
+
+def _rating_of(row: sqlite3.Row) -> Rating:
+    def flag(value):
+        return None if value is None else bool(value)
+    return Rating(flag(row["acceptable_a"]), flag(row["acceptable_b"]), row["likert_a"], row["likert_b"],
+                  row["preference"], row["comment"], row["unratable_reason"])
+
+
+def _current(conn: sqlite3.Connection, assignment_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM ratings WHERE assignment_id = ? ORDER BY revision DESC LIMIT 1",
+                        (assignment_id,)).fetchone()
+
+
+def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, position: int | None = None,
+              shown: tuple[int, int] | None = None) -> ReviewItem | None:
+    """The reviewer's case at `position` (clamped to their range), or with None their first case without
+    a rating; None when every case is done. Only the reviewer's own assignments are ever read.
+
+    `shown` is (assignment id, revision) of the form already on the reviewer's screen: if it is this
+    case, the item stays as of that revision, so the page keeps the form the reviewer is filling in
+    and its submission meets the stale check instead of vanishing.
+    """
+    _reviewer(conn, reviewer_id)
+    rated = "EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)"
+    counts = conn.execute(
+        f"SELECT count(*) AS total, sum({rated}) AS done, min(CASE WHEN NOT {rated} THEN position END) "
+        "AS first_open FROM assignments a WHERE a.reviewer_id = ? AND a.study_id = ?",
+        (reviewer_id, study_id)).fetchone()
+    if not counts["total"]:
+        raise AccessDenied("You have no cases in this study.")
+    if position is None:
+        if counts["first_open"] is None:
+            return None
+        position = counts["first_open"]
+    position = min(max(int(position), 1), counts["total"])
+    row = conn.execute(
+        "SELECT a.assignment_id, a.case_id, a.run_a_id, a.run_b_id, s.task, s.form "
+        "FROM assignments a JOIN studies s USING (study_id) "
+        "WHERE a.reviewer_id = ? AND a.study_id = ? AND a.position = ?",
+        (reviewer_id, study_id, position)).fetchone()
+    case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
+                        (row["case_id"],)).fetchone()
+    texts = [conn.execute("SELECT coalesce(answer, raw_text) FROM generations "
+                          "WHERE run_id = ? AND case_id = ? AND task = ?",
+                          (run_id, row["case_id"], row["task"])).fetchone()[0]
+             for run_id in (row["run_a_id"], row["run_b_id"])]
+    current = _current(conn, row["assignment_id"])
+    revision = current["revision"] if current else 0
+    if shown and shown[0] == row["assignment_id"] and 0 <= shown[1] < revision:
+        revision = shown[1]
+        current = conn.execute("SELECT * FROM ratings WHERE assignment_id = ? AND revision = ?",
+                               (row["assignment_id"], revision)).fetchone()
+    return ReviewItem(
+        assignment_id=row["assignment_id"], study_id=study_id, task=row["task"],
+        position=position, total=counts["total"], done=counts["done"], patient=dict(case),
+        text_a=texts[0], text_b=texts[1], form=Form.from_json(row["form"]),
+        current=_rating_of(current) if current else None, revision=revision)
+
+
+def _text(value: str | None, limit: int, what: str) -> str | None:
+    value = (value or "").strip()
+    if len(value) > limit:
+        raise ReviewError(f"The {what} has at most {limit} characters.")
+    return value or None
+
+
+def check_rating(rating: Rating, form: Form) -> Rating:
+    """The rating as stored: complete for the study's form, or a flag with a reason and nothing else."""
+    reason = _text(rating.unratable_reason, MAX_REASON, "reason")
+    if rating.unratable_reason is not None:
+        if reason is None:
+            raise ReviewError("Say why this case cannot be rated.")
+        return Rating(unratable_reason=reason)
+    if not isinstance(rating.acceptable_a, bool) or not isinstance(rating.acceptable_b, bool):
+        raise ReviewError("Mark each output Acceptable or Not acceptable.")
+    if form.likert:
+        if rating.likert_a not in LIKERT or rating.likert_b not in LIKERT:
+            raise ReviewError("Give each output a score from 1 to 5.")
+    elif rating.likert_a is not None or rating.likert_b is not None:
+        raise ReviewError("This study does not ask for scores.")
+    if form.preference:
+        if rating.preference not in PREFERENCES:
+            raise ReviewError("Choose the output you prefer, or no preference.")
+    elif rating.preference is not None:
+        raise ReviewError("This study does not ask for a preference.")
+    comment = _text(rating.comment, MAX_COMMENT, "comment")
+    if comment and not form.comment:
+        raise ReviewError("This study does not ask for comments.")
+    return Rating(rating.acceptable_a, rating.acceptable_b, rating.likert_a, rating.likert_b,
+                  rating.preference, comment, None)
+
+
+def _deny(conn: sqlite3.Connection, reviewer_id: int, assignment_id: object, client: str | None) -> None:
+    user = active_user(conn, reviewer_id)
+    with transaction(conn):
+        audit(conn, user.name if user else f"reviewer#{reviewer_id}", "access-denied", "assignments",
+              assignment_id, {"reviewer_id": reviewer_id}, client)
+
+
+def submit_rating(conn: sqlite3.Connection, reviewer_id: int, assignment_id: int, rating: Rating,
+                  base_revision: int, client: str | None = None) -> Saved:
+    """Store a rating as the next revision of the reviewer's own assignment, with its audit row.
+
+    `base_revision` is the revision the form showed (0 for none). Values equal to the stored rating add
+    nothing (`Saved.duplicate`: a double click, a resubmitted tab, an unchanged form); other values
+    are refused if the stored rating has moved past `base_revision`.
+    """
+    try:
+        with transaction(conn):
+            name = _reviewer(conn, reviewer_id)
+            owner = conn.execute("SELECT a.reviewer_id, a.study_id, s.form FROM assignments a JOIN studies s "
+                                 "USING (study_id) WHERE a.assignment_id = ?", (assignment_id,)).fetchone()
+            if owner is None or owner["reviewer_id"] != reviewer_id:
+                raise _NotYours
+            rating = check_rating(rating, Form.from_json(owner["form"]))
+            current = _current(conn, assignment_id)
+            revision = current["revision"] if current else 0
+            if current is not None and _rating_of(current) == rating:
+                return Saved(current["rating_id"], revision, duplicate=True)
+            if revision != base_revision:
+                raise StaleRating(revision)
+            rating_id = conn.execute(
+                "INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, likert_a, "
+                "likert_b, preference, comment, unratable_reason, reviewer_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (assignment_id, revision + 1, rating.acceptable_a, rating.acceptable_b, rating.likert_a,
+                 rating.likert_b, rating.preference, rating.comment, rating.unratable_reason,
+                 reviewer_id)).lastrowid
+            action = "flag-unratable" if rating.unratable else ("rate" if revision == 0 else "revise")
+            audit(conn, name, action, "ratings", rating_id,
+                  {"study_id": owner["study_id"], "assignment_id": assignment_id, "revision": revision + 1,
+                   "acceptable_a": rating.acceptable_a, "acceptable_b": rating.acceptable_b,
+                   "likert_a": rating.likert_a, "likert_b": rating.likert_b, "preference": rating.preference,
+                   "has_comment": rating.comment is not None, "unratable": rating.unratable}, client)
+    except _NotYours:
+        _deny(conn, reviewer_id, assignment_id, client)
+        raise AccessDenied(NOT_YOURS) from None
+    return Saved(rating_id, revision + 1, duplicate=False)
+
+
+def rating_history(conn: sqlite3.Connection, reviewer_id: int,
+                   assignment_id: int) -> list[tuple[int, str, Rating]]:
+    """(revision, time, rating) of the reviewer's own assignment, oldest first."""
+    _reviewer(conn, reviewer_id)
+    owner = conn.execute("SELECT reviewer_id FROM assignments WHERE assignment_id = ?",
+                         (assignment_id,)).fetchone()
+    if owner is None or owner[0] != reviewer_id:
+        _deny(conn, reviewer_id, assignment_id, None)
+        raise AccessDenied(NOT_YOURS)
+    rows = conn.execute("SELECT * FROM ratings WHERE assignment_id = ? ORDER BY revision", (assignment_id,))
+    return [(r["revision"], r["created_at"], _rating_of(r)) for r in rows]

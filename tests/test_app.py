@@ -1,0 +1,143 @@
+"""app.py through AppTest: first-run admin, sign-in, the pages each role gets, sign-out.
+
+AppTest resets Streamlit's `pages/`-directory detection before every run, so from a session's second
+`run()` on it executes the requested page file directly, not app.py. Each check here therefore
+starts a new session (with `session_state["user"]` set where it needs a signed-in user) and looks
+only at what the first run, and the reruns inside it, show. The browser test covers the same flows
+on a real server.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+from test_review import make_review_db
+
+from rocore import auth
+from rocore.db import opened
+
+APP = str(ROOT / "app.py")
+PAGE_FILES = ["pages/data.py", "pages/generate.py", "pages/review.py", "pages/admin.py"]
+
+
+@pytest.fixture
+def app(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+
+    def start(user: dict | None = None) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=30)
+        if user:
+            at.session_state["user"] = user
+        at.run()
+        assert not at.exception
+        return at
+    return start
+
+
+def sign_in(at: AppTest, name: str, code: str) -> AppTest:
+    at.text_input[0].set_value(name)
+    at.text_input[1].set_value(code)
+    next(b for b in at.button if b.label == "Sign in").click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def reachable(at: AppTest) -> list[str]:
+    """The page files the navigation offers this session (AppTest refuses to switch to any other)."""
+    found = []
+    for page in PAGE_FILES:
+        try:
+            at.switch_page(page)
+        except ValueError:
+            continue
+        found.append(page)
+    return found
+
+
+def test_fresh_database_asks_for_the_first_admin(app, db_path):
+    at = app()
+    assert at.title[0].value == "Create the first administrator"
+    name, code, again = at.text_input
+    name.set_value("Boss")
+    code.set_value("correct horse battery")
+    again.set_value("correct horse battry")
+    at.button[0].click()
+    at.run()
+    assert at.error[0].value == "The two access codes differ."
+    at.text_input[2].set_value("correct horse battery")
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Cases", "an admin starts on the Data page"
+    assert at.session_state["user"]["name"] == "Boss" and at.session_state["user"]["role"] == "admin"
+    assert reachable(at) == PAGE_FILES
+    at.switch_page("pages/admin.py")
+    at.run()
+    assert at.title[0].value == "Admin"
+    with opened(db_path) as conn:
+        assert auth.sign_in(conn, "boss", "correct horse battery").role == "admin"
+
+
+def test_sign_in_as_a_reviewer_gives_the_review_page_only(app, db_path):
+    info = make_review_db(db_path)
+    at = app()
+    assert at.title[0].value == "Sign in"
+    assert [t.label for t in at.text_input] == ["Reviewer", "Access code"]
+    assert at.text_input[1].proto.type == at.text_input[1].proto.PASSWORD
+    at = sign_in(at, "ada", "WRONG-WRONG-WRONG")
+    assert at.error[0].value == "Unknown reviewer or wrong access code."
+    assert "user" not in at.session_state
+    at = sign_in(app(), "ada", info["codes"]["ada"])
+    assert at.session_state["user"] == {"id": info["ids"]["ada"], "name": "ada", "role": "reviewer"}
+    assert at.title[0].value == "Review" and at.subheader[0].value == "Case 1 of 8"
+    assert reachable(at) == ["pages/review.py"]
+    assert [c.value for c in at.sidebar.caption] == ["Signed in as **ada** (reviewer)"]
+
+
+def test_staff_get_every_page(app, db_path):
+    info = make_review_db(db_path)
+    at = sign_in(app(), "boss", info["codes"]["boss"])
+    assert at.title[0].value == "Cases"
+    assert reachable(at) == PAGE_FILES
+    assert [c.value for c in at.sidebar.caption] == ["Signed in as **boss** (admin)",
+                                                     f"Database: `{db_path}`"]
+
+
+def test_sign_out(app, db_path):
+    info = make_review_db(db_path)
+    at = app({"id": info["ids"]["ada"], "name": "ada", "role": "reviewer"})
+    assert at.title[0].value == "Review"
+    at.sidebar.button(key="sign-out").click()
+    at.run()
+    assert "user" not in at.session_state
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT actor, action FROM audit_log ORDER BY audit_id DESC").fetchone()[:] == (
+            "ada", "sign-out")
+
+
+def test_a_deactivated_or_unknown_account_gets_the_sign_in_form(app, db_path):
+    info = make_review_db(db_path)
+    with opened(db_path) as conn:
+        auth.set_active(conn, "ada", False, actor_id=info["admin_id"])
+    for user in ({"id": info["ids"]["ada"], "name": "ada", "role": "reviewer"},
+                 {"id": 999, "name": "ghost", "role": "admin"}):
+        at = app(user)
+        assert at.title[0].value == "Sign in" and "user" not in at.session_state
+
+
+def test_the_stored_role_wins_over_the_session(app, db_path):
+    info = make_review_db(db_path)
+    at = app({"id": info["ids"]["ada"], "name": "ada", "role": "admin"})
+    assert at.session_state["user"]["role"] == "reviewer"
+    assert reachable(at) == ["pages/review.py"]
+
+
+def test_repeated_failures_are_slowed_on_the_form(app, db_path):
+    make_review_db(db_path)
+    for _ in range(auth.FREE_FAILURES):
+        sign_in(app(), "ada", "nope")
+    at = sign_in(app(), "ada", "nope")
+    assert at.error[0].value.startswith("Too many failed attempts: try again in")

@@ -1,0 +1,151 @@
+"""A real browser against a real server: a reviewer signs in, rates three cases, and the database has them.
+
+Runs `streamlit run app.py` on a free loopback port against a prepared database and drives Debian's
+headless Chromium through Playwright (no browser download). Everything the server sends over the
+websocket is recorded and searched for run ids, model names and paths.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_review import SECRETS, make_review_db
+
+from rocore.db import opened
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                     "(apt-get install chromium; .ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(db_path, tmp_path):
+    info = make_review_db(db_path)
+    port = free_port()
+    log = (tmp_path / "streamlit.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
+         str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, "ROCORE_DB": str(db_path)}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()}")
+            time.sleep(0.3)
+    yield url, info
+    process.terminate()
+    process.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def sign_in(page, url: str, name: str, code: str) -> None:
+    page.goto(url)
+    page.get_by_label("Reviewer").fill(name)
+    page.get_by_label("Access code").fill(code)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def settle(page, heading: str) -> None:
+    """Wait for `heading` and for the script run that shows it to finish, so no element is stale."""
+    page.get_by_role("heading", name=heading).wait_for(timeout=30_000)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=30_000)
+
+
+def choose(page, group: str, option: str) -> None:
+    page.get_by_role("radiogroup", name=group).get_by_text(option, exact=True).click()
+
+
+def test_a_reviewer_rates_three_cases_in_chromium(server, browser, db_path):
+    url, info = server
+    context = browser.new_context()
+    page = context.new_page()
+    received: list[bytes] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(
+        frame if isinstance(frame, bytes) else frame.encode())))
+
+    page.goto(f"{url}/admin")  # the first request to a fresh server, signed out
+    page.get_by_text("This page is for researchers and administrators: sign in first.").or_(
+        page.get_by_role("button", name="Sign in")).first.wait_for(timeout=30_000)
+    assert page.get_by_role("heading", name="Admin").count() == 0
+
+    sign_in(page, url, "ada", info["codes"]["ada"])
+    html = []
+    for number in (1, 2, 3):
+        settle(page, f"Case {number} of 8")
+        page.get_by_text(f"{number - 1} of 8 rated").wait_for(timeout=30_000)
+        html.append(page.content())
+        choose(page, "Is Regimen A clinically acceptable?", "Acceptable")
+        choose(page, "Is Regimen B clinically acceptable?", "Not acceptable")
+        choose(page, "Score of Regimen A (1 poor, 5 excellent)", "4")
+        choose(page, "Score of Regimen B (1 poor, 5 excellent)", "2")
+        choose(page, "Which do you prefer?", "Regimen A")
+        if number == 3:
+            page.get_by_label("Comment (optional)").fill("checked with the shortcut")
+            page.keyboard.press("Control+Enter")
+        else:
+            page.get_by_role("button", name="Submit").click()
+        page.get_by_text(f"Saved case {number}.").wait_for(timeout=30_000)
+    settle(page, "Case 4 of 8")
+    html.append(page.content())
+
+    page.reload()  # a refresh starts a new session: sign in again, resume at the first unrated case
+    sign_in(page, url, "ada", info["codes"]["ada"])
+    settle(page, "Case 4 of 8")
+    page.get_by_text("3 of 8 rated").wait_for(timeout=30_000)
+    html.append(page.content())
+    page.keyboard.press("Alt+P")  # back to the previous case, which shows the stored rating
+    settle(page, "Case 3 of 8")
+    page.get_by_text("You rated this case before (revision 1)").wait_for(timeout=30_000)
+    html.append(page.content())
+    context.close()
+
+    with opened(db_path) as conn:
+        rows = conn.execute(
+            "SELECT a.position, r.revision, r.acceptable_a, r.acceptable_b, r.likert_a, r.likert_b, "
+            "r.preference, r.comment FROM ratings r JOIN assignments a USING (assignment_id) "
+            "WHERE a.reviewer_id = ? ORDER BY a.position", (info["ids"]["ada"],)).fetchall()
+        clients = {r[0] for r in conn.execute("SELECT client FROM audit_log "
+                                              "WHERE action IN ('rate', 'sign-in')")}
+    assert [tuple(r) for r in rows] == [(1, 1, 1, 0, 4, 2, "A", None), (2, 1, 1, 0, 4, 2, "A", None),
+                                        (3, 1, 1, 0, 4, 2, "A", "checked with the shortcut")]
+    assert clients == {"web localhost"}
+
+    sent = (b"\n".join(received).decode("utf-8", "replace") + "\n".join(html) + page.url).casefold()
+    assert "gy in" in sent
+    assert [secret for secret in SECRETS if secret.casefold() in sent] == []

@@ -1,0 +1,117 @@
+"""The Admin page through AppTest: studies, people and their one-time codes, the audit log, roles."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+from test_review import RUN_1, RUN_2, make_review_db
+
+from rocore import auth
+from rocore.db import opened
+
+PAGE = str(ROOT / "pages" / "admin.py")
+
+
+@pytest.fixture
+def info(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    return make_review_db(db_path)
+
+
+def open_page(info: dict, name: str = "boss", role: str = "admin") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.session_state["user"] = {"id": info["ids"][name], "name": name, "role": role}
+    at.run()
+    assert not at.exception
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_reviewers_are_turned_away(info):
+    at = open_page(info, "ada", "reviewer")
+    assert at.error[0].value == "This page is for researchers and administrators: sign in first."
+    assert not at.tabs
+
+
+def test_a_forged_session_role_is_refused_by_rocore(info):
+    at = open_page(info, "ada", "admin")
+    assert at.error[0].value == "This page is for researchers and administrators: sign in first."
+    assert not at.tabs
+
+
+def test_create_a_study_from_the_form(info, db_path):
+    at = open_page(info)
+    assert at.expander[0].label == "Prostate pilot: 0 of 24 ratings done"
+    runs = [s for s in at.selectbox if s.label.startswith("Run")]
+    assert [s.value for s in runs] == [RUN_1, RUN_2], "base run first, fine-tuned second by default"
+    at.text_input(key="study-name").set_value("Second look")
+    reviewers = next(m for m in at.multiselect if m.label == "Reviewers")
+    reviewers.set_value([info["ids"]["ada"], info["ids"]["cleo"]])
+    next(n for n in at.number_input if n.label.startswith("Cases to sample")).set_value(5)
+    next(n for n in at.number_input if n.label.startswith("Seed")).set_value(42)
+    next(c for c in at.checkbox if c.label.startswith("a score")).check()
+    button(at, "Create study").click()
+    at.run()
+    assert not at.exception
+    assert at.success[0].value.startswith("Created study 'Second look'")
+    assert at.expander[0].label == "Second look: 0 of 5 ratings done"
+    with opened(db_path) as conn:
+        study = conn.execute("SELECT * FROM studies WHERE name = 'Second look'").fetchone()
+        assert (study["sample_n"], study["seed"], study["overlap"]) == (5, 42, 1)
+        assert study["form"] == '{"likert": true, "preference": false, "comment": true}'
+
+
+def test_a_refused_study_says_why(info, db_path):
+    at = open_page(info)
+    at.text_input(key="study-name").set_value("No reviewers")
+    button(at, "Create study").click()
+    at.run()
+    assert at.error[0].value == "Choose at least one reviewer."
+
+
+def test_add_a_person_shows_the_code_once(info, db_path):
+    at = open_page(info)
+    at.text_input(key="person-name").set_value("dora")
+    button(at, "Add").click()
+    at.run()
+    assert "Added reviewer 'dora'" in at.success[0].value
+    code = at.code[0].value
+    with opened(db_path) as conn:
+        assert auth.sign_in(conn, "dora", code).role == "reviewer"
+    at.run()
+    assert not at.code, "the code is not shown again"
+    assert code not in repr([at.session_state[k] for k in at.session_state])
+
+
+def test_reset_a_code_and_deactivate(info, db_path):
+    at = open_page(info)
+    at.selectbox(key="admin-person").set_value("ben")
+    at.button(key="admin-reset").click()
+    at.run()
+    code = at.code[0].value
+    with opened(db_path) as conn:
+        with pytest.raises(auth.SignInFailed):
+            auth.sign_in(conn, "ben", info["codes"]["ben"])
+        assert auth.sign_in(conn, "ben", code).name == "ben"
+    at.selectbox(key="admin-person").set_value("ben")
+    at.button(key="admin-deactivate").click()
+    at.run()
+    with opened(db_path) as conn:
+        assert auth.active_user(conn, info["ids"]["ben"]) is None
+    at.selectbox(key="admin-person").set_value("boss")
+    at.button(key="admin-deactivate").click()
+    at.run()
+    assert at.error[0].value == "You cannot deactivate yourself."
+
+
+def test_audit_log_and_progress(info, db_path):
+    at = open_page(info)
+    audit = at.dataframe[-1].value
+    assert {"create-study", "add-user", "create-first-admin"} <= set(audit["action"])
+    progress = at.dataframe[0].value
+    assert list(progress["reviewer"]) == ["ada", "ben", "cleo"] and list(progress["assigned"]) == [8, 8, 8]

@@ -1,0 +1,228 @@
+"""The Review page through AppTest against a real database file, including the blinding scan."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+from test_review import RUN_1, RUN_2, SECRETS, good_rating, make_review_db
+
+from rocore import review
+from rocore.db import opened
+
+PAGE = str(ROOT / "pages" / "review.py")
+
+
+@pytest.fixture
+def study(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    return make_review_db(db_path)
+
+
+def open_page(info: dict, name: str = "ada") -> AppTest:
+    """A new browser session of `name`, signed in as app.py leaves it."""
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.session_state["user"] = {"id": info["ids"][name], "name": name, "role": "reviewer"}
+    at.run()
+    assert not at.exception
+    return at
+
+
+def rate(at: AppTest, a: str = "Acceptable", b: str = "Not acceptable", likert=(4, 2), preference="A",
+         comment: str = "") -> AppTest:
+    at.radio(key=next(r.key for r in at.radio if r.key.startswith("acceptable-a"))).set_value(a)
+    at.radio(key=next(r.key for r in at.radio if r.key.startswith("acceptable-b"))).set_value(b)
+    for side, score in zip("ab", likert):
+        at.radio(key=next(r.key for r in at.radio if r.key.startswith(f"likert-{side}"))).set_value(score)
+    at.radio(key=next(r.key for r in at.radio if r.key.startswith("preference"))).set_value(preference)
+    at.text_area[0].set_value(comment)
+    return submit(at)
+
+
+def submit(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Submit").click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def stored(db_path) -> list[dict]:
+    with opened(db_path) as conn:
+        return [dict(r) for r in conn.execute(
+            "SELECT r.*, a.position, a.run_a_id FROM ratings r JOIN assignments a USING (assignment_id) "
+            "ORDER BY rating_id")]
+
+
+def test_shows_the_case_both_outputs_and_progress(study, db_path):
+    at = open_page(study)
+    assert at.title[0].value == "Review"
+    assert at.subheader[0].value == "Case 1 of 8"
+    assert "0 of 8 rated" in str(at.get("progress")[0].proto)
+    with opened(db_path) as conn:
+        case_id, run_a = conn.execute("SELECT case_id, run_a_id FROM assignments WHERE reviewer_id = ? AND "
+                                      "position = 1", (study["ids"]["ada"],)).fetchone()
+        diagnosis = conn.execute("SELECT diagnosis FROM cases WHERE case_id = ?", (case_id,)).fetchone()[0]
+        texts = {run: conn.execute("SELECT answer FROM generations WHERE run_id = ? AND case_id = ?",
+                                   (run, case_id)).fetchone()[0] for run in (RUN_1, RUN_2)}
+    shown = [t.value for t in at.text]
+    assert shown == [diagnosis, texts[run_a], texts[RUN_2 if run_a == RUN_1 else RUN_1]]
+    assert at.caption[0].value.startswith("Site: prostate · Age: ")
+    assert [r.label for r in at.radio] == [
+        "Is Regimen A clinically acceptable?", "Score of Regimen A (1 poor, 5 excellent)",
+        "Is Regimen B clinically acceptable?", "Score of Regimen B (1 poor, 5 excellent)",
+        "Which do you prefer?"]
+    assert at.radio[0].options == ["Acceptable", "Not acceptable"] and at.radio[0].value is None
+
+
+def test_submit_stores_at_once_and_shows_the_next_case(study, db_path):
+    at = rate(open_page(study), comment="fine")
+    assert at.success[0].value == "Saved case 1."
+    assert at.subheader[0].value == "Case 2 of 8"
+    assert "1 of 8 rated" in str(at.get("progress")[0].proto)
+    [saved] = stored(db_path)
+    columns = ("position", "revision", "acceptable_a", "acceptable_b", "likert_a", "likert_b", "preference",
+               "comment")
+    assert tuple(saved[c] for c in columns) == (1, 1, 1, 0, 4, 2, "A", "fine")
+
+
+def test_an_incomplete_form_is_refused_and_nothing_stored(study, db_path):
+    at = submit(open_page(study))
+    assert at.error[0].value == "Mark each output Acceptable or Not acceptable."
+    assert at.subheader[0].value == "Case 1 of 8"
+    assert stored(db_path) == []
+
+
+def test_resume_after_a_new_session_at_the_first_unrated_case(study, db_path):
+    at = open_page(study)
+    for _ in range(3):
+        at = rate(at)
+    at = open_page(study)  # a refresh, another browser or a restarted server: a new session
+    assert at.subheader[0].value == "Case 4 of 8"
+    assert "3 of 8 rated" in str(at.get("progress")[0].proto)
+
+
+def test_revise_an_earlier_case_keeps_the_old_rating(study, db_path):
+    at = rate(rate(open_page(study)))
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    assert at.subheader[0].value == "Case 1 of 8"
+    assert "You rated this case before (revision 1)" in at.caption[1].value
+    b_key = next(r.key for r in at.radio if r.key.startswith("acceptable-b"))
+    assert at.radio(key=b_key).value == "Not acceptable"
+    at = rate(at, b="Acceptable", preference="none")
+    assert at.success[0].value == "Revised case 1."
+    assert at.subheader[0].value == "Case 3 of 8", "after a revision the first unrated case comes next"
+    first = [r for r in stored(db_path) if r["position"] == 1]
+    assert [(r["revision"], r["acceptable_b"], r["preference"]) for r in first] == [(1, 0, "A"),
+                                                                                    (2, 1, "none")]
+
+
+def test_flag_a_case_as_unratable_with_a_reason(study, db_path):
+    at = open_page(study)
+    next(b for b in at.button if b.label == "Flag as unratable").click()
+    at.run()
+    assert at.error[0].value == "Say why this case cannot be rated."
+    at.text_input[0].set_value("the outputs are cut off")
+    next(b for b in at.button if b.label == "Flag as unratable").click()
+    at.run()
+    assert at.success[0].value == "Flagged case 1." and at.subheader[0].value == "Case 2 of 8"
+    [flag] = stored(db_path)
+    assert flag["unratable_reason"] == "the outputs are cut off" and flag["acceptable_a"] is None
+
+
+def test_two_tabs_the_stale_one_is_told_and_shown_the_stored_rating(study, db_path):
+    first, second = open_page(study), open_page(study)
+    rate(first, b="Acceptable")
+    second = rate(second, b="Not acceptable")
+    assert "was not saved" in second.warning[0].value
+    assert second.subheader[0].value == "Case 1 of 8"
+    b_key = next(r.key for r in second.radio if r.key.startswith("acceptable-b"))
+    assert second.radio(key=b_key).value == "Acceptable", "the form now shows what the other tab stored"
+    assert [r["acceptable_b"] for r in stored(db_path)] == [1]
+
+
+def test_double_submit_stores_one_rating(study, db_path):
+    at = open_page(study)
+    item_key = next(b.key for b in at.button if b.label == "Submit")
+    rate(at)
+    with opened(db_path) as conn:
+        item = review.open_item(conn, study["ids"]["ada"], study["study_id"], 1)
+        again = review.submit_rating(conn, study["ids"]["ada"], item.assignment_id, good_rating(), 0)
+        assert again.duplicate
+    assert item_key == f"submit-{item.assignment_id}-0"
+    assert len(stored(db_path)) == 1
+
+
+def test_all_done_and_look_through_again(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = make_review_db(db_path, n_cases=2, reviewers=("ada",), overlap=1)
+    at = rate(rate(open_page(info)))
+    assert at.success[-1].value == "You have rated all 2 cases of this study. Thank you!"
+    next(b for b in at.button if b.label == "Look through my ratings").click()
+    at.run()
+    assert at.subheader[0].value == "Case 1 of 2"
+
+
+def test_without_assignments_or_sign_in(study, db_path):
+    at = AppTest.from_file(PAGE, default_timeout=30).run()
+    assert at.error[0].value == "Sign in first."
+    assert "No cases are assigned to you yet" in open_page(study, "boss").info[0].value
+
+
+def test_crafted_session_values_cannot_open_another_reviewers_study(study, db_path):
+    with opened(db_path) as conn:
+        bens_only = review.create_study(conn, actor_id=study["admin_id"], name="Ben only", run_1_id=RUN_1,
+                                        run_2_id=RUN_2, reviewer_ids=[study["ids"]["ben"]], seed=1)
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.session_state["user"] = {"id": study["ids"]["ada"], "name": "ada", "role": "reviewer"}
+    at.session_state["review-study"] = bens_only
+    at.session_state["review-position"] = 999
+    at.run()
+    assert not at.exception
+    assert at.session_state["review-study"] == study["study_id"]
+    assert at.subheader[0].value == "Case 8 of 8"
+
+
+def everything_sent(at: AppTest) -> str:
+    """Every element's protobuf (values, labels, help, options, markdown) and the session's state."""
+    parts = []
+
+    def walk(node):
+        if getattr(node, "proto", None) is not None:
+            parts.append(str(node.proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    parts += [f"{key!r}={at.session_state[key]!r}" for key in at.session_state]
+    return "\n".join(parts)
+
+
+def test_nothing_sent_to_the_reviewer_reveals_runs_models_or_sides(study, db_path):
+    at = open_page(study)
+    pages = [everything_sent(at)]
+    at = rate(at)
+    pages.append(everything_sent(at))
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    pages.append(everything_sent(at))
+    at = submit(at)  # unchanged: kept as it is
+    pages.append(everything_sent(at))
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    at = rate(at, b="Acceptable")  # a revision
+    pages.append(everything_sent(at))
+    sent = "\n".join(pages).casefold()
+    assert "regimen a" in sent and "gy in" in sent
+    leaked = [secret for secret in SECRETS if secret.casefold() in sent]
+    assert leaked == []
+    with opened(db_path) as conn:
+        mapping = conn.execute("SELECT run_a_id, run_b_id FROM assignments WHERE reviewer_id = ?",
+                               (study["ids"]["ada"],)).fetchall()
+    assert {tuple(m) for m in mapping} == {(RUN_1, RUN_2), (RUN_2, RUN_1)}
+    for key in at.session_state:
+        assert not isinstance(at.session_state[key], (tuple, list, dict)) or key in ("user", "review-notice")

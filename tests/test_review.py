@@ -1,0 +1,522 @@
+"""Review studies: balanced, randomized, blinded assignments; append-only ratings under concurrency.
+
+`make_review_db` builds the database the page and browser tests use too: two generation runs with
+distinctive ids and model paths, so a blinding test can search for them in whatever a reviewer gets.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import HEADER, ROOT, csv_bytes, row
+
+from rocore import auth, review
+from rocore.case_import import import_cases
+from rocore.db import connect, opened
+from rocore.review import Form, Rating, ReviewError, StaleRating
+from rocore.splits import create_split
+
+RUN_1, RUN_2 = 48731, 59212  # base, fine-tuned: ids no page text would contain by chance
+BASE_PATH = "/srv/models/zephyrine-7b-base"
+ADAPTER_PATH = "/srv/adapters/zephyrine-qlora-r16"
+SECRETS = [str(RUN_1), str(RUN_2), BASE_PATH, ADAPTER_PATH, "zephyrine", "qlora", "adapter", "fine-tuned",
+           "finetuned", "run_a", "run_b", "run_1", "run_2", "run_id"]
+
+
+def base_answer(i: int) -> str:
+    return f"{40 + i} Gy in {20 + i} fractions"
+
+
+def finetuned_answer(i: int) -> str:
+    return f"{60 + i} Gy in {30 + i} fractions to the prostate"
+
+
+def make_review_db(db_path: Path, n_cases: int = 12, reviewers: tuple[str, ...] = ("ada", "ben", "cleo"),
+                   form: Form = Form(likert=True, preference=True, comment=True), overlap: int = 2,
+                   study_name: str = "Prostate pilot") -> dict:
+    """Cases, two runs with outputs for every case, an admin and reviewers, and one study (if any reviewers).
+
+    Returns codes (name -> access code), ids (name -> reviewer id), the study id and the admin id.
+    """
+    rows = [row(f"P{i:03d}", diagnosis=f"{60 + i}-year-old man, prostate adenocarcinoma, Gleason {6 + i % 4}")
+            + f",prostate,{60 + i}" for i in range(n_cases)]
+    with opened(db_path) as conn:
+        import_cases(conn, csv_bytes(*rows, header=HEADER + ",site,age"), "cases.csv")
+        split_id = create_split(conn, "main", seed=0)
+        conn.execute("INSERT INTO models (model_id, name, kind, path) VALUES (1, ?, 'base', ?)",
+                     (BASE_PATH, BASE_PATH))
+        conn.execute("INSERT INTO models (model_id, name, kind, path, base_model_id) "
+                     "VALUES (2, ?, 'adapter', ?, 1)", (ADAPTER_PATH, ADAPTER_PATH))
+        for run_id, adapter in ((RUN_1, None), (RUN_2, 2)):
+            conn.execute("INSERT INTO generation_runs (run_id, base_model_id, adapter_model_id, split_id, "
+                         "part, tasks, quantization, status) VALUES (?, 1, ?, ?, 'test', '[\"regimen\"]', "
+                         "'nf4', 'finished')", (run_id, adapter, split_id))
+        for i in range(n_cases):
+            for run_id, text in ((RUN_1, base_answer(i)), (RUN_2, finetuned_answer(i))):
+                conn.execute("INSERT INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
+                             "prompt_tokens, output_tokens, seconds) "
+                             "VALUES (?, ?, 'regimen', 'regimen-v1', ?, ?, 10, 10, 0.1)",
+                             (run_id, f"P{i:03d}", f"Answer: {text}", text))
+        admin = auth.create_first_admin(conn, "boss", "correct horse battery")
+        codes, ids = {"boss": "correct horse battery"}, {"boss": admin.id}
+        for name in reviewers:
+            user, codes[name] = auth.add_user(conn, name, actor_id=admin.id)
+            ids[name] = user.id
+        study_id = review.create_study(conn, actor_id=admin.id, name=study_name, run_1_id=RUN_1,
+                                       run_2_id=RUN_2, reviewer_ids=[ids[n] for n in reviewers], seed=7,
+                                       overlap=overlap, form=form) if reviewers else None
+    return {"codes": codes, "ids": ids, "study_id": study_id, "admin_id": admin.id}
+
+
+@pytest.fixture
+def study(db_path):
+    return make_review_db(db_path)
+
+
+def good_rating(form: Form = Form(likert=True, preference=True, comment=True), **changes) -> Rating:
+    values = {"acceptable_a": True, "acceptable_b": False,
+              "likert_a": 4 if form.likert else None, "likert_b": 2 if form.likert else None,
+              "preference": "A" if form.preference else None}
+    return Rating(**{**values, **changes})
+
+
+# --- Assignment -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_cases, n_reviewers, overlap", [(50, 4, 2), (7, 3, 1), (30, 5, 3), (11, 2, 2)])
+def test_assignments_are_balanced(n_cases, n_reviewers, overlap):
+    cases = [f"C{i}" for i in range(n_cases)]
+    planned = review.plan_assignments(cases, list(range(1, n_reviewers + 1)), overlap, seed=3)
+    per_case = Counter(p.case_id for p in planned)
+    assert set(per_case) == set(cases) and set(per_case.values()) == {overlap}
+    assert len({(p.reviewer_id, p.case_id) for p in planned}) == len(planned)
+    load = Counter(p.reviewer_id for p in planned)
+    assert max(load.values()) - min(load.values()) <= 1
+    for reviewer, n in load.items():
+        mine = [p for p in planned if p.reviewer_id == reviewer]
+        assert sorted(p.position for p in mine) == list(range(1, n + 1))
+        run_1_as_a = sum(p.run_1_is_a for p in mine)
+        assert abs(run_1_as_a - (n - run_1_as_a)) <= 1, "each reviewer sees each run as A half the time"
+
+
+def test_assignments_are_random_but_reproducible():
+    cases, reviewers = [f"C{i:02d}" for i in range(40)], [1, 2, 3]
+    first = review.plan_assignments(cases, reviewers, 1, seed=1)
+    assert review.plan_assignments(cases, reviewers, 1, seed=1) == first
+    other = review.plan_assignments(cases, reviewers, 1, seed=2)
+    assert [(p.reviewer_id, p.case_id) for p in other] != [(p.reviewer_id, p.case_id) for p in first]
+    for reviewer in reviewers:
+        order = [p.case_id for p in sorted(first, key=lambda p: p.position) if p.reviewer_id == reviewer]
+        assert order != sorted(order), "case order is shuffled per reviewer"
+    sides = [p.run_1_is_a for p in sorted(first, key=lambda p: (p.reviewer_id, p.position))]
+    assert 0 < sum(sides) < len(sides) and sides != sorted(sides)
+
+
+def test_sides_are_independent_of_the_case_across_seeds():
+    """Over many seeds, every (reviewer, case) sees run 1 as A about half the time."""
+    cases, shown = [f"C{i}" for i in range(10)], Counter()
+    for seed in range(400):
+        for p in review.plan_assignments(cases, [1, 2], 2, seed):
+            shown[(p.reviewer_id, p.case_id)] += p.run_1_is_a
+    assert all(120 < n < 280 for n in shown.values())
+
+
+def test_sample_is_drawn_with_the_stored_seed():
+    cases = [f"C{i:03d}" for i in range(100)]
+    assert review.sample_cases(cases, None, 0) == cases
+    assert review.sample_cases(cases, 10, 5) == review.sample_cases(list(reversed(cases)), 10, 5)
+    assert review.sample_cases(cases, 10, 5) != review.sample_cases(cases, 10, 6)
+    with pytest.raises(ReviewError, match="Cannot sample 101 cases: 100 have outputs"):
+        review.sample_cases(cases, 101, 0)
+    with pytest.raises(ReviewError, match="Overlap must be between 1 and the number of reviewers"):
+        review.plan_assignments(cases, [1, 2], 3, 0)
+
+
+def test_create_study_stores_assignments_and_audits(db_path, study):
+    with opened(db_path) as conn:
+        stored = conn.execute("SELECT * FROM studies").fetchone()
+        settings = (stored["run_1_id"], stored["run_2_id"], stored["seed"], stored["overlap"])
+        assert settings == (RUN_1, RUN_2, 7, 2)
+        rows = conn.execute("SELECT * FROM assignments").fetchall()
+        assert len(rows) == 24 and Counter(r["case_id"] for r in rows) == {f"P{i:03d}": 2 for i in range(12)}
+        assert {r["run_a_id"] for r in rows} == {RUN_1, RUN_2}
+        entry = conn.execute("SELECT * FROM audit_log WHERE action = 'create-study'").fetchone()
+        assert entry["actor"] == "boss" and '"n_assignments": 24' in entry["detail"]
+        listed = review.list_studies(conn, actor_id=study["admin_id"])
+        assert listed[0]["n_cases"] == 12 and listed[0]["n_done"] == 0
+
+
+def test_create_study_with_a_sample_and_refusals(db_path, study):
+    ids, admin = study["ids"], study["admin_id"]
+    with opened(db_path) as conn:
+        def create(**changes):
+            args = dict(actor_id=admin, name="Second", run_1_id=RUN_1, run_2_id=RUN_2,
+                        reviewer_ids=[ids["ada"], ids["ben"]], sample_n=5, seed=11)
+            return review.create_study(conn, **{**args, **changes})
+
+        for changes, message in [
+            ({"actor_id": ids["ada"]}, "not allowed"),
+            ({"name": "Prostate pilot"}, "already a study named"),
+            ({"name": "Zephyrine-7B-base vs tuned"}, "leave the model names out"),
+            ({"run_2_id": RUN_1}, "two different generation runs"),
+            ({"run_2_id": 1}, "no generation run 1"),
+            ({"task": "icd10"}, "has no 'icd10' outputs"),
+            ({"sample_n": 13}, "Cannot sample 13 cases: 12 have outputs"),
+            ({"overlap": 3}, "Overlap must be between 1 and the number of reviewers"),
+            ({"reviewer_ids": []}, "at least one reviewer"),
+        ]:
+            with pytest.raises(auth.AuthError if "allowed" in message else ReviewError, match=message):
+                create(**changes)
+        study_id = create()
+        cases = {r[0] for r in conn.execute("SELECT case_id FROM assignments WHERE study_id = ?",
+                                            (study_id,))}
+        assert cases == set(review.sample_cases([f"P{i:03d}" for i in range(12)], 5, 11))
+        assert conn.execute("SELECT count(*) FROM studies").fetchone()[0] == 2
+
+
+# --- Rating ---------------------------------------------------------------------------------------
+
+def test_rate_resume_revise_and_flag(db_path, study):
+    ada = study["ids"]["ada"]
+    with opened(db_path) as conn:
+        first = review.open_item(conn, ada, study["study_id"])
+        assert (first.position, first.total, first.done, first.revision) == (1, 8, 0, 0)
+        assert "prostate adenocarcinoma" in first.patient["diagnosis"] and first.patient["site"] == "prostate"
+        saved = review.submit_rating(conn, ada, first.assignment_id, good_rating(comment="  dose is high "),
+                                     0, client="test")
+        assert (saved.revision, saved.duplicate) == (1, False)
+        second = review.open_item(conn, ada, study["study_id"])
+        assert (second.position, second.done) == (2, 1)
+
+        again = review.open_item(conn, ada, study["study_id"], position=1)
+        assert again.current == good_rating(comment="dose is high") and again.revision == 1
+        revised = good_rating(acceptable_b=True, preference="none")
+        review.submit_rating(conn, ada, again.assignment_id, revised, 1)
+        review.submit_rating(conn, ada, second.assignment_id, Rating(unratable_reason="outputs cut off"), 0)
+        assert review.open_item(conn, ada, study["study_id"]).position == 3
+        history = review.rating_history(conn, ada, again.assignment_id)
+        assert [(rev, r.acceptable_b) for rev, _, r in history] == [(1, False), (2, True)]
+        ratings = conn.execute("SELECT assignment_id, revision FROM ratings ORDER BY rating_id").fetchall()
+        assert [tuple(r) for r in ratings] == [(first.assignment_id, 1), (first.assignment_id, 2),
+                                                (second.assignment_id, 1)]
+        current = conn.execute("SELECT count(*) FROM current_ratings").fetchone()[0]
+        assert current == 2
+        log = conn.execute("SELECT actor, action, entity, detail, client FROM audit_log "
+                           "WHERE entity = 'ratings' ORDER BY audit_id").fetchall()
+        assert [r["action"] for r in log] == ["rate", "revise", "flag-unratable"]
+        assert log[0]["actor"] == "ada" and log[0]["client"] == "test"
+        assert '"acceptable_a": true' in log[0]["detail"] and '"has_comment": true' in log[0]["detail"]
+        assert "dose is high" not in log[0]["detail"] and "cut off" not in log[2]["detail"]
+        assert "prostate" not in "".join(r["detail"] for r in conn.execute("SELECT detail FROM audit_log"))
+
+
+def test_every_case_done_returns_none(db_path):
+    info = make_review_db(db_path, n_cases=3, reviewers=("ada",), overlap=1)
+    ada = info["ids"]["ada"]
+    with opened(db_path) as conn:
+        while (item := review.open_item(conn, ada, info["study_id"])) is not None:
+            review.submit_rating(conn, ada, item.assignment_id, good_rating(), item.revision)
+        assert review.my_studies(conn, ada) == [{"study_id": info["study_id"], "name": "Prostate pilot",
+                                                 "task": "regimen", "total": 3, "done": 3}]
+        assert review.open_item(conn, ada, info["study_id"], position=99).position == 3
+
+
+def test_the_form_decides_what_a_rating_needs(db_path):
+    info = make_review_db(db_path, reviewers=("ada",), overlap=1, form=Form(likert=False, preference=False,
+                                                                             comment=False))
+    ada = info["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, info["study_id"])
+        for rating, message in [
+            (Rating(acceptable_a=True), "Mark each output Acceptable or Not acceptable"),
+            (Rating(True, False, likert_a=3, likert_b=3), "does not ask for scores"),
+            (Rating(True, False, preference="A"), "does not ask for a preference"),
+            (Rating(True, False, comment="x"), "does not ask for comments"),
+            (Rating(unratable_reason="   "), "Say why"),
+            (Rating(True, False, comment="x" * 2001), "at most 2000 characters"),
+        ]:
+            with pytest.raises(ReviewError, match=message):
+                review.submit_rating(conn, ada, item.assignment_id, rating, 0)
+        review.submit_rating(conn, ada, item.assignment_id, Rating(True, False), 0)
+    full = Form(likert=True, preference=True)
+    with pytest.raises(ReviewError, match="score from 1 to 5"):
+        review.check_rating(Rating(True, True, likert_a=6, likert_b=1, preference="A"), full)
+    with pytest.raises(ReviewError, match="the output you prefer"):
+        review.check_rating(Rating(True, True, likert_a=5, likert_b=1), full)
+    flagged = review.check_rating(Rating(True, None, unratable_reason=" no diagnosis "), full)
+    assert flagged == Rating(unratable_reason="no diagnosis")
+
+
+def test_stale_form_is_refused_and_a_repeat_is_not_duplicated(db_path, study):
+    ada = study["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, study["study_id"])
+        assert not review.submit_rating(conn, ada, item.assignment_id, good_rating(), 0).duplicate
+        repeat = review.submit_rating(conn, ada, item.assignment_id, good_rating(), 0)
+        assert (repeat.revision, repeat.duplicate) == (1, True), "a double click stores one rating"
+        with pytest.raises(StaleRating) as refused:
+            review.submit_rating(conn, ada, item.assignment_id, good_rating(acceptable_b=True), 0)
+        assert refused.value.current_revision == 1
+        assert "was not saved" in str(refused.value)
+        review.submit_rating(conn, ada, item.assignment_id, good_rating(acceptable_b=True), 1)
+        unchanged = review.submit_rating(conn, ada, item.assignment_id, good_rating(acceptable_b=True), 2)
+        assert (unchanged.revision, unchanged.duplicate) == (2, True), "an unchanged form adds no revision"
+        assert conn.execute("SELECT max(revision), count(*) FROM ratings").fetchone()[:] == (2, 2)
+
+
+def test_ratings_cannot_be_changed_in_place(db_path, study):
+    ada = study["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, study["study_id"])
+        review.submit_rating(conn, ada, item.assignment_id, good_rating(), 0)
+        for statement in ("UPDATE ratings SET acceptable_b = 1", "DELETE FROM ratings",
+                          "UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+            with pytest.raises(Exception, match="append-only"):
+                conn.execute(statement)
+
+
+def test_a_reviewer_cannot_read_or_write_another_reviewers_cases(db_path, study):
+    ada, ben = study["ids"]["ada"], study["ids"]["ben"]
+    with opened(db_path) as conn:
+        bens = review.open_item(conn, ben, study["study_id"])
+        with pytest.raises(auth.AccessDenied, match="not assigned to you"):
+            review.submit_rating(conn, ada, bens.assignment_id, good_rating(), 0, client="10.0.0.9")
+        with pytest.raises(auth.AccessDenied, match="not assigned to you"):
+            review.submit_rating(conn, ada, 999999, good_rating(), 0)
+        with pytest.raises(auth.AccessDenied, match="not assigned to you"):
+            review.rating_history(conn, ada, bens.assignment_id)
+        with pytest.raises(auth.AccessDenied):
+            review.list_studies(conn, actor_id=ada)
+        for staff_view in (review.study_progress, review.unblinded_ratings, review.study_summary):
+            with pytest.raises(auth.AccessDenied):
+                staff_view(conn, study["study_id"], actor_id=ada)
+        other = review.create_study(conn, actor_id=study["admin_id"], name="Only ben", run_1_id=RUN_1,
+                                    run_2_id=RUN_2, reviewer_ids=[ben])
+        with pytest.raises(auth.AccessDenied, match="no cases in this study"):
+            review.open_item(conn, ada, other)
+        assert conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == 0
+        denied = conn.execute("SELECT actor, entity_id, client FROM audit_log "
+                              "WHERE action = 'access-denied'").fetchall()
+        assert [tuple(r) for r in denied] == [("ada", str(bens.assignment_id), "10.0.0.9"),
+                                              ("ada", "999999", None), ("ada", str(bens.assignment_id), None)]
+        auth.set_active(conn, "ada", False, actor_id=study["admin_id"])
+        with pytest.raises(auth.AccessDenied, match="not active"):
+            review.open_item(conn, ada, study["study_id"])
+
+
+def test_unblinded_views_translate_sides_back_to_runs(db_path, study):
+    ada, admin = study["ids"]["ada"], study["admin_id"]
+    with opened(db_path) as conn:
+        for _ in range(4):
+            item = review.open_item(conn, ada, study["study_id"])
+            fine_tuned_is_a = item.text_a.endswith("to the prostate")
+            rating = good_rating(acceptable_a=fine_tuned_is_a, acceptable_b=not fine_tuned_is_a,
+                                 preference="A" if fine_tuned_is_a else "B")
+            review.submit_rating(conn, ada, item.assignment_id, rating, 0)
+        rows = review.unblinded_ratings(conn, study["study_id"], actor_id=admin)
+        assert len(rows) == 4 and all(r["acceptable_2"] == 1 and r["acceptable_1"] == 0 for r in rows)
+        assert all(r["preferred_run"] == 2 for r in rows)
+        summary = review.study_summary(conn, study["study_id"], actor_id=admin)
+        assert summary["runs"][2]["share_acceptable"] == 1.0 and summary["runs"][1]["acceptable"] == 0
+        assert summary["preferences"] == {1: 0, 2: 4, "none": 0} and summary["flagged"] == 0
+        progress = {p["reviewer"]: p for p in review.study_progress(conn, study["study_id"], actor_id=admin)}
+        assert progress["ada"]["done"] == 4 and progress["ben"]["done"] == 0
+
+
+def test_review_item_carries_no_run_or_model_identity(db_path, study):
+    with opened(db_path) as conn:
+        item = review.open_item(conn, study["ids"]["ada"], study["study_id"])
+    text = repr(item).casefold()
+    assert not [s for s in SECRETS if s.casefold() in text]
+
+
+def test_demo_reviewers_hook(db_path):
+    make_review_db(db_path, reviewers=())
+    with opened(db_path) as conn:
+        conn.execute("DELETE FROM assignments")
+        conn.execute("DELETE FROM studies")
+        conn.execute("DELETE FROM reviewers")
+        codes = review.add_demo_reviewers(conn, RUN_1, RUN_2, n_reviewers=3, sample_n=30, overlap=2, seed=0)
+        assert list(codes) == ["admin", "reviewer1", "reviewer2", "reviewer3"]
+        assert auth.sign_in(conn, "reviewer2", codes["reviewer2"]).role == "reviewer"
+        assert auth.sign_in(conn, "admin", codes["admin"]).role == "admin"
+        counts = conn.execute("SELECT count(DISTINCT case_id), count(*) FROM assignments").fetchone()
+        assert tuple(counts) == (12, 24)
+
+
+# --- Concurrency ----------------------------------------------------------------------------------
+
+def rate_all(db_path: str, reviewer_id: int, study_id: int, barrier=None) -> int:
+    """Rate every case of one reviewer, each submission in its own connection as a page would; count."""
+    if barrier is not None:
+        barrier.wait()
+    done = 0
+    while True:
+        with opened(db_path) as conn:
+            item = review.open_item(conn, reviewer_id, study_id)
+            if item is None:
+                return done
+            rating = good_rating(comment=f"n{done}")
+            review.submit_rating(conn, reviewer_id, item.assignment_id, rating, item.revision)
+            # The same submission again, as a double click or a second tab would send it.
+            again = review.submit_rating(conn, reviewer_id, item.assignment_id, rating, item.revision)
+            assert again.duplicate
+        done += 1
+
+
+N_REVIEWERS = 20
+
+
+@pytest.fixture
+def crowd(db_path):
+    return make_review_db(db_path, n_cases=40, reviewers=tuple(f"r{i:02d}" for i in range(N_REVIEWERS)),
+                          overlap=5)
+
+
+def check_everything_stored(db_path, crowd):
+    with opened(db_path) as conn:
+        n, distinct, max_revision = conn.execute(
+            "SELECT count(*), count(DISTINCT assignment_id), max(revision) FROM ratings").fetchone()
+        assert (n, distinct, max_revision) == (200, 200, 1)
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE action = 'rate'").fetchone()[0] == 200
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.slow
+def test_twenty_reviewers_at_once_in_threads(db_path, crowd):
+    barrier = threading.Barrier(N_REVIEWERS)
+    errors, counts = [], []
+
+    def work(reviewer_id):
+        try:
+            counts.append(rate_all(str(db_path), reviewer_id, crowd["study_id"], barrier))
+        except Exception as exc:  # collected and asserted on below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(crowd["ids"][f"r{i:02d}"],)) for i in range(N_REVIEWERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert errors == [] and sorted(counts) == [10] * N_REVIEWERS
+    check_everything_stored(db_path, crowd)
+
+
+def rate_all_and_report(db_path: str, reviewer_id: int, study_id: int, barrier, results) -> None:
+    """`rate_all` in a process of its own: the count, or the error, goes back through a queue."""
+    try:
+        results.put(rate_all(db_path, reviewer_id, study_id, barrier))
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(repr(exc))
+
+
+@pytest.mark.slow
+def test_twenty_reviewers_at_once_in_processes(db_path, crowd):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(N_REVIEWERS), context.Queue()
+    processes = [context.Process(target=rate_all_and_report, args=(str(db_path), crowd["ids"][f"r{i:02d}"],
+                                                                   crowd["study_id"], barrier, results))
+                 for i in range(N_REVIEWERS)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == [10] * N_REVIEWERS
+    check_everything_stored(db_path, crowd)
+
+
+def test_two_tabs_racing_for_one_revision_store_one(db_path, study):
+    """Threads submit different answers based on the same revision: exactly one lands."""
+    ada = study["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, study["study_id"])
+    barrier, outcomes = threading.Barrier(8), []
+
+    def tab(number):
+        with opened(db_path) as conn:
+            barrier.wait()
+            try:
+                review.submit_rating(conn, ada, item.assignment_id, good_rating(comment=f"tab {number}"), 0)
+                outcomes.append("saved")
+            except StaleRating:
+                outcomes.append("stale")
+
+    threads = [threading.Thread(target=tab, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["saved"] + ["stale"] * 7
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == 1
+
+
+# --- Command line ---------------------------------------------------------------------------------
+
+def rocore(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rocore", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_cli_reviewers_and_studies(db_path):
+    make_review_db(db_path, reviewers=())
+    added = rocore("reviewer", "add", "dora", "--db", db_path)
+    assert added.returncode == 0, added.stderr
+    code = added.stdout.split("access code: ")[1].split()[0]
+    with opened(db_path) as conn:
+        assert auth.sign_in(conn, "dora", code).role == "reviewer"
+        actor = conn.execute("SELECT actor FROM audit_log WHERE action = 'add-user'").fetchone()[0]
+        assert actor.startswith("cli")
+    assert rocore("reviewer", "add", "eve", "--role", "researcher", "--db", db_path).returncode == 0
+    assert rocore("reviewer", "add", "dora", "--db", db_path).returncode == 1
+    listed = rocore("reviewer", "list", "--db", db_path).stdout
+    assert "dora" in listed and "researcher" in listed and "code" not in listed
+
+    created = rocore("study", "create", "--db", db_path, "--name", "CLI study", "--runs", RUN_1, RUN_2,
+                     "--reviewers", "dora,eve", "--sample", 6, "--seed", 3, "--overlap", 2, "--likert",
+                     "--preference", "--no-comment")
+    assert created.returncode == 0, created.stderr
+    assert "6 cases, 12 assignments" in created.stdout
+    refused = rocore("study", "create", "--db", db_path, "--name", "x", "--runs", RUN_1, RUN_2,
+                     "--reviewers", "nobody")
+    assert refused.returncode == 1 and "No one is named 'nobody'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    shown = rocore("study", "show", "--db", db_path, "--name", "CLI study")
+    assert shown.returncode == 0 and "dora" in shown.stdout and "0 of 6" in shown.stdout
+    assert "CLI study" in rocore("study", "list", "--db", db_path).stdout
+    with opened(db_path) as conn:
+        stored = conn.execute("SELECT sample_n, seed, overlap, form FROM studies "
+                              "WHERE name = 'CLI study'").fetchone()
+        assert tuple(stored) == (6, 3, 2, '{"likert": true, "preference": true, "comment": false}')
+
+    reset = rocore("reviewer", "reset-code", "dora", "--db", db_path)
+    new_code = reset.stdout.split("access code: ")[1].split()[0]
+    assert rocore("reviewer", "deactivate", "eve", "--db", db_path).returncode == 0
+    with opened(db_path) as conn:
+        with pytest.raises(auth.SignInFailed):
+            auth.sign_in(conn, "dora", code)
+        assert auth.sign_in(conn, "dora", new_code).name == "dora"
+        with pytest.raises(auth.SignInFailed):
+            auth.sign_in(conn, "eve", "whatever")
+
+
+def test_connections_from_a_real_file_see_each_others_ratings(db_path, study):
+    """A second connection (another server thread or process) sees a rating at once: resume works."""
+    ada = study["ids"]["ada"]
+    first, second = connect(db_path), connect(db_path)
+    try:
+        item = review.open_item(first, ada, study["study_id"])
+        review.submit_rating(first, ada, item.assignment_id, good_rating(), 0)
+        assert review.open_item(second, ada, study["study_id"]).position == 2
+        seen = review.open_item(second, ada, study["study_id"], 1).current
+        assert seen == replace(good_rating(), comment=None)
+    finally:
+        first.close()
+        second.close()
