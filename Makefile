@@ -21,7 +21,10 @@ $(DEMO_DB): | $(STAMP)
 
 demo: $(DEMO_DB)
 
+# The demo's access codes are stored only as hashes, so each `make run` issues fresh ones and prints them.
 run: $(STAMP) $(DEMO_DB)
+	@echo "Demo sign-ins (new codes, valid until the next make run):"
+	@for name in admin reviewer1 reviewer2 reviewer3; do $(PY) -m rocore reviewer reset-code $$name --db $(DEMO_DB); done
 	@echo "Serving the app at http://127.0.0.1:$(PORT) (Ctrl+C to stop)"
 	ROCORE_DB=$(DEMO_DB) $(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 

@@ -3,10 +3,12 @@
 import pandas as pd
 import streamlit as st
 
+from pages._access import require_staff
 from rocore import case_import, cases, splits
 from rocore.db import default_db_path, opened
 
 DB = default_db_path()
+require_staff()
 
 st.title("Cases")
 

@@ -64,10 +64,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rocore.demo import build_demo
+    from rocore.demo import DemoSettings, build_demo
 
     try:
-        build_demo(args.db, args.workdir, n=args.n, seed=args.seed)
+        build_demo(args.db, args.workdir, DemoSettings(n_cases=args.n, seed=args.seed))
     except FileExistsError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -88,6 +88,97 @@ def cmd_regimen(args: argparse.Namespace) -> int:
         print(f"{number}. {component['text']!r}: {details}")
     for warning in parsed["warnings"]:
         print(f"warning: {warning}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rocore.dashboard import ScoreCache, compute, from_outputs
+    from rocore.evaluation import EvaluationInputError, format_tables, latest_run_pair, read_outputs_file
+    from rocore.report import html_report, per_case_csv
+
+    try:
+        if args.file is not None:
+            view = from_outputs(read_outputs_file(args.file), {"file": str(args.file)})
+        else:
+            with opened(args.db) as conn:
+                base_run, finetuned_run = args.runs or latest_run_pair(conn)
+                view = compute(conn, ScoreCache(), base_run, finetuned_run)
+            view.source = {"db": str(args.db), "base_run": base_run, "finetuned_run": finetuned_run}
+        if view.report is None:
+            raise ValueError(view.message)
+    except (EvaluationInputError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        if args.csv is not None:
+            args.csv.write_bytes(per_case_csv(view.scores))
+            print(f"per-case results: {args.csv}", file=sys.stderr)
+        if args.html is not None:
+            args.html.write_text(html_report(view), encoding="utf-8")
+            print(f"report: {args.html}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    result = {"source": view.source, **view.report}
+    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_tables(result))
+    return 0
+
+
+def _max_new_tokens(item: str) -> tuple[str, int]:
+    task, sep, number = item.partition("=")
+    if not sep or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected TASK=N with N >= 1, e.g. regimen=96")
+    return task.strip(), int(number)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
+    from rocore.models import ModelError, attach_adapter, load_model
+    from rocore.prompts import TaskError, check_tasks
+    from rocore.splits import SplitError, list_splits, split_id_by_name
+
+    try:
+        tasks = check_tasks(args.tasks)
+        unknown = [task for task, _ in args.max_new_tokens if task not in tasks]
+        if unknown:
+            raise TaskError(f"--max-new-tokens names {', '.join(unknown)}, which is not among --tasks")
+        with opened(args.db) as conn:
+            splits = list_splits(conn)
+            if not splits:
+                raise SplitError("the database has no split yet; create one with 'python -m rocore split create'")
+            split_id = split_id_by_name(conn, args.split_name) if args.split_name else splits[-1]["split_id"]
+        loaded = load_model(args.model, args.quantization, args.device)
+        if args.adapter:
+            attach_adapter(loaded, args.adapter, "finetuned")
+        with opened(args.db) as conn:
+            base_id = register_model(conn, args.model, "base")
+            adapter_id = register_model(conn, args.adapter, "adapter", base_id) if args.adapter else None
+            run_id, resumed = get_or_create_run(conn, base_id, adapter_id, split_id, args.split, tasks,
+                                                loaded.quantization, decoding_settings(dict(args.max_new_tokens)))
+    except (ModelError, SplitError, TaskError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{'resuming' if resumed else 'starting'} generation run {run_id}: {args.model}"
+          f"{' + ' + str(args.adapter) if args.adapter else ''} ({loaded.quantization}, {loaded.device}), "
+          f"split part '{args.split}', tasks {', '.join(tasks)}")
+    bar = tqdm(unit="output", dynamic_ncols=True)
+
+    def show(progress) -> None:
+        bar.total = progress.total
+        bar.update(progress.done - bar.n)
+        bar.set_postfix_str(f"{progress.new_tokens / max(progress.elapsed_s, 1e-9):.0f} new tok/s")
+
+    try:
+        final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
+                               batch_size=args.batch_size, progress=show)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: run {run_id} keeps what it stored; run the same command to resume", file=sys.stderr)
+        return 130
+    bar.close()
+    print(f"run {run_id}: generated {final.done} outputs in {final.elapsed_s:.1f}s")
     return 0
 
 
@@ -129,6 +220,79 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reviewer(args: argparse.Namespace) -> int:
+    from rocore.auth import AuthError, add_user, list_users, reset_code, set_active
+
+    client = "cli"
+    with opened(args.db) as conn:
+        try:
+            if args.action == "add":
+                user, code = add_user(conn, args.name, args.role, actor_id=None, client=client)
+                print(f"added {user.role} '{user.name}'; access code: {code}")
+                print("The code is shown only now: hand it over privately.")
+            elif args.action == "reset-code":
+                code = reset_code(conn, args.name, actor_id=None, client=client)
+                print(f"'{args.name}' has a new access code: {code}")
+            elif args.action in ("deactivate", "activate"):
+                user = set_active(conn, args.name, args.action == "activate", actor_id=None, client=client)
+                print(f"{args.action}d '{user.name}'")
+            else:
+                for user in list_users(conn):
+                    print(f"{user['reviewer_id']:>4} {user['name']:<24} {user['role']:<10} "
+                          f"{'active' if user['active'] else 'inactive':<8} {user['created_at']}")
+        except AuthError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from rocore.auth import AuthError
+    from rocore.review import (Form, ReviewError, create_study, list_studies, study_id_by_name,
+                               study_progress, study_summary)
+
+    with opened(args.db) as conn:
+        try:
+            if args.action == "create":
+                if not (args.name and args.runs and args.reviewers):
+                    print("study create needs --name, --runs RUN_1 RUN_2 and --reviewers", file=sys.stderr)
+                    return 2
+                ids = []
+                for name in filter(None, (n.strip() for n in args.reviewers.split(","))):
+                    row = conn.execute("SELECT reviewer_id FROM reviewers WHERE name = ?", (name,)).fetchone()
+                    if row is None:
+                        raise ReviewError(f"No one is named {name!r}.")
+                    ids.append(row[0])
+                study_id = create_study(conn, actor_id=None, name=args.name, run_1_id=args.runs[0],
+                                        run_2_id=args.runs[1], reviewer_ids=ids, task=args.task,
+                                        sample_n=args.sample, seed=args.seed, overlap=args.overlap,
+                                        form=Form(args.likert, args.preference, args.comment), client="cli")
+                study = next(s for s in list_studies(conn, actor_id=None) if s["study_id"] == study_id)
+                print(f"created study '{study['name']}' (id {study_id}, seed {study['seed']}): "
+                      f"{study['n_cases']} cases, {study['n_assignments']} assignments")
+            elif args.action == "show":
+                if not args.name:
+                    print("study show needs --name", file=sys.stderr)
+                    return 2
+                study_id = study_id_by_name(conn, args.name)
+                for row in study_progress(conn, study_id, actor_id=None):
+                    print(f"{row['reviewer']:<24} {row['done']} of {row['assigned']} done "
+                          f"({row['flagged']} flagged)")
+                summary = study_summary(conn, study_id, actor_id=None)
+                for number, run in summary["runs"].items():
+                    share = "-" if run["share_acceptable"] is None else f"{run['share_acceptable']:.0%}"
+                    print(f"run {number}: {run['acceptable']} of {run['rated']} acceptable ({share})")
+            else:
+                for s in list_studies(conn, actor_id=None):
+                    print(f"{s['study_id']:>3} {s['name']:<28} task={s['task']} "
+                          f"runs={s['run_1_id']},{s['run_2_id']} cases={s['n_cases']} overlap={s['overlap']} "
+                          f"done={s['n_done']}/{s['n_assignments']} seed={s['seed']}")
+        except (AuthError, ReviewError) as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rocore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="build the embedded demo database")
     _db_arg(p)
     p.add_argument("--workdir", type=Path, default=Path("demo"))
-    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--n", type=int, default=2000, help="synthetic cases (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
@@ -161,6 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_regimen)
+
+    p = commands.add_parser("generate", help="answer every case of a split part with a model (and adapter)")
+    _db_arg(p)
+    p.add_argument("--model", type=Path, required=True, help="local Hugging Face model directory")
+    p.add_argument("--adapter", type=Path, help="LoRA adapter directory trained on --model")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split part")
+    p.add_argument("--split-name", help="split to use (default: the newest)")
+    p.add_argument("--tasks", default="regimen,modality,icd10")
+    p.add_argument("--quantization", default="auto", choices=("auto", "nf4", "int8", "bf16", "fp16", "fp32"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=_max_new_tokens, action="append", default=[], metavar="TASK=N",
+                   help="limit of new tokens for a task (defaults: regimen=64, modality=8, icd10=12)")
+    p.set_defaults(func=cmd_generate)
+
+    p = commands.add_parser("evaluate", help="metrics and paired tests of fine-tuned against base outputs")
+    p.add_argument("file", type=Path, nargs="?",
+                   help="CSV with columns case_id, task, gold, base, finetuned (else: stored runs in --db)")
+    _db_arg(p)
+    p.add_argument("--runs", type=int, nargs=2, metavar=("BASE_RUN", "FINETUNED_RUN"),
+                   help="generation runs to compare (default: the latest base and fine-tuned pair)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write per-case results as CSV (a row per case, task and model, with case text)")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="also write the report (tables, charts, methods; no case text) as one HTML file")
+    p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("split", help="create, show or list train/validation/test splits")
     p.add_argument("action", choices=("create", "show", "list"))
@@ -170,6 +361,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=_fractions, default="0.8,0.1,0.1",
                    help="train,validation,test (default 0.8,0.1,0.1)")
     p.set_defaults(func=cmd_split)
+
+    p = commands.add_parser("reviewer", help="add, list, reset the code of, or (de)activate people")
+    p.add_argument("action", choices=("add", "list", "reset-code", "deactivate", "activate"))
+    p.add_argument("name", nargs="?", default="")
+    _db_arg(p)
+    p.add_argument("--role", default="reviewer", choices=("reviewer", "researcher", "admin"))
+    p.set_defaults(func=cmd_reviewer)
+
+    p = commands.add_parser("study", help="create, list or show blinded review studies")
+    p.add_argument("action", choices=("create", "list", "show"))
+    _db_arg(p)
+    p.add_argument("--name")
+    p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"), help="the two generation runs")
+    p.add_argument("--task", default="regimen", choices=("regimen", "modality", "icd10"))
+    p.add_argument("--reviewers", help="comma-separated reviewer names")
+    p.add_argument("--sample", type=int, help="rate N cases drawn with --seed (default: all)")
+    p.add_argument("--seed", type=int, help="seed of the sample and assignment (default: random, stored)")
+    p.add_argument("--overlap", type=int, default=1, help="reviewers per case (default 1)")
+    p.add_argument("--likert", action="store_true", help="also ask a 1-5 score per output")
+    p.add_argument("--preference", action="store_true", help="also ask which output is preferred")
+    p.add_argument("--no-comment", dest="comment", action="store_false",
+                   help="leave out the free-text comment the form offers by default")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

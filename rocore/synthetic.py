@@ -519,7 +519,7 @@ def _nasopharynx(rng: random.Random) -> dict:
 
 
 _ORAL_SUBSITES = (("lateral border of the {side} oral tongue", "C02.1", True),
-                  ("{side} lateral tongue", "C02.1", True), ("anterior floor of mouth", "C04.9", False),
+                  ("{side} lateral tongue", "C02.1", True), ("anterior floor of mouth", "C04.0", False),
                   ("{side} lower gum", "C03.1", True), ("{side} buccal mucosa", "C06.0", True))
 
 

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rocore.db import connect  # noqa: E402
+from rocore.db import connect, opened  # noqa: E402
 
 HEADER = "case_id,diagnosis,regimen,modality,icd10"
 
@@ -34,3 +34,106 @@ def csv_bytes(*rows: str, header: str = HEADER, newline: str = "\n") -> bytes:
 def row(case_id: str = "P1", diagnosis: str = "67-year-old man with prostate adenocarcinoma",
         regimen: str = "60 Gy in 20 fractions", modality: str = "photon", icd10: str = "C61") -> str:
     return ",".join(f'"{v}"' if ("," in v or "\n" in v) else v for v in (case_id, diagnosis, regimen, modality, icd10))
+
+
+TINY_ARCHITECTURE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                     # Wider than the default 0.02, so a frozen random base leaves LoRA room to move the logits.
+                     "initializer_range": 0.2}
+
+
+def save_tiny_llama(directory: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    """A randomly initialised Llama of TINY_ARCHITECTURE (plus overrides), saved like a real checkpoint."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         **{**TINY_ARCHITECTURE, **overrides})
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def synthetic_cases() -> list[dict]:
+    from rocore.synthetic import generate_cases
+
+    return generate_cases(200, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(synthetic_cases):
+    from rocore.demo_model import train_tokenizer
+    from rocore.prompts import INSTRUCTIONS
+
+    texts = [c[k] for c in synthetic_cases for k in ("diagnosis", "regimen", "modality", "icd10")]
+    return train_tokenizer(texts + list(INSTRUCTIONS.values()), vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so switching it on changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rocore.models import write_adapter_info
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    directory = tmp_path_factory.mktemp("tiny-adapter")
+    get_peft_model(model, lora).save_pretrained(directory)
+    write_adapter_info(directory, tiny_model_dir, {"purpose": "tests"})
+    return directory
+
+
+@pytest.fixture
+def split_db(db_path, synthetic_cases, tmp_path):
+    """A database holding the synthetic cases and a split named 'main'; returns (path, split id)."""
+    from rocore.case_import import import_cases
+    from rocore.splits import create_split
+    from rocore.synthetic import write_jsonl
+
+    cases_file = tmp_path / "cases.jsonl"
+    write_jsonl(synthetic_cases, cases_file)
+    with opened(db_path) as conn:
+        import_cases(conn, cases_file.read_bytes(), cases_file.name)
+        split_id = create_split(conn, "main", seed=0)
+    return db_path, split_id
+
+
+def signed_in_staff(db_path: Path) -> dict:
+    """The session entry of an administrator of this database (created on first use)."""
+    from rocore import auth
+
+    with opened(db_path) as conn:
+        admin = next((u for u in auth.list_users(conn) if u["role"] == "admin" and u["active"]), None)
+        if admin is None:
+            return auth.add_user(conn, "test-admin", "admin", actor_id=None)[0].as_session()
+        return {"id": admin["reviewer_id"], "name": admin["name"], "role": "admin"}
+
+
+@pytest.fixture
+def open_page(monkeypatch):
+    """Run a page file through AppTest against `db_path`, signed in as staff unless told otherwise."""
+    from streamlit.testing.v1 import AppTest
+
+    def run(page: str, db_path: Path, signed_in: bool = True, timeout: float = 60):
+        monkeypatch.setenv("ROCORE_DB", str(db_path))
+        monkeypatch.chdir(ROOT)
+        at = AppTest.from_file(str(ROOT / page), default_timeout=timeout)
+        if signed_in:
+            at.session_state["user"] = signed_in_staff(db_path)
+        at.run()
+        assert not at.exception
+        return at
+
+    return run

@@ -77,3 +77,55 @@ def test_split_create_show_list(tmp_path):
     assert rocore("split", "create", "--db", db, "--name", "s1").returncode == 1
     assert "no split named" in rocore("split", "show", "--db", db, "--name", "zz").stderr
     assert rocore("split", "create", "--db", db, "--fractions", "1,2").returncode == 2
+
+
+def test_regimen_json(tmp_path):
+    done = rocore("regimen", "45 Gy/25 then HDR 7 Gy x 4", "--json")
+    parsed = json.loads(done.stdout)
+    assert [(c["total_dose_gy"], c["fractions"], c["modality"]) for c in parsed["components"]] == [
+        (45.0, 25, None), (28.0, 4, "brachytherapy")]
+    assert json.loads(rocore("regimen", "no prescription here", "--json").stdout)["components"] == []
+
+
+def test_demo_data_is_reproducible_by_seed(tmp_path):
+    for name in ("a", "b"):
+        assert rocore("demo-data", "--n", 50, "--seed", 3, "--out", tmp_path / f"{name}.jsonl").returncode == 0
+    rocore("demo-data", "--n", 50, "--seed", 4, "--out", tmp_path / "c.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert (tmp_path / "a.jsonl").read_bytes() != (tmp_path / "c.jsonl").read_bytes()
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 50
+
+
+def test_generate_resumes_and_evaluate_reads_the_stored_runs(split_db, tiny_model_dir, tiny_adapter_dir):
+    db_path, _ = split_db
+    common = ("--db", db_path, "--model", tiny_model_dir, "--quantization", "fp32", "--tasks", "modality,icd10",
+              "--max-new-tokens", "modality=3", "--max-new-tokens", "icd10=4")
+    base = rocore("generate", *common)
+    assert base.returncode == 0, base.stderr
+    assert "starting generation run 1" in base.stdout and "run 1: generated" in base.stdout
+    assert "resuming generation run 1" in rocore("generate", *common).stdout
+    tuned = rocore("generate", *common, "--adapter", tiny_adapter_dir)
+    assert "starting generation run 2" in tuned.stdout, tuned.stderr
+
+    result = rocore("evaluate", "--db", db_path, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"] == {"db": str(db_path), "base_run": 1, "finetuned_run": 2}
+    assert set(report["tasks"]) == {"modality", "icd10"}
+    assert report["tasks"]["modality"]["base"]["n"] == report["tasks"]["modality"]["paired"]["n_pairs"] > 0
+    assert "modality" in rocore("evaluate", "--db", db_path, "--runs", 1, 2).stdout
+
+
+def test_generate_and_evaluate_errors(tmp_path, split_db):
+    db_path, _ = split_db
+    missing = rocore("generate", "--db", db_path, "--model", tmp_path / "nope")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    bad_task = rocore("generate", "--db", db_path, "--model", tmp_path, "--tasks", "dose")
+    assert bad_task.returncode == 1 and "unknown task 'dose'" in bad_task.stderr
+    nothing = rocore("evaluate", "--db", db_path)
+    assert nothing.returncode == 1 and "has no base and fine-tuned generation runs" in nothing.stderr
+    outputs = tmp_path / "outputs.csv"
+    outputs.write_text("case_id,task,gold,base,finetuned\n1,modality,photon,proton,photon\n2,dose,a,b,c\n")
+    refused = rocore("evaluate", outputs, "--json")
+    assert refused.returncode == 1
+    assert f"{outputs}: row 2: column 'task': 'dose' is not one of regimen, modality, icd10" in refused.stderr

@@ -1,23 +1,15 @@
 """The Data page through Streamlit's AppTest, against a real database file."""
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, csv_bytes, row
+from conftest import csv_bytes, row
 from rocore.case_import import import_cases
 from rocore.db import opened
 
-PAGE = str(ROOT / "pages" / "data.py")
-
 
 @pytest.fixture
-def page(db_path, monkeypatch):
-    monkeypatch.setenv("ROCORE_DB", str(db_path))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(PAGE, default_timeout=30)
-    at.run()
-    assert not at.exception
-    return at
+def page(db_path, open_page):
+    return open_page("pages/data.py", db_path, timeout=30)
 
 
 def case_count(db_path) -> int:
@@ -25,12 +17,14 @@ def case_count(db_path) -> int:
         return conn.execute("SELECT count(*) FROM cases").fetchone()[0]
 
 
-def test_app_opens_on_the_data_page(db_path, monkeypatch):
-    monkeypatch.setenv("ROCORE_DB", str(db_path))
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30).run()
-    assert not at.exception
-    assert at.title[0].value == "Cases"
+def test_app_opens_a_signed_in_researcher_on_the_data_page(db_path, open_page):
+    assert open_page("app.py", db_path).title[0].value == "Cases"
+
+
+def test_the_page_refuses_anyone_not_signed_in(db_path, open_page):
+    at = open_page("pages/data.py", db_path, signed_in=False)
+    assert at.error[0].value.startswith("This page is for researchers and administrators")
+    assert not at.title and not at.file_uploader
 
 
 def test_empty_store(page):
