@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rocore.db import transaction
+from rocore.db import NOW, transaction
 from rocore.labels import (
     LabelError,
     icd10_billable_examples,
@@ -480,7 +480,7 @@ def stored_case_ids(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT case_id FROM cases")}
 
 
-_UPSERT = """
+_UPSERT = f"""
 INSERT INTO cases (case_id, diagnosis, regimen, modality, icd10, site, age, sex, laterality,
                    stage, histology, ecog, metadata, source_file, source_row, import_id)
 VALUES (:case_id, :diagnosis, :regimen, :modality, :icd10, :site, :age, :sex, :laterality,
@@ -491,7 +491,7 @@ ON CONFLICT (case_id) DO UPDATE SET
     laterality = excluded.laterality, stage = excluded.stage, histology = excluded.histology,
     ecog = excluded.ecog, metadata = excluded.metadata, source_file = excluded.source_file,
     source_row = excluded.source_row, import_id = excluded.import_id,
-    updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+    updated_at = {NOW}
 """
 
 

@@ -25,6 +25,9 @@ MIGRATIONS: dict[int, str] = {}
 
 BUSY_TIMEOUT_S = 30.0
 
+# The SQL expression of the current time, in the form the schema's defaults store.
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
 
 class SchemaError(RuntimeError):
     """The database cannot be used by this version of rocore."""

@@ -21,7 +21,7 @@ from rocore.generation import decoding_settings, get_or_create_run, register_mod
 from rocore.models import attach_adapter, load_model
 from rocore.review import add_demo_reviewers
 from rocore.prompts import TASKS
-from rocore.splits import create_split, split_case_ids
+from rocore.splits import create_split, split_case_ids, split_cases
 from rocore.synthetic import generate_cases, write_jsonl
 from rocore.training import TrainingConfig, train_adapter
 
@@ -42,12 +42,6 @@ class DemoSettings:
     finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         quantization="auto", epochs=2.0, learning_rate=3e-3, batch_size=16, logging_steps=50))
     generation_batch_size: int = 32
-
-
-def _case_rows(conn, split_id: int, part: str) -> list[dict]:
-    ids = split_case_ids(conn, split_id, part)
-    rows = conn.execute(f"SELECT * FROM cases WHERE case_id IN ({','.join('?' * len(ids))})", ids).fetchall()
-    return [dict(r) for r in rows]
 
 
 def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings | None = None,
@@ -74,7 +68,7 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
         result = import_cases(conn, cases_file.read_bytes(), cases_file.name, actor="demo")
         say(f"imported {result.n_inserted} cases")
         split_id = create_split(conn, DEMO_SPLIT, seed=seed)
-        train, validation = _case_rows(conn, split_id, "train"), _case_rows(conn, split_id, "validation")
+        train, validation = split_cases(conn, split_id, "train"), split_cases(conn, split_id, "validation")
         say(f"created split '{DEMO_SPLIT}': {len(train)} train, {len(validation)} validation, "
             f"{len(split_case_ids(conn, split_id, 'test'))} test cases")
 

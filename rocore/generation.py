@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocore.db import opened, transaction
-from rocore.jobs import pid_alive
+from rocore.db import NOW, opened, transaction
+from rocore.jobs import mark_dead_runs
 from rocore.models import LoadedModel, using_adapter
 from rocore.prompts import TEMPLATE_IDS, build_prompt, check_tasks, extract_answer
 
@@ -95,25 +95,14 @@ def _set_status(db_path: Path, run_id: int, status: str, error: str | None = Non
     with opened(db_path) as conn, transaction(conn):
         conn.execute(
             "UPDATE generation_runs SET status = ?, error = ?, pid = ?, finished_at = CASE WHEN ? IN "
-            "('finished', 'failed', 'cancelled') THEN strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END WHERE run_id = ?",
+            f"('finished', 'failed', 'cancelled') THEN {NOW} END WHERE run_id = ?",
             (status, error, os.getpid() if status == "running" else None, status, run_id))
-
-
-def mark_dead_runs(conn: sqlite3.Connection) -> int:
-    """Mark as failed every run left 'running' by a process that no longer exists; how many."""
-    dead = [r["run_id"] for r in conn.execute("SELECT run_id, pid FROM generation_runs WHERE status = 'running'")
-            if not pid_alive(r["pid"])]
-    with transaction(conn):
-        conn.executemany(
-            "UPDATE generation_runs SET status = 'failed', pid = NULL, finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', "
-            "'now'), error = 'the generation process ended without finishing; start it again to resume' "
-            "WHERE run_id = ? AND status = 'running'", [(run_id,) for run_id in dead])
-    return len(dead)
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
     """Every generation run with its models, split and progress, newest first."""
-    mark_dead_runs(conn)
+    mark_dead_runs(conn, "generation_runs",
+                   lambda run_id: "the generation process ended without finishing; start it again to resume")
     rows = conn.execute(
         "SELECT r.*, s.name AS split_name, b.path AS base_path, a.path AS adapter_path, "
         "(SELECT count(*) FROM generations g WHERE g.run_id = r.run_id) AS done, "

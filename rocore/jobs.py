@@ -9,10 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from rocore.db import NOW, transaction
 
 ROOT = Path(__file__).resolve().parent.parent
 _children: dict[int, subprocess.Popen] = {}
@@ -60,3 +64,14 @@ def pid_alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def mark_dead_runs(conn: sqlite3.Connection, table: str, error: Callable[[int], str]) -> int:
+    """In `table` (generation_runs or training_runs), mark as failed every run left 'running' by a
+    process that no longer exists, with `error(run_id)` as its message; how many."""
+    dead = [r["run_id"] for r in conn.execute(f"SELECT run_id, pid FROM {table} WHERE status = 'running'")
+            if not pid_alive(r["pid"])]
+    with transaction(conn):
+        conn.executemany(f"UPDATE {table} SET status = 'failed', pid = NULL, finished_at = {NOW}, error = ? "
+                         "WHERE run_id = ? AND status = 'running'", [(error(run_id), run_id) for run_id in dead])
+    return len(dead)

@@ -143,6 +143,13 @@ def split_case_ids(conn: sqlite3.Connection, split_id: int, part: str) -> list[s
     )]
 
 
+def split_cases(conn: sqlite3.Connection, split_id: int, part: str) -> list[dict]:
+    """The stored cases of one part of a split, whole, in case id order."""
+    return [dict(r) for r in conn.execute(
+        "SELECT c.* FROM split_cases s JOIN cases c USING (case_id) WHERE s.split_id = ? AND s.part = ? "
+        "ORDER BY c.case_id", (split_id, part))]
+
+
 def split_counts(conn: sqlite3.Connection, split_id: int) -> list[sqlite3.Row]:
     """Cases per part and modality: what a researcher checks before training."""
     return conn.execute(

@@ -17,15 +17,14 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from rocore.db import opened, transaction
+from rocore.db import NOW, opened, transaction
 from rocore.generation import register_model
-from rocore.jobs import pid_alive
+from rocore.jobs import mark_dead_runs, pid_alive
 from rocore.models import ModelError, check_model_dir
-from rocore.splits import SplitError, split_id_by_name
+from rocore.splits import SplitError, split_cases, split_id_by_name
 from rocore.training import TrainingConfig, check_config, train_adapter
 
 FINAL = ("finished", "failed", "cancelled")
-NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 class TrainingConfigError(ValueError):
@@ -90,12 +89,6 @@ def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | No
         output_dir = Path(output_root).resolve() / f"run-{run_id}"
         conn.execute("UPDATE training_runs SET output_dir = ? WHERE run_id = ?", (str(output_dir), run_id))
     return run_id
-
-
-def _cases(conn: sqlite3.Connection, split_id: int, part: str) -> list[dict]:
-    return [dict(r) for r in conn.execute(
-        "SELECT c.* FROM split_cases s JOIN cases c USING (case_id) WHERE s.split_id = ? AND s.part = ? "
-        "ORDER BY c.case_id", (split_id, part))]
 
 
 def _progress_callback(db_path: Path, run_id: int):
@@ -168,7 +161,8 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
     output_dir = Path(run["output_dir"])
     try:
         with opened(db_path) as conn:
-            train_cases, eval_cases = _cases(conn, run["split_id"], "train"), _cases(conn, run["split_id"], "validation")
+            train_cases = split_cases(conn, run["split_id"], "train")
+            eval_cases = split_cases(conn, run["split_id"], "validation")
         resume = resume and any(output_dir.glob("checkpoints/checkpoint-*"))
         adapter_dir = train_adapter(run["base_path"], train_cases, eval_cases, output_dir, config, device=device,
                                     callbacks=[_progress_callback(db_path, run_id)], resume=resume,
@@ -197,22 +191,11 @@ def request_cancel(conn: sqlite3.Connection, run_id: int) -> None:
                      "WHERE run_id = ? AND status IN ('queued', 'running')", (run_id,))
 
 
-def mark_dead_runs(conn: sqlite3.Connection) -> int:
-    """Mark as failed every run left 'running' by a process that no longer exists; how many."""
-    dead = [r["run_id"] for r in conn.execute("SELECT run_id, pid FROM training_runs WHERE status = 'running'")
-            if not pid_alive(r["pid"])]
-    with transaction(conn):
-        conn.executemany(
-            f"UPDATE training_runs SET status = 'failed', pid = NULL, finished_at = {NOW}, error = "
-            "'the training process ended without recording why (killed, or the machine restarted); "
-            "resume it with: python -m train --resume ' || run_id WHERE run_id = ? AND status = 'running'",
-            [(run_id,) for run_id in dead])
-    return len(dead)
-
-
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
     """Every training run with its base model, split, adapter and latest progress, newest first."""
-    mark_dead_runs(conn)
+    mark_dead_runs(conn, "training_runs", lambda run_id: (
+        "the training process ended without recording why (killed, or the machine restarted); "
+        f"resume it with: python -m train --resume {run_id}"))
     return [dict(r) for r in conn.execute(
         "SELECT r.*, b.path AS base_path, s.name AS split_name, a.path AS adapter_path, "
         "(SELECT max(step) FROM training_metrics m WHERE m.run_id = r.run_id) AS step, "
