@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rocore.case_import import import_cases
 from rocore.db import opened
-from rocore.demo_model import ARCHITECTURE, build_demo_base
+from rocore.demo_model import ARCHITECTURE, build_demo_base, case_reports
 from rocore.evaluation import evaluate_outputs, outputs_from_runs
 from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
 from rocore.models import attach_adapter, load_model
@@ -26,6 +26,8 @@ from rocore.synthetic import generate_cases, write_jsonl
 from rocore.training import TrainingConfig, train_adapter
 
 DEMO_SPLIT = "demo"
+# The literature's patients are drawn with a seed of their own, apart from the demo's cases.
+LITERATURE_SEED_OFFSET = 1000
 
 
 @dataclass
@@ -35,12 +37,14 @@ class DemoSettings:
     n_cases: int = 2000
     seed: int = 0
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
+    # Pretraining reads case reports on this many other synthetic patients (rocore.demo_model).
+    literature_cases: int = 4000
     pretrain_epochs: float = 2.0
     # bitsandbytes' 4-bit kernels train about 30x slower than fp32 on the CPU (docs/benchmarks.md),
     # so on a machine without CUDA the demo trains its LoRA adapter on an fp32 base through the
     # same train_adapter path; on a GPU the same call runs QLoRA on an NF4 base.
     finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        quantization="auto", epochs=2.0, learning_rate=3e-3, batch_size=16, logging_steps=50))
+        quantization="auto", epochs=1.0, learning_rate=3e-3, batch_size=16, logging_steps=50))
     generation_batch_size: int = 32
 
 
@@ -59,7 +63,8 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
 
     n, seed = settings.n_cases, settings.seed
     cases_file = workdir / f"synthetic-cases-n{n}-seed{seed}.jsonl"
-    write_jsonl(generate_cases(n, seed), cases_file)
+    cases = generate_cases(n, seed)
+    write_jsonl(cases, cases_file)
     say(f"wrote {n} synthetic cases to {cases_file}")
     partial = db_path.with_name(db_path.name + ".partial")
     for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
@@ -72,12 +77,14 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
         say(f"created split '{DEMO_SPLIT}': {len(train)} train, {len(validation)} validation, "
             f"{len(split_case_ids(conn, split_id, 'test'))} test cases")
 
-    base_dir = build_demo_base(workdir / "models" / "demo-base", train, seed=seed, epochs=settings.pretrain_epochs,
-                               architecture=settings.architecture, progress=say)
+    reports = case_reports(settings.literature_cases, seed=seed + LITERATURE_SEED_OFFSET,
+                           exclude={case["diagnosis"] for case in cases})
+    base_dir = build_demo_base(workdir / "models" / "demo-base", train, reports, seed=seed,
+                               epochs=settings.pretrain_epochs, architecture=settings.architecture, progress=say)
     say("pretrained the demo base model")
     config = settings.finetune
     adapter_dir = train_adapter(base_dir, train, validation, workdir / "models" / "demo-lora", config)
-    say(f"fine-tuned a LoRA adapter (r={config.lora_r}, {config.epochs:g} epochs) into {adapter_dir}")
+    say(f"fine-tuned a LoRA adapter (r={config.lora_r}, {config.epochs:g} epoch(s)) into {adapter_dir}")
 
     loaded = load_model(base_dir, "auto")
     attach_adapter(loaded, adapter_dir, "finetuned")

@@ -1,15 +1,22 @@
 """The demo's base model, made on the spot with no download: a byte-level BPE tokenizer trained on the
-synthetic cases' text and a small Llama pretrained briefly on unlabelled clinical text (diagnoses and
-prescriptions, never paired), so that it writes fluent text but has not learnt the three tasks.
+synthetic cases' text and a small Llama pretrained on case reports of other synthetic patients.
+
+The reports stand in for the literature a real base model has read: they pair a diagnosis with its
+treatment, modality and code in prose, never in the product's prompt layout. So, like a real base
+model, the demo base knows the field but has not been taught the three tasks, and the fine-tune has
+something a LoRA adapter can do in minutes: teach the tasks, not the field. (Pretrained on notes and
+prescriptions that were never paired, the base knew no codes, and its adapter learnt only the most
+frequent answers: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from rocore.prompts import INSTRUCTIONS, PLAIN_TEMPLATE, TASKS
+from rocore.synthetic import generate_cases
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 ARCHITECTURE = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
@@ -30,16 +37,25 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
-def _corpus(cases: Sequence[dict], seed: int) -> list[str]:
-    """Unlabelled documents: every diagnosis and every prescription on its own, shuffled apart."""
-    documents = [c["diagnosis"] for c in cases] + [c["regimen"] for c in cases]
-    random.Random(seed).shuffle(documents)
-    return documents
+CASE_REPORT_PHRASINGS = (
+    "{diagnosis} Treated with {regimen} ({modality} therapy). Diagnosis code {icd10}.",
+    "Diagnosis {icd10}. {diagnosis} Radiotherapy: {regimen}.",
+    "{diagnosis} Recommended: {regimen}. Modality: {modality}. ICD-10-CM {icd10}.",
+)
 
 
-def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], seed: int = 0, epochs: float = 2.0,
-                    architecture: dict | None = None, progress: Callable[[str], None] = print) -> Path:
-    """Tokenizer + randomly initialised Llama + causal-LM pretraining on the corpus; saved to `out_dir`."""
+def case_reports(n: int, seed: int, exclude: Collection[str] = ()) -> list[str]:
+    """Reports on `n` synthetic patients drawn with `seed`; any whose note is in `exclude` (the demo's
+    own cases) is dropped, so pretraining never reads a case the demo evaluates."""
+    rng = random.Random(seed)
+    return [rng.choice(CASE_REPORT_PHRASINGS).format(**case) for case in generate_cases(n, seed)
+            if case["diagnosis"] not in exclude]
+
+
+def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], documents: Sequence[str], seed: int = 0,
+                    epochs: float = 2.0, architecture: dict | None = None,
+                    progress: Callable[[str], None] = print) -> Path:
+    """Tokenizer + randomly initialised Llama + causal-LM pretraining on `documents`; saved to `out_dir`."""
     import torch
     from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, Trainer,
                               TrainingArguments, set_seed)
@@ -47,7 +63,6 @@ def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], seed: int 
     set_seed(seed)
     out_dir = Path(out_dir)
     architecture = architecture or ARCHITECTURE
-    documents = _corpus(train_cases, seed)
     # The tokenizer learns from the very text the model will read and write, prompts included, so
     # the instructions cost a few tokens each instead of one per character.
     examples = [f"{PLAIN_TEMPLATE.format(instruction=INSTRUCTIONS[task], diagnosis=case['diagnosis'])} {case[task]}"
@@ -60,7 +75,7 @@ def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], seed: int 
     n_params = sum(p.numel() for p in model.parameters())
     progress(f"demo base model: Llama {architecture['num_hidden_layers']} layers x {architecture['hidden_size']}, "
              f"{n_params / 1e6:.1f}M parameters, vocabulary {len(tokenizer)}; pretraining on "
-             f"{len(documents)} unlabelled documents")
+             f"{len(documents)} case reports")
     dataset = [tokenizer(f"{tokenizer.bos_token}{doc}{tokenizer.eos_token}", add_special_tokens=False,
                          truncation=True, max_length=architecture["max_position_embeddings"])
                for doc in documents]

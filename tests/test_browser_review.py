@@ -7,6 +7,7 @@ websocket is recorded and searched for run ids, model names and paths.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -62,6 +63,8 @@ def server(db_path, tmp_path):
     process.terminate()
     process.wait(timeout=20)
     log.close()
+    # Captured output is shown only when the test fails: then the server's side of the story is there.
+    print("streamlit log:", (tmp_path / "streamlit.log").read_text(), sep="\n")
 
 
 @pytest.fixture
@@ -91,10 +94,28 @@ def choose(page, group: str, option: str) -> None:
     page.get_by_role("radiogroup", name=group).get_by_text(option, exact=True).click()
 
 
+@contextlib.contextmanager
+def page_shown_on_failure(page):
+    """On a failure, print what the browser showed at that moment."""
+    try:
+        yield
+    except Exception:
+        print(f"page at failure ({page.url}):", page.inner_text("body"), sep="\n")
+        raise
+
+
 def test_a_reviewer_rates_three_cases_in_chromium(server, browser, db_path):
     url, info = server
     context = browser.new_context()
     page = context.new_page()
+    with page_shown_on_failure(page):
+        received, html = rate_three_cases_and_come_back(page, url, info)
+    context.close()
+    check_stored_and_blinded(db_path, info, page, received, html)
+
+
+def rate_three_cases_and_come_back(page, url: str, info: dict) -> tuple[list[bytes], list[str]]:
+    """Sign in, rate cases 1-3, reload, resume at case 4, step back to case 3: what the server sent."""
     received: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(
         frame if isinstance(frame, bytes) else frame.encode())))
@@ -133,8 +154,10 @@ def test_a_reviewer_rates_three_cases_in_chromium(server, browser, db_path):
     settle(page, "Case 3 of 8")
     page.get_by_text("You rated this case before (revision 1)").wait_for(timeout=30_000)
     html.append(page.content())
-    context.close()
+    return received, html
 
+
+def check_stored_and_blinded(db_path, info: dict, page, received: list[bytes], html: list[str]) -> None:
     with opened(db_path) as conn:
         rows = conn.execute(
             "SELECT a.position, r.revision, r.acceptable_a, r.acceptable_b, r.likert_a, r.likert_b, "

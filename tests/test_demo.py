@@ -13,7 +13,7 @@ from rocore.training import TrainingConfig
 def test_build_demo_makes_cases_split_models_and_paired_runs(tmp_path):
     messages = []
     settings = DemoSettings(n_cases=150, seed=2, architecture={**TINY_ARCHITECTURE, "max_position_embeddings": 256},
-                            pretrain_epochs=1.0, generation_batch_size=16,
+                            literature_cases=150, pretrain_epochs=1.0, generation_batch_size=16,
                             finetune=TrainingConfig(quantization="auto", epochs=1.0, batch_size=16, learning_rate=3e-3))
     db_path = build_demo(tmp_path / "demo" / "reviews.db", tmp_path / "demo", settings, progress=messages.append)
     assert db_path.exists() and not list((tmp_path / "demo").glob("*.partial*"))
