@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,20 @@ def ensure_schema(conn: sqlite3.Connection) -> int:
     return SCHEMA_VERSION
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> str:
+    """Switching a new file to WAL needs an exclusive lock that SQLite does not wait for through the
+    busy handler, so connections racing to open a new database retry until the busy timeout."""
+    deadline, delay = time.monotonic() + BUSY_TIMEOUT_S, 0.005
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.1)
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A new connection with WAL, a busy timeout and foreign keys on, and the schema up to date."""
     path = Path(path)
@@ -88,7 +103,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(conn)
         if mode != "wal":
             raise SchemaError(f"{path}: could not switch to WAL journal mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
