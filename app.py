@@ -32,6 +32,18 @@ def client() -> str:
     return auth.web_client(st.context.ip_address)
 
 
+def start_session(authenticate) -> None:
+    """Sign this browser session in as the user `authenticate(conn)` returns, or show why not."""
+    try:
+        with opened(DB) as conn:
+            user = authenticate(conn)
+    except auth.AuthError as exc:
+        st.error(str(exc))
+    else:
+        st.session_state["user"] = user.as_session()
+        st.rerun()
+
+
 def sign_in_page() -> None:
     st.title("Sign in")
     with st.form("sign-in"):
@@ -39,14 +51,7 @@ def sign_in_page() -> None:
         code = st.text_input("Access code", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        try:
-            with opened(DB) as conn:
-                user = auth.sign_in(conn, name, code, client())
-        except auth.AuthError as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["user"] = user.as_session()
-            st.rerun()
+        start_session(lambda conn: auth.sign_in(conn, name, code, client()))
 
 
 def first_run_page() -> None:
@@ -63,14 +68,7 @@ def first_run_page() -> None:
         if code != repeated:
             st.error("The two access codes differ.")
             return
-        try:
-            with opened(DB) as conn:
-                user = auth.create_first_admin(conn, name, code, client())
-        except auth.AuthError as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["user"] = user.as_session()
-            st.rerun()
+        start_session(lambda conn: auth.create_first_admin(conn, name, code, client()))
 
 
 def signed_in_user() -> auth.User | None:
