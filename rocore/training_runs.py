@@ -98,16 +98,25 @@ def _progress_callback(db_path: Path, run_id: int):
         """Writes each log line to training_metrics and stops when the run is cancelled."""
 
         def __init__(self):
-            self.started = time.monotonic()
+            self.started, self.first_step, self.first_tokens = time.monotonic(), 0, 0
+            self.counting = False
             self.last_check = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # Rates count only this process's steps: after a resume the state (loaded after
+            # on_train_begin) already holds the steps and tokens of the earlier process.
+            if not self.counting:
+                self.started, self.first_step = time.monotonic(), state.global_step
+                self.first_tokens, self.counting = state.num_input_tokens_seen, True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             import torch
 
             logs = logs or {}
             elapsed = time.monotonic() - self.started
-            done = max(state.global_step, 1)
+            done = max(state.global_step - self.first_step, 1)
             eta = elapsed / done * max(state.max_steps - state.global_step, 0) if state.max_steps else None
+            tokens = state.num_input_tokens_seen - self.first_tokens
             memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
             with opened(db_path) as conn, transaction(conn):
                 conn.execute(
@@ -120,7 +129,7 @@ def _progress_callback(db_path: Path, run_id: int):
                     "tokens_per_s = coalesce(excluded.tokens_per_s, tokens_per_s), "
                     "gpu_mem_bytes = coalesce(excluded.gpu_mem_bytes, gpu_mem_bytes), eta_s = excluded.eta_s",
                     (run_id, state.global_step, state.epoch, logs.get("loss"), logs.get("eval_loss"),
-                     logs.get("learning_rate"), state.num_input_tokens_seen / elapsed if elapsed else None,
+                     logs.get("learning_rate"), tokens / elapsed if elapsed else None,
                      memory, eta))
 
         def on_step_end(self, args, state, control, **kwargs):

@@ -15,6 +15,7 @@ from rocore.db import opened
 from rocore.training import TrainingConfig
 from rocore.training_runs import (
     TrainingConfigError,
+    _progress_callback,
     config_from_dict,
     create_run,
     list_runs,
@@ -81,6 +82,25 @@ def test_cancel_stops_with_a_checkpoint_and_resume_finishes(split_db, tiny_model
     assert run_training(db_path, run_id, resume=True) == "finished"
     with opened(db_path) as conn:
         assert max(m["step"] for m in run_metrics(conn, run_id)) > steps_before
+
+
+def test_speed_and_eta_after_a_resume_count_only_the_new_process_steps(split_db, tiny_model_dir, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    progress = _progress_callback(db_path, run_id)
+    # As restored from a checkpoint: 100 of 200 steps and a million tokens done by the earlier process.
+    state = TrainerState(global_step=100, max_steps=200, epoch=0.5, num_input_tokens_seen=1_000_000)
+    progress.on_step_begin(None, state, TrainerControl())
+    time.sleep(0.2)
+    state.global_step, state.num_input_tokens_seen = 110, 1_001_000
+    progress.on_log(None, state, TrainerControl(), logs={"loss": 1.0})
+    with opened(db_path) as conn:
+        row = run_metrics(conn, run_id)[-1]
+    assert row["step"] == 110
+    assert 0 < row["tokens_per_s"] <= 1_000 / 0.2  # 1,000 new tokens in at least 0.2 s
+    assert row["eta_s"] >= 0.2 / 10 * 90  # 10 steps took at least 0.2 s; 90 remain
 
 
 @pytest.mark.slow
