@@ -90,7 +90,7 @@ with tab_people:
         st.subheader("Add a person")
         left, right = st.columns(2)
         new_name = left.text_input("Name", key="person-name")
-        role = right.selectbox("Role", ("reviewer", "researcher", "admin"))
+        role = right.selectbox("Role", auth.ROLES, index=auth.ROLES.index("reviewer"))
         add = st.form_submit_button("Add", type="primary")
     if add:
         try:

@@ -4,11 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import case_import, cases, splits
+from rocore import auth, case_import, cases, splits
 from rocore.db import default_db_path, opened
 
 DB = default_db_path()
-require_staff()
+user = require_staff()
 
 st.title("Cases")
 
@@ -94,7 +94,8 @@ with tab_import:
             try:
                 with opened(DB) as conn:
                     result = case_import.import_cases(conn, data, upload.name, mapping, update=update,
-                                                      skip_invalid=skip_invalid, actor="app")
+                                                      skip_invalid=skip_invalid, actor=user.name,
+                                                      client=auth.web_client(st.context.ip_address))
             except case_import.ImportRefused as exc:
                 st.error("Nothing was imported; the database is unchanged.")
                 st.code(case_import.format_problems(exc.problems), language=None, wrap_lines=True)

@@ -199,7 +199,8 @@ def add_user(conn: sqlite3.Connection, name: str, role: str = "reviewer", *, act
     return user, code
 
 
-def _target(conn: sqlite3.Connection, name: str) -> User:
+def user_by_name(conn: sqlite3.Connection, name: str) -> User:
+    """The user called `name` (spaces tidied as on creation), active or not."""
     row = conn.execute("SELECT * FROM reviewers WHERE name = ?", (_check_name(name),)).fetchone()
     if row is None:
         raise AuthError(f"No one is named {name!r}.")
@@ -216,7 +217,7 @@ def reset_code(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
     code = new_access_code()
     code_hash, salt = hash_code(code)
     with transaction(conn):
-        target = _target(conn, name)
+        target = user_by_name(conn, name)
         actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
         conn.execute("UPDATE reviewers SET code_hash = ?, code_salt = ? WHERE reviewer_id = ?",
                      (code_hash, salt, target.id))
@@ -228,7 +229,7 @@ def set_active(conn: sqlite3.Connection, name: str, active: bool, *, actor_id: i
                client: str | None = None) -> User:
     """Deactivate (sign-in refused, ratings kept) or reactivate someone; no one deactivates themself."""
     with transaction(conn):
-        target = _target(conn, name)
+        target = user_by_name(conn, name)
         actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
         if not active and target.id == actor_id:
             raise AuthError("You cannot deactivate yourself.")

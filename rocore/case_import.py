@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rocore.auth import audit
 from rocore.db import NOW, transaction
 from rocore.labels import (
     LabelError,
@@ -220,6 +221,8 @@ def _read_delimited(text: str, name: str, delimiter: str | None) -> Table:
         raise ImportRefused([Problem(name, f"is not readable as delimited text: {exc} (near line {reader.line_num})")]) from None
     while records and not any(cell.strip() for cell in records[0]):
         records.pop(0)
+    if not records:
+        raise ImportRefused([Problem(name, "has only empty rows; expected a header row and at least one case")])
     header = [cell.strip() for cell in records[0]]
     columns = [h or f"column {i}" for i, h in enumerate(header, start=1)]
     rows = []
@@ -497,7 +500,7 @@ ON CONFLICT (case_id) DO UPDATE SET
 
 def import_cases(conn: sqlite3.Connection, data: bytes, name: str,
                  column_map: dict[str, str] | None = None, update: bool = False,
-                 skip_invalid: bool = False, actor: str = "cli") -> ImportResult:
+                 skip_invalid: bool = False, actor: str = "cli", client: str | None = None) -> ImportResult:
     """Validate and store a file's cases in one transaction; raise ImportRefused and store nothing
     if any row is invalid (with `skip_invalid`: store the valid rows, return the rejected ones)."""
     table = read_table(data, name)
@@ -521,11 +524,9 @@ def import_cases(conn: sqlite3.Connection, data: bytes, name: str,
              "source_file": name, "import_id": import_id}
             for case in validation.cases
         ])
-        conn.execute(
-            "INSERT INTO audit_log (actor, action, entity, entity_id, detail) VALUES (?, 'import', 'imports', ?, ?)",
-            (actor, str(import_id), json.dumps({"file": name, "inserted": n_inserted,
-                                                "updated": n_updated, "rejected": len(validation.rejected)})),
-        )
+        audit(conn, actor, "import", "imports", import_id, {"file": name, "inserted": n_inserted,
+                                                           "updated": n_updated, "rejected": len(validation.rejected)},
+              client)
     return ImportResult(import_id, n_rows, n_inserted, n_updated, validation.rejected, validation.warnings)
 
 

@@ -10,7 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from rocore.auth import ROLES
 from rocore.db import SchemaError, default_db_path, opened
+from rocore.models import DEVICES, QUANTIZATIONS
+from rocore.prompts import TASKS
+from rocore.splits import PARTS
 
 
 def _db_arg(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +30,7 @@ def _map_item(item: str) -> tuple[str, str]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from rocore.auth import operator_name
     from rocore.case_import import ImportRefused, format_problems, import_cases, rejected_rows_csv
 
     path: Path = args.file
@@ -37,7 +42,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with opened(args.db) as conn:
             result = import_cases(conn, data, str(path), dict(args.map), update=args.update,
-                                  skip_invalid=args.skip_invalid)
+                                  skip_invalid=args.skip_invalid, actor=operator_name(), client="cli")
     except ImportRefused as exc:
         print(format_problems(exc.problems), file=sys.stderr)
         print(f"{path}: nothing imported ({len(exc.errors)} errors); the database is unchanged",
@@ -247,7 +252,7 @@ def cmd_reviewer(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from rocore.auth import AuthError
+    from rocore.auth import AuthError, user_by_name
     from rocore.review import (Form, ReviewError, create_study, list_studies, study_id_by_name,
                                study_progress, study_summary)
 
@@ -257,12 +262,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                 if not (args.name and args.runs and args.reviewers):
                     print("study create needs --name, --runs RUN_1 RUN_2 and --reviewers", file=sys.stderr)
                     return 2
-                ids = []
-                for name in filter(None, (n.strip() for n in args.reviewers.split(","))):
-                    row = conn.execute("SELECT reviewer_id FROM reviewers WHERE name = ?", (name,)).fetchone()
-                    if row is None:
-                        raise ReviewError(f"No one is named {name!r}.")
-                    ids.append(row[0])
+                ids = [user_by_name(conn, name).id
+                       for name in filter(None, (n.strip() for n in args.reviewers.split(",")))]
                 study_id = create_study(conn, actor_id=None, name=args.name, run_1_id=args.runs[0],
                                         run_2_id=args.runs[1], reviewer_ids=ids, task=args.task,
                                         sample_n=args.sample, seed=args.seed, overlap=args.overlap,
@@ -330,11 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--model", type=Path, required=True, help="local Hugging Face model directory")
     p.add_argument("--adapter", type=Path, help="LoRA adapter directory trained on --model")
-    p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="split part")
+    p.add_argument("--split", default="test", choices=PARTS, help="split part")
     p.add_argument("--split-name", help="split to use (default: the newest)")
     p.add_argument("--tasks", default="regimen,modality,icd10")
-    p.add_argument("--quantization", default="auto", choices=("auto", "nf4", "int8", "bf16", "fp16", "fp32"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--quantization", default="auto", choices=QUANTIZATIONS)
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=_max_new_tokens, action="append", default=[], metavar="TASK=N",
                    help="limit of new tokens for a task (defaults: regimen=64, modality=8, icd10=12)")
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("add", "list", "reset-code", "deactivate", "activate"))
     p.add_argument("name", nargs="?", default="")
     _db_arg(p)
-    p.add_argument("--role", default="reviewer", choices=("reviewer", "researcher", "admin"))
+    p.add_argument("--role", default="reviewer", choices=ROLES)
     p.set_defaults(func=cmd_reviewer)
 
     p = commands.add_parser("study", help="create, list or show blinded review studies")
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--name")
     p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"), help="the two generation runs")
-    p.add_argument("--task", default="regimen", choices=("regimen", "modality", "icd10"))
+    p.add_argument("--task", default="regimen", choices=TASKS)
     p.add_argument("--reviewers", help="comma-separated reviewer names")
     p.add_argument("--sample", type=int, help="rate N cases drawn with --seed (default: all)")
     p.add_argument("--seed", type=int, help="seed of the sample and assignment (default: random, stored)")

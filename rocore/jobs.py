@@ -71,7 +71,8 @@ def mark_dead_runs(conn: sqlite3.Connection, table: str, error: Callable[[int], 
     process that no longer exists, with `error(run_id)` as its message; how many."""
     dead = [r["run_id"] for r in conn.execute(f"SELECT run_id, pid FROM {table} WHERE status = 'running'")
             if not pid_alive(r["pid"])]
-    with transaction(conn):
-        conn.executemany(f"UPDATE {table} SET status = 'failed', pid = NULL, finished_at = {NOW}, error = ? "
-                         "WHERE run_id = ? AND status = 'running'", [(error(run_id), run_id) for run_id in dead])
+    if dead:  # the Generate and Train pages sweep every few seconds: no write lock when nothing died
+        with transaction(conn):
+            conn.executemany(f"UPDATE {table} SET status = 'failed', pid = NULL, finished_at = {NOW}, error = ? "
+                             "WHERE run_id = ? AND status = 'running'", [(error(run_id), run_id) for run_id in dead])
     return len(dead)

@@ -188,6 +188,7 @@ def test_ragged_rows(conn):
 @pytest.mark.parametrize("data, name, message", [
     (b"", "cases.csv", "cases.csv: is empty; expected a header row and at least one case"),
     (b"  \r\n\n", "cases.csv", "cases.csv: is empty; expected a header row and at least one case"),
+    (b",,,\r\n,,,\r\n", "cases.csv", "cases.csv: has only empty rows; expected a header row and at least one case"),
     (b"case_id,diagnosis,regimen,modality,icd10\r\n", "cases.csv", "cases.csv: has a header but no data rows"),
     (bytes(range(256)) * 4, "cases.csv", "cases.csv: is not a text file (it holds binary data); expected CSV, "
      "TSV, JSON lines or .xlsx"),

@@ -1,6 +1,7 @@
 """The command line as a user runs it: a real process, real files, exit codes and messages."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -35,6 +36,9 @@ def test_import_then_refuse_a_bad_file_leaving_the_database_unchanged(tmp_path):
     assert "the database is unchanged" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert count(db) == 2 and count(db, "imports") == 1
+    with sqlite3.connect(db) as conn:
+        actor, client = conn.execute("SELECT actor, client FROM audit_log WHERE action = 'import'").fetchone()
+    assert actor.startswith("cli") and client == "cli"
 
 
 def test_map_update_and_skip_invalid(tmp_path):

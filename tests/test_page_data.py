@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import csv_bytes, row
+from conftest import csv_bytes, row, signed_in_staff
 from rocore.case_import import import_cases
 from rocore.db import opened
 
@@ -52,6 +52,9 @@ def test_upload_map_validate_and_import(page, db_path):
     assert "export.csv: imported 2 new and 0 updated cases" in page.success[0].value
     assert page.metric[0].value == "2"
     assert case_count(db_path) == 2
+    with opened(db_path) as conn:
+        audit = conn.execute("SELECT actor, client FROM audit_log WHERE action = 'import'").fetchone()
+    assert audit["actor"] == signed_in_staff(db_path)["name"] and audit["client"].startswith("web ")
 
 
 def test_invalid_file_shows_located_errors_and_cannot_be_imported(page, db_path):
