@@ -140,6 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
+    from rocore.jobs import RunBusy
     from rocore.models import ModelError, attach_adapter, load_model
     from rocore.prompts import TaskError, check_tasks
     from rocore.splits import SplitError, list_splits, split_id_by_name
@@ -178,6 +179,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
                                batch_size=args.batch_size, progress=show)
+    except RunBusy as exc:
+        bar.close()
+        print(exc, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: run {run_id} keeps what it stored; run the same command to resume", file=sys.stderr)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rocore.db import NOW, opened, transaction
-from rocore.jobs import mark_dead_runs
+from rocore.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.models import LoadedModel, using_adapter
 from rocore.prompts import TEMPLATE_IDS, build_prompt, check_tasks, extract_answer
 
@@ -93,6 +93,8 @@ def pending_items(conn: sqlite3.Connection, run_id: int) -> list[tuple[str, str,
 
 def _set_status(db_path: Path, run_id: int, status: str, error: str | None = None) -> None:
     with opened(db_path) as conn, transaction(conn):
+        if status == "running":
+            refuse_if_running_elsewhere(conn, "generation_runs", run_id)
         conn.execute(
             "UPDATE generation_runs SET status = ?, error = ?, pid = ?, finished_at = CASE WHEN ? IN "
             f"('finished', 'failed', 'cancelled') THEN {NOW} END WHERE run_id = ?",

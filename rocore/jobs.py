@@ -66,6 +66,18 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+class RunBusy(RuntimeError):
+    """Another live process is working on the run."""
+
+
+def refuse_if_running_elsewhere(conn: sqlite3.Connection, table: str, run_id: int) -> None:
+    """Call inside the transaction that marks the run as running, so two processes started at once
+    (a double click on Start) cannot both take it."""
+    row = conn.execute(f"SELECT status, pid FROM {table} WHERE run_id = ?", (run_id,)).fetchone()
+    if row and row["status"] == "running" and row["pid"] != os.getpid() and pid_alive(row["pid"]):
+        raise RunBusy(f"run {run_id} is already running (process {row['pid']}); wait for it or cancel it")
+
+
 def mark_dead_runs(conn: sqlite3.Connection, table: str, error: Callable[[int], str]) -> int:
     """In `table` (generation_runs or training_runs), mark as failed every run left 'running' by a
     process that no longer exists, with `error(run_id)` as its message; how many."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rocore.db import NOW, opened, transaction
 from rocore.generation import register_model
-from rocore.jobs import mark_dead_runs, pid_alive
+from rocore.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.models import ModelError, check_model_dir
 from rocore.splits import SplitError, split_cases, split_id_by_name
 from rocore.training import TrainingConfig, check_config, train_adapter
@@ -162,8 +162,9 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
                            "ON m.model_id = r.base_model_id WHERE r.run_id = ?", (run_id,)).fetchone()
         if run is None:
             raise TrainingConfigError(f"there is no training run {run_id}")
-        if run["status"] == "running" and pid_alive(run["pid"]):
-            raise TrainingConfigError(f"run {run_id} is already running (process {run['pid']})")
+        refuse_if_running_elsewhere(conn, "training_runs", run_id)
+        if run["status"] == "cancelled" and not resume:
+            return "cancelled"  # cancelled on the page while this process was still starting
         conn.execute(f"UPDATE training_runs SET status = 'running', pid = ?, error = NULL, finished_at = NULL, "
                      f"started_at = coalesce(started_at, {NOW}) WHERE run_id = ?", (os.getpid(), run_id))
     config = config_from_dict(json.loads(run["config"]))

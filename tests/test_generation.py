@@ -112,3 +112,25 @@ def test_other_decoding_settings_make_a_new_run(split_db, loaded):
     first, _ = new_run(db_path, split_id, loaded)
     second, resumed = new_run(db_path, split_id, loaded, decoding=decoding_settings({"regimen": 20}))
     assert second != first and not resumed
+
+
+def test_a_run_another_live_process_is_generating_is_refused(split_db, loaded):
+    import subprocess
+
+    from rocore.jobs import RunBusy
+
+    db_path, split_id = split_db
+    run_id, _ = new_run(db_path, split_id, loaded)
+    other = subprocess.Popen(["sleep", "60"])  # the process of a first click on Start
+    try:
+        with opened(db_path) as conn:
+            conn.execute("UPDATE generation_runs SET status = 'running', pid = ? WHERE run_id = ?", (other.pid, run_id))
+        with pytest.raises(RunBusy, match=f"run {run_id} is already running \\(process {other.pid}\\)"):
+            run_generation(db_path, run_id, loaded, batch_size=4)
+        with opened(db_path) as conn:
+            row = conn.execute("SELECT status, pid FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
+            assert tuple(row) == ("running", other.pid)
+            assert conn.execute("SELECT count(*) FROM generations WHERE run_id = ?", (run_id,)).fetchone()[0] == 0
+    finally:
+        other.kill()
+        other.wait()

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT
 from rocore.db import opened
+from rocore.jobs import RunBusy
 from rocore.training import TrainingConfig
 from rocore.training_runs import (
     TrainingConfigError,
@@ -82,6 +83,34 @@ def test_cancel_stops_with_a_checkpoint_and_resume_finishes(split_db, tiny_model
     assert run_training(db_path, run_id, resume=True) == "finished"
     with opened(db_path) as conn:
         assert max(m["step"] for m in run_metrics(conn, run_id)) > steps_before
+
+
+def test_a_run_cancelled_before_its_process_started_does_not_train(split_db, tiny_model_dir, tmp_path):
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    with opened(db_path) as conn:
+        request_cancel(conn, run_id)  # Cancel pressed while the launched process was still importing torch
+    assert run_training(db_path, run_id) == "cancelled"
+    run = status(db_path, run_id)
+    assert run["status"] == "cancelled" and run["started_at"] is None
+    with opened(db_path) as conn:
+        assert run_metrics(conn, run_id) == []
+    assert not (tmp_path / "runs" / f"run-{run_id}" / "checkpoints").exists()
+
+
+def test_a_run_another_live_process_is_training_is_refused(split_db, tiny_model_dir, tmp_path):
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with opened(db_path) as conn:
+            conn.execute("UPDATE training_runs SET status = 'running', pid = ? WHERE run_id = ?", (other.pid, run_id))
+        with pytest.raises(RunBusy, match=f"run {run_id} is already running"):
+            run_training(db_path, run_id)
+        assert (status(db_path, run_id)["status"], status(db_path, run_id)["pid"]) == ("running", other.pid)
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_speed_and_eta_after_a_resume_count_only_the_new_process_steps(split_db, tiny_model_dir, tmp_path):

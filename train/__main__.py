@@ -63,6 +63,7 @@ def read_settings(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rocore.jobs import RunBusy
     from rocore.training_runs import TrainingConfigError, config_from_dict, create_run, run_training
 
     args = build_parser().parse_args(argv)
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                     settings.get("output_root") or Path(args.db).resolve().parent / "runs")
         print(f"training run {run_id}: {'resuming' if args.resume is not None else 'starting'}", flush=True)
         status = run_training(args.db, run_id, resume=args.resume is not None, device=settings.get("device", "auto"))
-    except (TrainingConfigError, TypeError) as exc:
+    except (TrainingConfigError, RunBusy, TypeError) as exc:
         print(f"not started: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
