@@ -14,6 +14,7 @@ answer, and a wrong one.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import math
 import sqlite3
@@ -349,6 +350,7 @@ def _evaluate_task(task: str, frames: dict[str, pd.DataFrame], dropped: dict[str
     return report, notes + mean_notes + test_notes
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     return {package: importlib.metadata.version(package)
             for package in ("numpy", "pandas", "scipy", "scikit-learn", "statsmodels", "rouge-score",
@@ -392,7 +394,7 @@ def _methods(resamples: int, seed: int) -> dict:
                                      "(fine-tuned - base); ci95.*.bootstrap"},
         "wilson": f"statsmodels.stats.proportion.proportion_confint(k, n, alpha={ALPHA}, "
                   "method='wilson') for every 0/1 score; ci95.*.wilson",
-        "versions": _versions(),
+        "versions": dict(_versions()),  # a copy: the cached one is shared
     }
 
 

@@ -44,10 +44,10 @@ def register_model(conn: sqlite3.Connection, path: str | Path, kind: str, base_m
                    details: dict | None = None) -> int:
     """The id of a base model or adapter by its resolved path, added on first use."""
     path = str(Path(path).resolve())
-    row = conn.execute("SELECT model_id FROM models WHERE path = ? AND kind = ?", (path, kind)).fetchone()
-    if row:
-        return row[0]
-    with transaction(conn):
+    with transaction(conn):  # looked up and added under one lock: two jobs may start at once
+        row = conn.execute("SELECT model_id FROM models WHERE path = ? AND kind = ?", (path, kind)).fetchone()
+        if row:
+            return row[0]
         return conn.execute(
             "INSERT INTO models (name, kind, path, base_model_id, details) VALUES (?, ?, ?, ?, ?)",
             (path, kind, path, base_model_id, json.dumps(details or {})),

@@ -102,9 +102,9 @@ def needs_gradient_checkpointing(config: TrainingConfig, model_config, device: s
 def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_length: int) -> list[dict]:
     """One tokenised example per case and task: prompt tokens masked out of the loss, answer kept.
     Over-long prompts are cut from the left of the diagnosis side so the answer always survives."""
-    examples = []
+    examples, tasks = [], check_tasks(list(tasks))
     for case in cases:
-        for task in check_tasks(list(tasks)):
+        for task in tasks:
             prompt = tokenizer(build_prompt(tokenizer, task, case["diagnosis"]), add_special_tokens=False)["input_ids"]
             answer = tokenizer(answer_text(tokenizer, case[task]), add_special_tokens=False)["input_ids"]
             prompt = prompt[-max(1, max_length - len(answer)):]

@@ -24,8 +24,6 @@ from rocore.models import ModelError, check_model_dir
 from rocore.splits import SplitError, split_cases, split_id_by_name
 from rocore.training import TrainingConfig, check_config, train_adapter
 
-FINAL = ("finished", "failed", "cancelled")
-
 
 class TrainingConfigError(ValueError):
     """A training request that cannot start; the message lists every problem."""

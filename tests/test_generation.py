@@ -134,3 +134,24 @@ def test_a_run_another_live_process_is_generating_is_refused(split_db, loaded):
     finally:
         other.kill()
         other.wait()
+
+
+def test_jobs_registering_one_model_at_once_get_one_id(db_path, tmp_path):
+    import threading
+
+    for attempt in range(20):
+        path, ids, errors = tmp_path / f"model-{attempt}", [], []
+
+        def register(path=path, ids=ids, errors=errors):
+            try:
+                with opened(db_path) as conn:
+                    ids.append(register_model(conn, path, "base"))
+            except Exception as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=register) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [] and len(set(ids)) == 1, f"model {attempt}"
