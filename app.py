@@ -8,8 +8,8 @@ so a deactivated account is signed out at its next click.
 
 import streamlit as st
 
-from rocore import auth
-from rocore.db import default_db_path, opened
+from rocore.review import auth
+from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 ALL_ROLES, STAFF = auth.ROLES, auth.STAFF_ROLES

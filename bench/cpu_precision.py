@@ -2,7 +2,7 @@
 
 Why the embedded demo trains its adapter on an fp32 base when no GPU is present: the same
 train_adapter path runs QLoRA on NF4 weights everywhere, but on the CPU bitsandbytes dequantises
-every weight on every call. Model: the demo's architecture (rocore.demo_model.ARCHITECTURE) with
+every weight on every call. Model: the demo's architecture (rocore.demo.base_model.ARCHITECTURE) with
 random weights; batches of random tokens; the same LoRA settings as the demo.
 
     python bench/cpu_precision.py
@@ -26,8 +26,8 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from rocore.demo_model import ARCHITECTURE
-    from rocore.models import load_kwargs
+    from rocore.demo.base_model import ARCHITECTURE
+    from rocore.model.loading import load_kwargs
 
     torch.manual_seed(0)
     directory = Path(tempfile.mkdtemp(prefix="bench-cpu-"))

@@ -1,10 +1,10 @@
 """Dashboard statistics: cold, and on each kind of refresh, for a study the size of a real one.
 
-Builds a database of 10,000 synthetic cases (rocore.synthetic, imported the usual way), a base and
+Builds a database of 10,000 synthetic cases (rocore.data.synthetic, imported the usual way), a base and
 a fine-tuned generation run over all of them for the three tasks (outputs inserted directly:
 plausible answers, mostly right for the fine-tuned model, mostly wrong for the base one), and a
 review study of the two runs: three reviewers each rate the same 1,000 cases (3,000 current
-ratings, 2% unratable, every twentieth revised once). Then times rocore.dashboard.compute, the
+ratings, 2% unratable, every twentieth revised once). Then times rocore.evaluation.dashboard.compute, the
 function the page calls on every refresh:
 
 - cold: the first call, a new cache: reads and scores all outputs (ROUGE-1 above all), statistics;
@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rocore.case_import import import_cases
-from rocore.dashboard import Filters, ScoreCache, compute
-from rocore.db import opened, transaction
-from rocore.labels import MODALITIES
-from rocore.synthetic import generate_cases, write_jsonl
+from rocore.data.case_import import import_cases
+from rocore.evaluation.dashboard import Filters, ScoreCache, compute
+from rocore.store.db import opened, transaction
+from rocore.data.labels import MODALITIES
+from rocore.data.synthetic import generate_cases, write_jsonl
 
 TASKS = ("regimen", "modality", "icd10")
 BATCH = 64  # outputs per stored batch, as a generation run writes them

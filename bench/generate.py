@@ -38,9 +38,9 @@ def build_model(workdir: Path, shape: str, cases: list[dict]) -> tuple[Path, Pat
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rocore.demo_model import train_tokenizer
-    from rocore.models import write_adapter_info
-    from rocore.prompts import INSTRUCTIONS
+    from rocore.demo.base_model import train_tokenizer
+    from rocore.model.loading import write_adapter_info
+    from rocore.model.prompts import INSTRUCTIONS
 
     tokenizer = train_tokenizer([c["diagnosis"] for c in cases] + list(INSTRUCTIONS.values()), vocab_size=4000)
     config = LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -63,7 +63,7 @@ def naive_loop(loaded, prompts: list[str], new_tokens: int, adapter: str | None)
     """New tokens per second of one `generate` call per prompt, as written by hand."""
     import torch
 
-    from rocore.models import using_adapter
+    from rocore.model.loading import using_adapter
 
     started, produced = time.perf_counter(), 0
     for prompt in prompts:
@@ -85,8 +85,9 @@ def _sync() -> None:
 def product_run(db_path: Path, split_id: int, loaded, adapter_id, adapter: str | None, new_tokens: int,
                 batch_size: int) -> tuple[float, int]:
     """New tokens per second of rocore's generation run over the test part, and outputs written."""
-    from rocore.db import opened
-    from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
+    from rocore.store.db import opened
+    from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
+    from rocore.store.registry import register_model
 
     with opened(db_path) as conn:
         base_id = register_model(conn, loaded.path, "base")
@@ -112,13 +113,13 @@ def main() -> None:
 
     import torch
 
-    from rocore.case_import import import_cases
-    from rocore.db import opened
-    from rocore.generation import register_model
-    from rocore.models import attach_adapter, load_model
-    from rocore.prompts import build_prompt
-    from rocore.splits import create_split, split_case_ids
-    from rocore.synthetic import generate_cases, write_jsonl
+    from rocore.data.case_import import import_cases
+    from rocore.store.db import opened
+    from rocore.store.registry import register_model
+    from rocore.model.loading import attach_adapter, load_model
+    from rocore.model.prompts import build_prompt
+    from rocore.data.splits import create_split, split_case_ids
+    from rocore.data.synthetic import generate_cases, write_jsonl
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     # A test fraction that puts `--prompts` cases in the test part.

@@ -2,7 +2,7 @@
 
 Both train a LoRA adapter (r=16, all linear layers) on an NF4 Llama-2-7B-shaped base with random
 weights (trained weights run at the same speed) on the same synthetic cases, for the same number
-of steps, through rocore.training.train_adapter. The default recipe turns gradient checkpointing
+of steps, through rocore.training.trainer.train_adapter. The default recipe turns gradient checkpointing
 on, pads to the longest example of each randomly drawn batch and does not group by length; the
 product groups batches by length and turns checkpointing on only when memory needs it. Reported:
 non-padding tokens per second, peak GPU memory, and the product with checkpointing forced on
@@ -44,7 +44,7 @@ class _Tokens:
 def measure(base_dir: Path, cases: list[dict], workdir: Path, name: str, steps: int, batch_size: int, **settings) -> dict:
     import torch
 
-    from rocore.training import TrainingConfig, train_adapter
+    from rocore.training.trainer import TrainingConfig, train_adapter
 
     config = TrainingConfig(quantization="nf4", max_steps=steps, batch_size=batch_size, logging_steps=steps,
                             early_stopping_patience=None, **settings)
@@ -70,7 +70,7 @@ def main() -> None:
 
     import torch
 
-    from rocore.synthetic import generate_cases
+    from rocore.data.synthetic import generate_cases
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
     cases = generate_cases(max(args.steps * args.batch_size, 64), seed=1)

@@ -7,8 +7,8 @@ against the store (a deactivated account is refused at once).
 
 import streamlit as st
 
-from rocore import auth
-from rocore.db import default_db_path, opened
+from rocore.review import auth
+from rocore.store.db import default_db_path, opened
 
 
 def require_staff() -> auth.User:

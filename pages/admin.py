@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import auth, review
-from rocore.db import default_db_path, opened
-from rocore.prompts import TASKS
+from rocore.review import auth
+from rocore.review import studies as review
+from rocore.store.db import default_db_path, opened
+from rocore.model.prompts import TASKS
 
 
 DB = default_db_path()

@@ -5,9 +5,10 @@ import time
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import dashboard, report
-from rocore.db import default_db_path, opened
-from rocore.evaluation import EvaluationInputError
+from rocore.evaluation import dashboard
+from rocore.evaluation import report
+from rocore.store.db import default_db_path, opened
+from rocore.evaluation.pipeline import EvaluationInputError
 
 DB = default_db_path()
 require_staff()

@@ -4,8 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import auth, case_import, cases, splits
-from rocore.db import default_db_path, opened
+from rocore.review import auth
+from rocore.data import case_import
+from rocore.data import cases
+from rocore.data import splits
+from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 user = require_staff()

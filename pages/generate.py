@@ -4,8 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import generation, jobs, models, prompts, splits
-from rocore.db import default_db_path, opened
+from rocore.generation import runs as generation
+from rocore.store import jobs
+from rocore.model import loading as models
+from rocore.model import prompts
+from rocore.data import splits
+from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 require_staff()

@@ -1,6 +1,6 @@
 """Review: rate two blinded outputs per case, side by side, one case at a time.
 
-The page receives only what `rocore.review.open_item` returns for the signed-in reviewer: the case,
+The page receives only what `rocore.review.studies.open_item` returns for the signed-in reviewer: the case,
 the texts as "A" and "B", and the reviewer's own answers. It keeps the study id, the case position
 and widget values in the session, never which run is which. Without a chosen position it opens the
 first case without a rating, so a refresh, a new browser or a server restart resumes there.
@@ -9,8 +9,9 @@ Keyboard: Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the pre
 
 import streamlit as st
 
-from rocore import auth, review
-from rocore.db import default_db_path, opened
+from rocore.review import auth
+from rocore.review import studies as review
+from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 CHOICES = ("Acceptable", "Not acceptable")

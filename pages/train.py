@@ -7,9 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from pages._access import require_staff
-from rocore import jobs, models, prompts, splits, training_runs
-from rocore.db import default_db_path, opened
-from rocore.training import TrainingConfig
+from rocore.store import jobs
+from rocore.model import loading as models
+from rocore.model import prompts
+from rocore.data import splits
+from rocore.training import runs as training_runs
+from rocore.store.db import default_db_path, opened
+from rocore.training.trainer import TrainingConfig
 
 DB = default_db_path()
 require_staff()

@@ -10,11 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from rocore.auth import ROLES
-from rocore.db import SchemaError, default_db_path, opened
-from rocore.models import DEVICES, QUANTIZATIONS
-from rocore.prompts import TASKS
-from rocore.splits import PARTS
+from rocore.review.auth import ROLES
+from rocore.store.db import SchemaError, default_db_path, opened
+from rocore.model.loading import DEVICES, QUANTIZATIONS
+from rocore.model.prompts import TASKS
+from rocore.data.splits import PARTS
 
 
 def _db_arg(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +30,8 @@ def _map_item(item: str) -> tuple[str, str]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from rocore.auth import operator_name
-    from rocore.case_import import ImportRefused, format_problems, import_cases, rejected_rows_csv
+    from rocore.review.auth import operator_name
+    from rocore.data.case_import import ImportRefused, format_problems, import_cases, rejected_rows_csv
 
     path: Path = args.file
     try:
@@ -61,7 +61,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from rocore.synthetic import generate_cases, write_jsonl
+    from rocore.data.synthetic import generate_cases, write_jsonl
 
     write_jsonl(generate_cases(args.n, args.seed), args.out)
     print(f"wrote {args.n} synthetic cases (seed {args.seed}) to {args.out}")
@@ -69,7 +69,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rocore.demo import DemoSettings, build_demo
+    from rocore.demo.build import DemoSettings, build_demo
 
     try:
         build_demo(args.db, args.workdir, DemoSettings(n_cases=args.n, seed=args.seed))
@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_regimen(args: argparse.Namespace) -> int:
-    from rocore.regimen import parse_regimen
+    from rocore.data.regimen import parse_regimen
 
     parsed = parse_regimen(args.text).as_dict()
     if args.json:
@@ -97,9 +97,9 @@ def cmd_regimen(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rocore.dashboard import ScoreCache, compute, from_outputs
-    from rocore.evaluation import EvaluationInputError, format_tables, latest_run_pair, read_outputs_file
-    from rocore.report import html_report, per_case_csv
+    from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
+    from rocore.evaluation.pipeline import EvaluationInputError, format_tables, latest_run_pair, read_outputs_file
+    from rocore.evaluation.report import html_report, per_case_csv
 
     try:
         if args.file is not None:
@@ -139,11 +139,12 @@ def _max_new_tokens(item: str) -> tuple[str, int]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
-    from rocore.jobs import RunBusy
-    from rocore.models import ModelError, attach_adapter, load_model
-    from rocore.prompts import TaskError, check_tasks
-    from rocore.splits import SplitError, list_splits, split_id_by_name
+    from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
+    from rocore.store.registry import register_model
+    from rocore.store.jobs import RunBusy
+    from rocore.model.loading import ModelError, attach_adapter, load_model
+    from rocore.model.prompts import TaskError, check_tasks
+    from rocore.data.splits import SplitError, list_splits, split_id_by_name
 
     try:
         tasks = check_tasks(args.tasks)
@@ -193,7 +194,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _fractions(text: str) -> dict[str, float]:
-    from rocore.splits import PARTS
+    from rocore.data.splits import PARTS
 
     try:
         values = [float(v) for v in text.split(",")]
@@ -205,7 +206,7 @@ def _fractions(text: str) -> dict[str, float]:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from rocore.splits import SplitError, create_split, find_leaks, list_splits, split_counts, split_id_by_name
+    from rocore.data.splits import SplitError, create_split, find_leaks, list_splits, split_counts, split_id_by_name
 
     with opened(args.db) as conn:
         try:
@@ -231,7 +232,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_reviewer(args: argparse.Namespace) -> int:
-    from rocore.auth import AuthError, add_user, list_users, reset_code, set_active
+    from rocore.review.auth import AuthError, add_user, list_users, reset_code, set_active
 
     client = "cli"
     with opened(args.db) as conn:
@@ -257,8 +258,8 @@ def cmd_reviewer(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from rocore.auth import AuthError, user_by_name
-    from rocore.review import (Form, ReviewError, create_study, list_studies, study_id_by_name,
+    from rocore.review.auth import AuthError, user_by_name
+    from rocore.review.studies import (Form, ReviewError, create_study, list_studies, study_id_by_name,
                                study_progress, study_summary)
 
     with opened(args.db) as conn:

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rocore.db import connect, opened  # noqa: E402
+from rocore.store.db import connect, opened  # noqa: E402
 
 HEADER = "case_id,diagnosis,regimen,modality,icd10"
 
@@ -58,15 +58,15 @@ def save_tiny_llama(directory: Path, tokenizer, seed: int = 0, **overrides) -> P
 
 @pytest.fixture(scope="session")
 def synthetic_cases() -> list[dict]:
-    from rocore.synthetic import generate_cases
+    from rocore.data.synthetic import generate_cases
 
     return generate_cases(200, seed=5)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(synthetic_cases):
-    from rocore.demo_model import train_tokenizer
-    from rocore.prompts import INSTRUCTIONS
+    from rocore.demo.base_model import train_tokenizer
+    from rocore.model.prompts import INSTRUCTIONS
 
     texts = [c[k] for c in synthetic_cases for k in ("diagnosis", "regimen", "modality", "icd10")]
     return train_tokenizer(texts + list(INSTRUCTIONS.values()), vocab_size=600)
@@ -84,7 +84,7 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rocore.models import write_adapter_info
+    from rocore.model.loading import write_adapter_info
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -98,9 +98,9 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
 @pytest.fixture
 def split_db(db_path, synthetic_cases, tmp_path):
     """A database holding the synthetic cases and a split named 'main'; returns (path, split id)."""
-    from rocore.case_import import import_cases
-    from rocore.splits import create_split
-    from rocore.synthetic import write_jsonl
+    from rocore.data.case_import import import_cases
+    from rocore.data.splits import create_split
+    from rocore.data.synthetic import write_jsonl
 
     cases_file = tmp_path / "cases.jsonl"
     write_jsonl(synthetic_cases, cases_file)
@@ -112,7 +112,7 @@ def split_db(db_path, synthetic_cases, tmp_path):
 
 def signed_in_staff(db_path: Path) -> dict:
     """The session entry of an administrator of this database (created on first use)."""
-    from rocore import auth
+    from rocore.review import auth
 
     with opened(db_path) as conn:
         admin = next((u for u in auth.list_users(conn) if u["role"] == "admin" and u["active"]), None)

@@ -14,8 +14,8 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_review import make_review_db
 
-from rocore import auth
-from rocore.db import opened
+from rocore.review import auth
+from rocore.store.db import opened
 
 APP = str(ROOT / "app.py")
 PAGE_FILES = ["pages/data.py", "pages/generate.py", "pages/review.py", "pages/admin.py"]

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from rocore import auth
+from rocore.review import auth
+from rocore.store import audit as audit_log
 
 
 @pytest.fixture
@@ -59,8 +60,8 @@ def test_a_code_typed_into_the_name_field_is_not_logged(conn, admin):
 
 def test_repeated_failures_are_slowed_then_forgotten_after_a_success(conn, admin, monkeypatch):
     _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
-    clock = [auth._now()]  # audit rows are stamped with this clock too
-    monkeypatch.setattr(auth, "_now", lambda: clock[0])
+    clock = [audit_log.now()]  # audit rows are stamped with this clock too
+    monkeypatch.setattr(audit_log, "now", lambda: clock[0])
     for _ in range(auth.FREE_FAILURES):
         with pytest.raises(auth.SignInFailed):
             auth.sign_in(conn, "Ada", "nope")
@@ -86,8 +87,8 @@ def test_repeated_failures_are_slowed_then_forgotten_after_a_success(conn, admin
 
 
 def test_failures_older_than_the_window_do_not_count(conn, admin, monkeypatch):
-    clock = [auth._now()]  # audit rows are stamped with this clock too
-    monkeypatch.setattr(auth, "_now", lambda: clock[0])
+    clock = [audit_log.now()]  # audit rows are stamped with this clock too
+    monkeypatch.setattr(audit_log, "now", lambda: clock[0])
     for _ in range(auth.FREE_FAILURES):
         with pytest.raises(auth.SignInFailed):
             auth.sign_in(conn, "Boss", "nope")

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from test_review import SECRETS, make_review_db
 
-from rocore.db import opened
+from rocore.store.db import opened
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -7,7 +7,7 @@ import openpyxl
 import pytest
 
 from conftest import csv_bytes, row
-from rocore.case_import import (
+from rocore.data.case_import import (
     ImportRefused,
     format_problems,
     guess_column_map,

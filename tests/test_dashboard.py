@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from rocore.dashboard import Filters, ScoreCache, compute, from_outputs
-from rocore.db import opened, transaction
-from rocore.evaluation import EvaluationInputError, evaluate_outputs, outputs_from_runs
-from rocore.generation import get_or_create_run, register_model
+from rocore.evaluation.dashboard import Filters, ScoreCache, compute, from_outputs
+from rocore.store.db import opened, transaction
+from rocore.evaluation.pipeline import EvaluationInputError, evaluate_outputs, outputs_from_runs
+from rocore.generation.runs import get_or_create_run
+from rocore.store.registry import register_model
 
 TASKS = ("regimen", "modality", "icd10")
 WRONG = {"modality": "surgery", "icd10": "C80.1"}

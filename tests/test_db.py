@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from rocore import db
+from rocore.store import db
 
 
 def test_new_database_has_wal_foreign_keys_busy_timeout_and_version(conn, db_path):

@@ -4,18 +4,12 @@ import json
 
 import pytest
 
-from rocore.db import opened
-from rocore.generation import (
-    decoding_settings,
-    generate_batch,
-    get_or_create_run,
-    pending_items,
-    register_model,
-    run_generation,
-)
-from rocore.models import attach_adapter, load_model
-from rocore.prompts import TASKS, TEMPLATE_IDS, build_prompt
-from rocore.splits import split_case_ids
+from rocore.store.db import opened
+from rocore.generation.runs import decoding_settings, generate_batch, get_or_create_run, pending_items, run_generation
+from rocore.store.registry import register_model
+from rocore.model.loading import attach_adapter, load_model
+from rocore.model.prompts import TASKS, TEMPLATE_IDS, build_prompt
+from rocore.data.splits import split_case_ids
 
 DECODING = decoding_settings({"regimen": 10, "modality": 4, "icd10": 4})
 
@@ -117,7 +111,7 @@ def test_other_decoding_settings_make_a_new_run(split_db, loaded):
 def test_a_run_another_live_process_is_generating_is_refused(split_db, loaded):
     import subprocess
 
-    from rocore.jobs import RunBusy
+    from rocore.store.jobs import RunBusy
 
     db_path, split_id = split_db
     run_id, _ = new_run(db_path, split_id, loaded)

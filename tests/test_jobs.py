@@ -2,8 +2,8 @@
 
 import sqlite3
 
-from rocore.db import opened
-from rocore.jobs import mark_dead_runs
+from rocore.store.db import opened
+from rocore.store.jobs import mark_dead_runs
 
 
 def test_a_sweep_with_no_dead_run_needs_no_write_lock(db_path):

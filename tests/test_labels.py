@@ -1,6 +1,6 @@
 import pytest
 
-from rocore.labels import (
+from rocore.data.labels import (
     MODALITIES,
     LabelError,
     icd10_billable_examples,
@@ -72,7 +72,7 @@ def test_billable_examples_are_billable_children():
 
 
 def test_code_table_is_cached_per_package_version_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
-    from rocore import labels
+    from rocore.data import labels
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     labels._icd10_codes.cache_clear()

@@ -7,8 +7,8 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_review import RUN_1, RUN_2, make_review_db
 
-from rocore import auth
-from rocore.db import opened
+from rocore.review import auth
+from rocore.store.db import opened
 
 PAGE = str(ROOT / "pages" / "admin.py")
 

@@ -4,9 +4,9 @@ report's, filters change them, and the review section follows the ratings."""
 import pytest
 from test_dashboard import add_study, cases_of, make_runs, rate
 
-from rocore.db import opened
-from rocore.evaluation import evaluate_outputs, outputs_from_runs
-from rocore.report import MODEL_NAMES, TASK_NAMES
+from rocore.store.db import opened
+from rocore.evaluation.pipeline import evaluate_outputs, outputs_from_runs
+from rocore.evaluation.report import MODEL_NAMES, TASK_NAMES
 
 
 @pytest.fixture

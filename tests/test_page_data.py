@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import csv_bytes, row, signed_in_staff
-from rocore.case_import import import_cases
-from rocore.db import opened
+from rocore.data.case_import import import_cases
+from rocore.store.db import opened
 
 
 @pytest.fixture

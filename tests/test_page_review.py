@@ -7,8 +7,8 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_review import RUN_1, RUN_2, SECRETS, good_rating, make_review_db
 
-from rocore import review
-from rocore.db import opened
+from rocore.review import studies as review
+from rocore.store.db import opened
 
 PAGE = str(ROOT / "pages" / "review.py")
 

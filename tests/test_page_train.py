@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from rocore.db import opened
-from rocore.generation import register_model
+from rocore.store.db import opened
+from rocore.store.registry import register_model
 
 PAGE = "pages/train.py"
 

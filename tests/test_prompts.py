@@ -1,6 +1,6 @@
 import pytest
 
-from rocore.prompts import (
+from rocore.model.prompts import (
     PLAIN_TEMPLATE,
     TEMPLATE_IDS,
     TaskError,

@@ -1,4 +1,4 @@
-"""Tests for rocore.regimen: the surface forms of the clinical reference, and robustness."""
+"""Tests for rocore.data.regimen: the surface forms of the clinical reference, and robustness."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from rocore.labels import MODALITIES
-from rocore.regimen import Component, ParsedRegimen, parse_regimen
+from rocore.data.labels import MODALITIES
+from rocore.data.regimen import Component, ParsedRegimen, parse_regimen
 
 # (text, expected components): each expected component lists only the fields it checks.
 CASES = [
@@ -159,7 +159,7 @@ def test_no_prescription_gives_no_components(text):
     assert parse_regimen(text) == ParsedRegimen((), ())
 
 
-# Spellings the parser reads as doses but rocore.labels does not yet map to a modality.
+# Spellings the parser reads as doses but rocore.data.labels does not yet map to a modality.
 @pytest.mark.parametrize("text, modality", [
     ("79.2 Gy (RBE) in 44 fractions", "proton"), ("70 GyE/35", "proton"), ("70 Gy(IsoE)/35", "proton"),
     ("cesium-131 115 Gy", "brachytherapy"), ("35 Gy in 5 fractions with orthovoltage", "photon"),

@@ -15,9 +15,9 @@ import pytest
 from conftest import ROOT
 from test_dashboard import add_study, cases_of, make_runs, rate
 
-from rocore.dashboard import ScoreCache, compute, from_outputs
-from rocore.db import opened
-from rocore.report import TASK_NAMES, bar_chart_svg, html_report, metric_table, neutralise, per_case_csv
+from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
+from rocore.store.db import opened
+from rocore.evaluation.report import TASK_NAMES, bar_chart_svg, html_report, metric_table, neutralise, per_case_csv
 
 OUTPUTS = pd.DataFrame(
     [("c1", "regimen", "60 Gy in 20 fractions", "=HYPERLINK(\"x\")", "60 Gy in 20 fractions"),

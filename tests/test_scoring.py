@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from rouge_score import rouge_scorer
 
-from rocore.labels import LabelError, icd10_status
-from rocore.scoring import (
+from rocore.data.labels import LabelError, icd10_status
+from rocore.evaluation.scoring import (
     _SIDE_CHARACTER,
     OTHER,
     SCORE_COLUMNS,

@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 
 from conftest import csv_bytes, row
-from rocore.case_import import import_cases
-from rocore.splits import (
+from rocore.data.case_import import import_cases
+from rocore.data.splits import (
     PARTS,
     SplitCase,
     SplitError,

@@ -19,7 +19,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from statsmodels.stats.proportion import proportion_confint
 
-from rocore.statistics import (
+from rocore.evaluation.statistics import (
     acceptability,
     classification_metrics,
     compare_means,

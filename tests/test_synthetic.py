@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from rocore import synthetic
-from rocore.labels import MODALITIES, icd10_status, modalities_mentioned, normalise_icd10
-from rocore.synthetic import FIELDS, generate_cases, write_jsonl
+from rocore.data import synthetic
+from rocore.data.labels import MODALITIES, icd10_status, modalities_mentioned, normalise_icd10
+from rocore.data.synthetic import FIELDS, generate_cases, write_jsonl
 
 N = 3000
 PAEDIATRIC = {"medulloblastoma", "ependymoma", "craniopharyngioma"}

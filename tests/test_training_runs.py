@@ -11,10 +11,10 @@ import time
 import pytest
 
 from conftest import ROOT
-from rocore.db import opened
-from rocore.jobs import RunBusy
-from rocore.training import TrainingConfig
-from rocore.training_runs import (
+from rocore.store.db import opened
+from rocore.store.jobs import RunBusy
+from rocore.training.trainer import TrainingConfig
+from rocore.training.runs import (
     TrainingConfigError,
     _progress_callback,
     config_from_dict,

@@ -1,1 +1,1 @@
-"""`python -m train CONFIG.yaml`: the fine-tuning entry point, a thin layer over rocore.training_runs."""
+"""`python -m train CONFIG.yaml`: the fine-tuning entry point, a thin layer over rocore.training.runs."""

@@ -2,7 +2,7 @@
 
 CONFIG.yaml holds `base_model` (a local model directory), optionally `split` (default: the newest),
 `output_root` (default: runs/ beside the database), `device`, and any hyper-parameter of
-rocore.training.TrainingConfig (lora_r, learning_rate, epochs, tasks, quantization, ...).
+rocore.training.trainer.TrainingConfig (lora_r, learning_rate, epochs, tasks, quantization, ...).
 Flags override the file. The run, its progress and its outcome are recorded in the database.
 Exit status: 0 finished or cancelled, 1 refused or failed.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from rocore.db import default_db_path, opened
+from rocore.store.db import default_db_path, opened
 
 JOB_KEYS = ("base_model", "split", "output_root", "device")
 
@@ -63,8 +63,8 @@ def read_settings(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rocore.jobs import RunBusy
-    from rocore.training_runs import TrainingConfigError, config_from_dict, create_run, run_training
+    from rocore.store.jobs import RunBusy
+    from rocore.training.runs import TrainingConfigError, config_from_dict, create_run, run_training
 
     args = build_parser().parse_args(argv)
     settings = read_settings(args)

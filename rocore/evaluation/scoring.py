@@ -2,18 +2,18 @@
 
 Scoring is the slow step (ROUGE-1 stems every token, the regimen parser runs a dozen regular
 expressions), so it is kept apart from the statistics: a generation run is scored once, its
-per-case scores can be stored, and rocore.statistics only averages and resamples them.
+per-case scores can be stored, and rocore.evaluation.statistics only averages and resamples them.
 
 Every score column holds floats in [0, 1] (1.0 = right), or NaN where a score is undefined for
 a case, so that a stored table of scores has one shape whatever the task.
 
-- modality (Task 2): exact match after rocore.labels.normalise_modality. A prediction that
+- modality (Task 2): exact match after rocore.data.labels.normalise_modality. A prediction that
   cannot be read as one modality is wrong and gets the label OTHER.
 - icd10 (Task 3): exact match of normalised codes; match of the three-character category; whether
   the prediction is a code of the CDC set (valid) and a leaf code (billable); and whether it is
   the gold code with the other side of the body (laterality error).
 - regimen (Task 1): ROUGE-1 F-measure (rouge-score, Porter stemmer); exact match of the text
-  ignoring case and spacing; and, through rocore.regimen.parse_regimen, whether the first course's
+  ignoring case and spacing; and, through rocore.data.regimen.parse_regimen, whether the first course's
   total dose and fraction count match, and whether the whole schedule (total dose and fraction
   count of every course, in order) matches. The dose scores are NaN when the gold text states no
   dose, since there is nothing to match.
@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from rocore.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
-from rocore.prompts import TASKS
-from rocore.regimen import parse_regimen
+from rocore.data.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
+from rocore.model.prompts import TASKS
+from rocore.data.regimen import parse_regimen
 
 __all__ = [
     "OTHER",

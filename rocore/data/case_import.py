@@ -18,9 +18,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rocore.auth import audit
-from rocore.db import NOW, transaction
-from rocore.labels import (
+from rocore.store.audit import audit
+from rocore.store.db import NOW, transaction
+from rocore.data.labels import (
     LabelError,
     icd10_billable_examples,
     icd10_status,

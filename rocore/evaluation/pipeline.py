@@ -1,8 +1,8 @@
 """Base versus fine-tuned: paired model outputs in, the study's metrics and tests out, as JSON.
 
 Two steps, so that the slow one can be stored. score_outputs scores every output once
-(rocore.scoring); evaluate_scores pairs those scores by case and computes every figure of the
-report (rocore.statistics). evaluate_outputs runs both and is the one place that turns a table of
+(rocore.evaluation.scoring); evaluate_scores pairs those scores by case and computes every figure of the
+report (rocore.evaluation.statistics). evaluate_outputs runs both and is the one place that turns a table of
 paired outputs (columns case_id, task, gold, base, finetuned) into the report: the CLI reads one
 from a file with read_outputs_file, the DB mode builds one from two stored generation runs, and a
 dashboard can keep score_outputs' table and call evaluate_scores alone.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rocore.case_import import ImportRefused, Problem, format_problems, read_table
-from rocore.labels import MODALITIES, LabelError, icd10_status, normalise_icd10, normalise_modality
-from rocore.scoring import LABEL_COLUMNS, OTHER, SCORE_COLUMNS, TASKS, score_task
-from rocore.statistics import (
+from rocore.data.case_import import ImportRefused, Problem, format_problems, read_table
+from rocore.data.labels import MODALITIES, LabelError, icd10_status, normalise_icd10, normalise_modality
+from rocore.evaluation.scoring import LABEL_COLUMNS, OTHER, SCORE_COLUMNS, TASKS, score_task
+from rocore.evaluation.statistics import (
     ALPHA,
     CONFIDENCE,
     RESAMPLES,
@@ -229,7 +229,7 @@ def outputs_from_runs(conn: sqlite3.Connection, base_run: int, finetuned_run: in
 def score_outputs(outputs: pd.DataFrame) -> pd.DataFrame:
     """Per-case scores of every output: one row per (case, task, model), the part worth storing.
 
-    Columns: case_id, task, model, then the label and score columns of rocore.scoring (NaN where
+    Columns: case_id, task, model, then the label and score columns of rocore.evaluation.scoring (NaN where
     a column does not belong to the row's task). Missing outputs get no row. The outputs are not
     checked here (evaluate_outputs and read_outputs_file do): a gold answer that is no label
     raises LabelError.
@@ -366,16 +366,16 @@ def _methods(resamples: int, seed: int) -> dict:
                        "ROUGE-1 F-measure, rouge_score RougeScorer(['rouge1'], use_stemmer=True)"
                        ".score(target=gold, prediction=output); total_dose_match, fractions_match: the "
                        "first course's total dose (within 1e-6 Gy) and fraction count as read by "
-                       "rocore.regimen.parse_regimen; schedule_match: the same for every course, in "
+                       "rocore.data.regimen.parse_regimen; schedule_match: the same for every course, in "
                        "order, and no extra course; dose scores only over cases whose gold regimen "
                        "states a dose (n_dose_scored)",
-            "modality": "exact match after rocore.labels.normalise_modality; an output that is not "
+            "modality": "exact match after rocore.data.labels.normalise_modality; an output that is not "
                         "exactly one modality is wrong and labelled 'other'",
-            "icd10": "accuracy: exact match after rocore.labels.normalise_icd10; accuracy_category: "
+            "icd10": "accuracy: exact match after rocore.data.labels.normalise_icd10; accuracy_category: "
                      "same first three characters; valid_rate, billable_rate: the output is a code "
                      "of the CDC ICD-10-CM set of simple-icd-10-cm, a leaf code; laterality_error(s): "
                      "a valid code that differs from the gold code only in the character that "
-                     "writes the side of the body (rocore.scoring.is_laterality_error)",
+                     "writes the side of the body (rocore.evaluation.scoring.is_laterality_error)",
         },
         "classification": "sklearn.metrics.precision_recall_fscore_support(gold, output, labels=LABELS, "
                           "zero_division=0) with average='macro' and 'weighted' (and per class); LABELS: "

@@ -9,7 +9,7 @@ read or scored; grown, only the rows added since are read, scored and appended. 
 depend on: a batch of new outputs of one task recomputes that task's statistics, a new rating the
 review figures, and a refresh with no new row recomputes nothing.
 
-Everything here reads the store; the review workflow writes the ratings (rocore.review).
+Everything here reads the store; the review workflow writes the ratings (rocore.review.studies).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation import MODELS, EvaluationInputError, check_run_pair, evaluate_scores, latest_run_pair
-from rocore.report import MODEL_NAMES, score_rows
-from rocore.prompts import TASKS
-from rocore.statistics import acceptability, rater_agreement
+from rocore.evaluation.pipeline import MODELS, EvaluationInputError, check_run_pair, evaluate_scores, latest_run_pair
+from rocore.evaluation.report import MODEL_NAMES, score_rows
+from rocore.model.prompts import TASKS
+from rocore.evaluation.statistics import acceptability, rater_agreement
 
 __all__ = [
     "REFRESH_S",
@@ -100,7 +100,7 @@ class Dashboard:
     filters: Filters
     scores: pd.DataFrame  # one row per case, task and model: the per-case CSV
     n_cases: int
-    report: dict | None  # rocore.evaluation's report; None when no case has outputs from both models
+    report: dict | None  # rocore.evaluation.pipeline's report; None when no case has outputs from both models
     message: str | None
     rouge_histogram: pd.DataFrame | None
     icd10_codes: pd.DataFrame | None
@@ -180,7 +180,7 @@ class RunScores:
     """A run's per-case scores as of `fingerprint`: (outputs, newest created_at, newest case update)."""
 
     fingerprint: tuple
-    frame: pd.DataFrame  # sorted by task and case, as rocore.evaluation.outputs_from_runs orders them
+    frame: pd.DataFrame  # sorted by task and case, as rocore.evaluation.pipeline.outputs_from_runs orders them
     keys: set[tuple[str, str]]  # (case_id, task) of every row
     task_counts: dict[str, int]
 
@@ -427,7 +427,7 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
                 "The current rating (highest revision) of each assignment of the study; the blinded sides "
                 "A and B are mapped back to the runs through the assignment. A rating marked unratable gives "
                 "no verdict. Per case and model, the output is acceptable when more than half of its "
-                "reviewers judged it acceptable (a tie is not acceptable). rocore.statistics.acceptability: "
+                "reviewers judged it acceptable (a tie is not acceptable). rocore.evaluation.statistics.acceptability: "
                 "share per model with Wilson (statsmodels proportion_confint, method='wilson', alpha 0.05) "
                 "and percentile bootstrap intervals; one-sided Wilcoxon signed-rank on the per-case 0/1 "
                 "verdicts (fine-tuned > base) and exact McNemar (two-sided)."),
@@ -481,7 +481,7 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, base_run: int, finetune
 
 
 def from_outputs(outputs: pd.DataFrame, source: dict) -> Dashboard:
-    """The figures for a table of paired outputs (rocore.evaluation.OUTPUT_COLUMNS); no reviews."""
+    """The figures for a table of paired outputs (rocore.evaluation.pipeline.OUTPUT_COLUMNS); no reviews."""
     rows = outputs.melt(id_vars=["case_id", "task", "gold"], value_vars=list(MODELS), var_name="model",
                         value_name="output").dropna(subset=["output"])
     figures = _score_figures(score_rows(rows[["case_id", "task", "model", "gold", "output"]]), Filters())

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import save_tiny_llama
-from rocore.generation import generate_batch
-from rocore.models import ModelError, attach_adapter, load_model, resolve_quantization, using_adapter
+from rocore.generation.runs import generate_batch
+from rocore.model.loading import ModelError, attach_adapter, load_model, resolve_quantization, using_adapter
 
 PROMPTS = ["### Task: modality\n### Patient: prostate cancer\n### Answer:", "### Patient: left breast"]
 

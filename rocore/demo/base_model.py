@@ -15,8 +15,8 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from rocore.prompts import INSTRUCTIONS, PLAIN_TEMPLATE, TASKS
-from rocore.synthetic import generate_cases
+from rocore.model.prompts import INSTRUCTIONS, PLAIN_TEMPLATE, TASKS
+from rocore.data.synthetic import generate_cases
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 ARCHITECTURE = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,

@@ -1,8 +1,8 @@
 """The demo base's pretraining text: case reports that teach the field but never the product's tasks."""
 
-from rocore.demo_model import case_reports, train_tokenizer
-from rocore.prompts import PLAIN_TEMPLATE
-from rocore.synthetic import generate_cases
+from rocore.demo.base_model import case_reports, train_tokenizer
+from rocore.model.prompts import PLAIN_TEMPLATE
+from rocore.data.synthetic import generate_cases
 
 
 def test_case_reports_pair_each_note_with_its_treatment_and_code_in_prose():

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import HEADER, ROOT, csv_bytes, row
 
-from rocore import auth, review
-from rocore.case_import import import_cases
-from rocore.db import connect, opened
-from rocore.review import Form, Rating, ReviewError, StaleRating
-from rocore.splits import create_split
+from rocore.review import auth
+from rocore.review import studies as review
+from rocore.data.case_import import import_cases
+from rocore.store.db import connect, opened
+from rocore.review.studies import Form, Rating, ReviewError, StaleRating
+from rocore.data.splits import create_split
 
 RUN_1, RUN_2 = 48731, 59212  # base, fine-tuned: ids no page text would contain by chance
 BASE_PATH = "/srv/models/zephyrine-7b-base"

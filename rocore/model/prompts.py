@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from rocore.labels import LabelError, icd10_status, modalities_mentioned, normalise_icd10
+from rocore.data.labels import LabelError, icd10_status, modalities_mentioned, normalise_icd10
 
 TASKS = ("regimen", "modality", "icd10")
 TEMPLATE_VERSION = 1

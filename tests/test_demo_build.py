@@ -3,10 +3,10 @@
 import pytest
 
 from conftest import TINY_ARCHITECTURE
-from rocore.db import opened
-from rocore.demo import DEMO_SPLIT, DemoSettings, build_demo
-from rocore.splits import find_leaks, split_case_ids, split_id_by_name
-from rocore.training import TrainingConfig
+from rocore.store.db import opened
+from rocore.demo.build import DEMO_SPLIT, DemoSettings, build_demo
+from rocore.data.splits import find_leaks, split_case_ids, split_id_by_name
+from rocore.training.trainer import TrainingConfig
 
 
 @pytest.mark.slow

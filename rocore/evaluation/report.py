@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation import METRIC_NAMES, MODELS
-from rocore.scoring import SCORE_COLUMNS, TASKS, score_task
+from rocore.evaluation.pipeline import METRIC_NAMES, MODELS
+from rocore.evaluation.scoring import SCORE_COLUMNS, TASKS, score_task
 
 if TYPE_CHECKING:
-    from rocore.dashboard import Dashboard
+    from rocore.evaluation.dashboard import Dashboard
 
 __all__ = [
     "MODEL_NAMES",
@@ -56,7 +56,7 @@ _SCORE_ORDER = tuple(dict.fromkeys(column for task in TASKS for column in SCORE_
 
 def score_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """`rows` (case_id, task, gold, output, and any other columns) with every label and score column
-    of rocore.scoring added, the rows grouped by task in TASKS order, input order kept within a task.
+    of rocore.evaluation.scoring added, the rows grouped by task in TASKS order, input order kept within a task.
 
     One row is one output of one model, so rows of any runs or models can be scored together or
     apart (the dashboard scores only the rows a run has added since it last looked) and

@@ -13,7 +13,7 @@ or a combination) are then found pattern by pattern, most specific first, and gr
 components: ";", "then", "followed by", "plus" and "+" always start a new course; ",", "and",
 "&" and line breaks start one only when the next fact does not fit the current course.
 
-A component's modality is the first one its own text names (through rocore.labels); one that
+A component's modality is the first one its own text names (through rocore.data.labels); one that
 names none inherits the modality of the whole text when the text names exactly one and no other
 component's own text names it, so an electron boost does not make the main course electron.
 
@@ -28,7 +28,7 @@ import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, fields
 
-from rocore.labels import modalities_mentioned
+from rocore.data.labels import modalities_mentioned
 
 __all__ = ["Component", "ParsedRegimen", "parse_regimen"]
 

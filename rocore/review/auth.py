@@ -16,11 +16,12 @@ import hmac
 import json
 import secrets
 import sqlite3
-import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from rocore.db import transaction
+from rocore.store import audit as audit_log
+from rocore.store.audit import audit
+from rocore.store.db import transaction
 
 ROLES = ("admin", "researcher", "reviewer")
 STAFF_ROLES = ("admin", "researcher")
@@ -74,17 +75,6 @@ class User:
         return asdict(self)
 
 
-def _now() -> float:
-    """The clock of audit rows and throttling (tests move it)."""
-    return time.time()
-
-
-def _timestamp(seconds: float) -> str:
-    """Seconds since the epoch in the schema's timestamp format, 2025-01-31T12:00:00.000Z."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def normalise_code(code: str) -> str:
     """Codes are compared without spaces, hyphens or case, as people type them differently."""
     return "".join(code.split()).replace("-", "").upper()
@@ -117,16 +107,6 @@ def operator_name() -> str:
         return f"cli:{getpass.getuser()}"
     except OSError:
         return "cli"
-
-
-def audit(conn: sqlite3.Connection, actor: str, action: str, entity: str, entity_id: object = None,
-          detail: dict | None = None, client: str | None = None) -> None:
-    """Append one audit row. `detail` holds ids and values, never case text."""
-    conn.execute(
-        "INSERT INTO audit_log (at, actor, action, entity, entity_id, detail, client) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (_timestamp(_now()), actor, action, entity, None if entity_id is None else str(entity_id),
-         json.dumps(detail or {}), client))
 
 
 def _user(row: sqlite3.Row) -> User:
@@ -250,7 +230,7 @@ def _parse_time(text: str) -> float:
 
 def _retry_after(conn: sqlite3.Connection, key: str) -> float:
     """Seconds until `key` may try again: 0 until FREE_FAILURES failures in a row, then doubling."""
-    now = _now()
+    now = audit_log.now()
     failures: list[float] = []
     rows = conn.execute("SELECT action, at FROM audit_log WHERE entity = 'sign-in' AND entity_id = ? "
                         "AND action IN ('sign-in', 'sign-in-failed') ORDER BY audit_id DESC LIMIT 64", (key,))

@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from rocore.db import NOW, opened, transaction
-from rocore.generation import register_model
-from rocore.jobs import mark_dead_runs, refuse_if_running_elsewhere
-from rocore.models import ModelError, check_model_dir
-from rocore.splits import SplitError, split_cases, split_id_by_name
-from rocore.training import TrainingConfig, check_config, train_adapter
+from rocore.store.db import NOW, opened, transaction
+from rocore.store.registry import register_model
+from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
+from rocore.model.loading import ModelError, check_model_dir
+from rocore.data.splits import SplitError, split_cases, split_id_by_name
+from rocore.training.trainer import TrainingConfig, check_config, train_adapter
 
 
 class TrainingConfigError(ValueError):

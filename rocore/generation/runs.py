@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocore.db import NOW, opened, transaction
-from rocore.jobs import mark_dead_runs, refuse_if_running_elsewhere
-from rocore.models import LoadedModel, using_adapter
-from rocore.prompts import TEMPLATE_IDS, build_prompt, check_tasks, extract_answer
+from rocore.store.db import NOW, opened, transaction
+from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
+from rocore.model.loading import LoadedModel, using_adapter
+from rocore.model.prompts import TEMPLATE_IDS, build_prompt, check_tasks, extract_answer
 
 DEFAULT_MAX_NEW_TOKENS = {"regimen": 64, "modality": 8, "icd10": 12}
 
@@ -38,20 +38,6 @@ class Progress:
     @property
     def eta_s(self) -> float | None:
         return (self.total - self.done) / self.rate if self.rate > 0 else None
-
-
-def register_model(conn: sqlite3.Connection, path: str | Path, kind: str, base_model_id: int | None = None,
-                   details: dict | None = None) -> int:
-    """The id of a base model or adapter by its resolved path, added on first use."""
-    path = str(Path(path).resolve())
-    with transaction(conn):  # looked up and added under one lock: two jobs may start at once
-        row = conn.execute("SELECT model_id FROM models WHERE path = ? AND kind = ?", (path, kind)).fetchone()
-        if row:
-            return row[0]
-        return conn.execute(
-            "INSERT INTO models (name, kind, path, base_model_id, details) VALUES (?, ?, ?, ?, ?)",
-            (path, kind, path, base_model_id, json.dumps(details or {})),
-        ).lastrowid
 
 
 def decoding_settings(max_new_tokens: dict[str, int] | None = None) -> dict:

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocore.db import NOW, transaction
+from rocore.store.db import NOW, transaction
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _children: dict[int, subprocess.Popen] = {}
 
 

@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from rocore.evaluation import (
+from rocore.evaluation.pipeline import (
     OUTPUT_COLUMNS,
     EvaluationInputError,
     evaluate_outputs,

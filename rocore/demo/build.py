@@ -13,17 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rocore.case_import import import_cases
-from rocore.db import opened
-from rocore.demo_model import ARCHITECTURE, build_demo_base, case_reports
-from rocore.evaluation import evaluate_outputs, outputs_from_runs
-from rocore.generation import decoding_settings, get_or_create_run, register_model, run_generation
-from rocore.models import attach_adapter, load_model
-from rocore.review import add_demo_reviewers
-from rocore.prompts import TASKS
-from rocore.splits import create_split, split_case_ids, split_cases
-from rocore.synthetic import generate_cases, write_jsonl
-from rocore.training import TrainingConfig, train_adapter
+from rocore.data.case_import import import_cases
+from rocore.store.db import opened
+from rocore.demo.base_model import ARCHITECTURE, build_demo_base, case_reports
+from rocore.evaluation.pipeline import evaluate_outputs, outputs_from_runs
+from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
+from rocore.store.registry import register_model
+from rocore.model.loading import attach_adapter, load_model
+from rocore.review.studies import add_demo_reviewers
+from rocore.model.prompts import TASKS
+from rocore.data.splits import create_split, split_case_ids, split_cases
+from rocore.data.synthetic import generate_cases, write_jsonl
+from rocore.training.trainer import TrainingConfig, train_adapter
 
 DEMO_SPLIT = "demo"
 # The literature's patients are drawn with a seed of their own, apart from the demo's cases.
@@ -37,7 +38,7 @@ class DemoSettings:
     n_cases: int = 2000
     seed: int = 0
     architecture: dict = field(default_factory=lambda: dict(ARCHITECTURE))
-    # Pretraining reads case reports on this many other synthetic patients (rocore.demo_model).
+    # Pretraining reads case reports on this many other synthetic patients (rocore.demo.base_model).
     literature_cases: int = 4000
     pretrain_epochs: float = 2.0
     # bitsandbytes' 4-bit kernels train about 30x slower than fp32 on the CPU (docs/benchmarks.md),

@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rocore.auth import AccessDenied, active_user, add_user, audit, require_role
-from rocore.db import transaction
-from rocore.prompts import TASKS
+from rocore.review.auth import AccessDenied, active_user, add_user, require_role
+from rocore.store.audit import audit
+from rocore.store.db import transaction
+from rocore.model.prompts import TASKS
 
 TASK_LABELS = {"regimen": "Regimen", "modality": "Modality", "icd10": "ICD-10 code"}
 PREFERENCES = ("A", "B", "none")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "reviews.db.schema"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "reviews.db.schema"
 SCHEMA_SQL = SCHEMA_PATH.read_text(encoding="utf-8")
 SCHEMA_VERSION = int(re.search(r"^-- schema_version: (\d+)$", SCHEMA_SQL, re.MULTILINE).group(1))
 

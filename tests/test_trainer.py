@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from rocore.models import attach_adapter, load_model
-from rocore.prompts import answer_text, build_prompt
-from rocore.training import IGNORE_INDEX, TrainingConfig, sft_examples, train_adapter
+from rocore.model.loading import attach_adapter, load_model
+from rocore.model.prompts import answer_text, build_prompt
+from rocore.training.trainer import IGNORE_INDEX, TrainingConfig, sft_examples, train_adapter
 
 
 def test_sft_examples_train_on_the_answer_only(tiny_tokenizer, synthetic_cases):

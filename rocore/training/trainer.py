@@ -1,5 +1,5 @@
 """QLoRA supervised fine-tuning: a 4-bit base (bitsandbytes NF4) with a LoRA adapter (peft), trained
-with transformers' Trainer on prompt/answer pairs from rocore.prompts, loss on the answer tokens only.
+with transformers' Trainer on prompt/answer pairs from rocore.model.prompts, loss on the answer tokens only.
 
 The same function trains the embedded demo's adapter on the CPU and a 7B model's on a GPU.
 """
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rocore.models import (
+from rocore.model.loading import (
     QUANTIZATIONS,
     check_model_dir,
     load_kwargs,
@@ -19,7 +19,7 @@ from rocore.models import (
     resolve_quantization,
     write_adapter_info,
 )
-from rocore.prompts import TASKS, TEMPLATE_IDS, answer_text, build_prompt, check_tasks
+from rocore.model.prompts import TASKS, TEMPLATE_IDS, answer_text, build_prompt, check_tasks
 
 IGNORE_INDEX = -100
 
