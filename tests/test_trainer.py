@@ -1,12 +1,13 @@
 """QLoRA fine-tuning for real: bitsandbytes NF4 base + peft LoRA + transformers Trainer on the CPU."""
 
 import json
+import re
 
 import pytest
 
-from rocore.model.loading import attach_adapter, load_model
+from rocore.model.loading import ModelError, attach_adapter, load_model
 from rocore.model.prompts import answer_text, build_prompt
-from rocore.training.trainer import IGNORE_INDEX, TrainingConfig, sft_examples, train_adapter
+from rocore.training.trainer import IGNORE_INDEX, TrainingConfig, load_for_training, sft_examples, train_adapter
 
 
 def test_sft_examples_train_on_the_answer_only(tiny_tokenizer, synthetic_cases):
@@ -24,6 +25,13 @@ def test_over_long_prompts_are_cut_from_the_left_keeping_the_answer(tiny_tokeniz
     assert len(example["input_ids"]) == 24
     answer = tiny_tokenizer(answer_text(tiny_tokenizer, synthetic_cases[0]["regimen"]), add_special_tokens=False)["input_ids"]
     assert example["input_ids"][-len(answer):] == answer
+
+
+def test_a_base_without_weights_is_a_model_error_naming_it(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    with pytest.raises(ModelError, match=re.escape(f"{tmp_path} could not be loaded in fp32: ")):
+        load_for_training(tmp_path, TrainingConfig(quantization="fp32"), device="cpu")
 
 
 @pytest.mark.slow

@@ -1,25 +1,20 @@
 """Importing a department's case export (CSV, TSV, Excel, JSON lines) into the store, whole or not at all.
 
 Exports from oncology information systems come with their own column names and messy values, so
-reading, mapping, validating and writing are separate steps: the Data page previews each one, the
-CLI runs them in a row. Every problem is located (file, row, column, value) and listed at once.
+reading (rocore.data.tables), mapping, validating and writing are separate steps: the Data page
+previews each one, the CLI runs them in a row. Every problem is located (file, row, column, value) and listed at once.
 """
 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
 import io
 import json
 import re
 import sqlite3
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from rocore.store.audit import audit
-from rocore.store.db import NOW, transaction
 from rocore.data.labels import (
     LabelError,
     icd10_billable_examples,
@@ -27,6 +22,9 @@ from rocore.data.labels import (
     normalise_icd10,
     normalise_modality,
 )
+from rocore.data.tables import ImportRefused, Problem, Table, read_table, shorten
+from rocore.store.audit import audit
+from rocore.store.db import NOW, transaction
 
 REQUIRED_FIELDS = ("case_id", "diagnosis", "regimen", "modality", "icd10")
 METADATA_FIELDS = ("site", "age", "sex", "laterality", "stage", "histology", "ecog")
@@ -51,59 +49,10 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "ecog": ("ecog", "ecogps", "performancestatus", "ps"),
 }
 
-MAX_LISTED_PROBLEMS = 100
-_DELIMITERS = ",\t;|"
 _SEX = {"f": "female", "female": "female", "woman": "female", "w": "female",
         "m": "male", "male": "male", "man": "male", "other": "other", "x": "other"}
 _LATERALITY = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "right",
                "right": "right", "b": "bilateral", "bilat": "bilateral", "bilateral": "bilateral"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One located problem; str() gives the line a user reads."""
-
-    file: str
-    message: str
-    row: int | None = None
-    column: str | None = None
-    value: str | None = None
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        parts = [self.file]
-        if self.row is not None:
-            parts.append(f"row {self.row}")
-        if self.column is not None:
-            parts.append(f"column '{self.column}'")
-        text = ": ".join(parts) + ": "
-        if self.value is not None:
-            text += f"'{_shorten(self.value)}' "
-        return text + self.message
-
-
-class ImportRefused(Exception):
-    """The file was not imported; `problems` lists every reason (errors first)."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__(format_problems(problems))
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-
-@dataclass
-class Table:
-    """A file read into named columns; rows keep their 1-based data row number. Rows that could
-    not be read into the columns keep their cells in `unreadable`, keyed by row, for the rejects file."""
-
-    name: str
-    columns: list[str]
-    rows: list[tuple[int, dict[str, str]]]
-    problems: list[Problem] = field(default_factory=list)
-    unreadable: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,208 +82,8 @@ class ImportResult:
     warnings: list[Problem]
 
 
-def _shorten(value: str, limit: int = 60) -> str:
-    value = value.replace("\n", " ")
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
-def format_problems(problems: list[Problem], cap: int = MAX_LISTED_PROBLEMS) -> str:
-    """Errors before warnings, one a line, at most `cap` lines and a count of the rest."""
-    ordered = sorted(problems, key=lambda p: (p.severity != "error", p.row or 0))
-    lines = [str(p) if p.severity == "error" else f"{p} (warning)" for p in ordered[:cap]]
-    if len(ordered) > cap:
-        lines.append(f"... and {len(ordered) - cap} more problems")
-    return "\n".join(lines)
-
-
 def _header_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-def read_table(data: bytes, name: str) -> Table:
-    """Read CSV/TSV, .xlsx or JSON lines by extension (and content); raise ImportRefused if unreadable."""
-    suffix = Path(name).suffix.lower()
-    if not data.strip():
-        raise ImportRefused([Problem(name, "is empty; expected a header row and at least one case")])
-    if suffix in (".xlsx", ".xlsm"):
-        table = _read_xlsx(data, name)
-    elif suffix == ".xls":
-        raise ImportRefused([Problem(name, "is an old Excel .xls workbook; save it as .xlsx or CSV")])
-    else:
-        text = _decode_text(data, name)
-        if suffix in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith(("{", "[")):
-            table = _read_json(text, name)
-        else:
-            table = _read_delimited(text, name, "\t" if suffix in (".tsv", ".tab") else None)
-    if not table.rows and not table.problems:
-        raise ImportRefused([Problem(name, "has a header but no data rows")])
-    duplicate_columns = [c for i, c in enumerate(table.columns) if c in table.columns[:i]]
-    if duplicate_columns:
-        raise ImportRefused(
-            [Problem(name, f"column '{c}' appears more than once in the header") for c in duplicate_columns]
-        )
-    return table
-
-
-def _decode_text(data: bytes, name: str) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    if b"\x00" in data[:8192] or data.startswith(b"PK\x03\x04"):
-        raise ImportRefused([Problem(
-            name, "is not a text file (it holds binary data); expected CSV, TSV, JSON lines or .xlsx"
-        )])
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ImportRefused([Problem(
-            name,
-            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-            "save it as UTF-8 (in Excel: 'CSV UTF-8')",
-        )]) from None
-    if sum(ch.isprintable() or ch in "\r\n\t" for ch in text[:4096]) < 0.95 * len(text[:4096]):
-        raise ImportRefused([Problem(name, "is not a text file (mostly unprintable characters)")])
-    return text
-
-
-def _sniff_delimiter(header_line: str) -> str:
-    try:
-        return csv.Sniffer().sniff(header_line, delimiters=_DELIMITERS).delimiter
-    except csv.Error:
-        counts = {d: header_line.count(d) for d in _DELIMITERS}
-        best = max(counts, key=counts.get)
-        return best if counts[best] else ","
-
-
-def _read_delimited(text: str, name: str, delimiter: str | None) -> Table:
-    header_line = text.lstrip("\r\n").splitlines()[0]
-    delimiter = delimiter or _sniff_delimiter(header_line)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    problems: list[Problem] = []
-    unreadable: dict[int, dict[str, str]] = {}
-    try:
-        records = list(reader)
-    except csv.Error as exc:
-        raise ImportRefused([Problem(name, f"is not readable as delimited text: {exc} (near line {reader.line_num})")]) from None
-    while records and not any(cell.strip() for cell in records[0]):
-        records.pop(0)
-    if not records:
-        raise ImportRefused([Problem(name, "has only empty rows; expected a header row and at least one case")])
-    header = [cell.strip() for cell in records[0]]
-    columns = [h or f"column {i}" for i, h in enumerate(header, start=1)]
-    rows = []
-    for number, record in enumerate(records[1:], start=1):
-        if not any(cell.strip() for cell in record):
-            continue
-        if len(record) != len(header):
-            problems.append(Problem(
-                name, f"has {len(record)} fields, but the header has {len(header)}; "
-                "check for an unquoted delimiter or a missing cell", row=number))
-            unreadable[number] = {f"field {i}": cell for i, cell in enumerate(record, start=1)}
-            continue
-        rows.append((number, dict(zip(columns, record))))
-    return Table(name, _drop_empty_unnamed(columns, header, rows), rows, problems, unreadable)
-
-
-def _drop_empty_unnamed(columns, header, rows) -> list[str]:
-    """Columns with no header and no values (trailing delimiters of spreadsheet exports) vanish."""
-    keep = []
-    for column, title in zip(columns, header):
-        if title or any(values.get(column, "").strip() for _, values in rows):
-            keep.append(column)
-        else:
-            for _, values in rows:
-                values.pop(column, None)
-    return keep
-
-
-def _cell_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    return str(value)
-
-
-def _read_xlsx(data: bytes, name: str) -> Table:
-    import openpyxl
-
-    try:
-        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise ImportRefused([Problem(name, f"is not a readable .xlsx workbook ({exc})")]) from None
-    sheet = book.worksheets[0]
-    records = [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
-    book.close()
-    while records and not any(c.strip() for c in records[0]):
-        records.pop(0)
-    if not records:
-        raise ImportRefused([Problem(name, f"sheet '{sheet.title}' is empty; expected a header row and cases")])
-    header = [c.strip() for c in records[0]]
-    while header and not header[-1]:
-        header.pop()
-    columns = [h or f"column {i}" for i, h in enumerate(header, start=1)]
-    problems = []
-    if len(book.sheetnames) > 1:
-        problems.append(Problem(name, f"has {len(book.sheetnames)} sheets; only the first, "
-                                f"'{sheet.title}', was read", severity="warning"))
-    rows = []
-    unreadable: dict[int, dict[str, str]] = {}
-    for number, record in enumerate(records[1:], start=1):
-        if not any(c.strip() for c in record):
-            continue
-        extra = [i for i, c in enumerate(record[len(header):], start=len(header) + 1) if c.strip()]
-        if extra:
-            problems.append(Problem(name, f"has a value in column {extra[0]}, beyond the header's "
-                                    f"{len(header)} columns", row=number))
-            unreadable[number] = {f"field {i}": cell for i, cell in enumerate(record, start=1)}
-            continue
-        rows.append((number, dict(zip(columns, record + [""] * (len(header) - len(record))))))
-    return Table(name, _drop_empty_unnamed(columns, header, rows), rows, problems, unreadable)
-
-
-def _read_json(text: str, name: str) -> Table:
-    """JSON lines (row N is line N), or one JSON array of objects (row N is its Nth element)."""
-    problems: list[Problem] = []
-    unreadable: dict[int, dict[str, str]] = {}
-    items: list[tuple[int, object]] = []
-    if text.lstrip().startswith("["):
-        try:
-            items = list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as exc:
-            raise ImportRefused([Problem(name, f"is not valid JSON: {exc.msg} (line {exc.lineno})")]) from None
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(name, f"is not valid JSON: {exc.msg} (character {exc.colno})", row=number))
-                unreadable[number] = {"line": line}
-    columns: list[str] = []
-    rows = []
-    for number, item in items:
-        if not isinstance(item, dict):
-            problems.append(Problem(name, f"is a JSON {type(item).__name__}, expected an object "
-                                    "with one key per column", row=number))
-            unreadable[number] = {"line": json.dumps(item, ensure_ascii=False)}
-            continue
-        values = {}
-        for key, value in item.items():
-            if key not in columns:
-                columns.append(key)
-            values[key] = (json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list))
-                           else _cell_text(value) if not isinstance(value, bool) else str(value).lower())
-        rows.append((number, values))
-    if not items and not problems:
-        raise ImportRefused([Problem(name, "has no JSON objects; expected one case per line")])
-    return Table(name, columns, rows, problems, unreadable)
 
 
 # ---------------------------------------------------------------------------------------- mapping
@@ -466,7 +215,7 @@ def validate(table: Table, column_map: dict[str, str] | None = None,
         row_problems.sort(key=lambda problem: FIELDS.index(problem[0]))
         for fld, value, message, severity in row_problems:
             problems.append(Problem(table.name, message, number, fld, value, severity))
-        errors = [f"column '{f}': " + (f"'{_shorten(v)}' " if v is not None else "") + message
+        errors = [f"column '{f}': " + (f"'{shorten(v)}' " if v is not None else "") + message
                   for f, v, message, s in row_problems if s == "error"]
         if errors:
             rejected.append((number, values, errors))

@@ -104,8 +104,10 @@ def load_kwargs(quantization: str, device: str) -> dict:
     return {**placement, "dtype": dtype}
 
 
-def load_model(path: str | Path, quantization: str = "auto", device: str = "auto") -> LoadedModel:
-    """A base model and its tokenizer, ready for batched left-padded generation."""
+def load_base(path: str | Path, quantization: str = "auto", device: str = "auto",
+              padding_side: str = "left") -> LoadedModel:
+    """A base model and its tokenizer, for generation or for training: one loader, so every way a
+    model directory can fail to load is a ModelError that names it and says what to change."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,11 +123,17 @@ def load_model(path: str | Path, quantization: str = "auto", device: str = "auto
                          "quarter of bf16's memory), free the GPU, or use a smaller model") from exc
     except (OSError, ValueError) as exc:
         raise ModelError(f"{path} could not be loaded in {quantization}: {exc}") from exc
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
     return LoadedModel(model, tokenizer, path, quantization, device)
+
+
+def load_model(path: str | Path, quantization: str = "auto", device: str = "auto") -> LoadedModel:
+    """A base model and its tokenizer, ready for batched left-padded generation."""
+    loaded = load_base(path, quantization, device)
+    loaded.model.eval()
+    return loaded
 
 
 def attach_adapter(loaded: LoadedModel, adapter_path: str | Path, name: str = "finetuned") -> None:

@@ -11,14 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rocore.model.loading import (
-    QUANTIZATIONS,
-    check_model_dir,
-    load_kwargs,
-    resolve_device,
-    resolve_quantization,
-    write_adapter_info,
-)
+from rocore.model.loading import QUANTIZATIONS, load_base, write_adapter_info
 from rocore.model.prompts import TASKS, TEMPLATE_IDS, answer_text, build_prompt, check_tasks
 
 IGNORE_INDEX = -100
@@ -115,19 +108,12 @@ def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_len
 
 
 def load_for_training(base_path: str | Path, config: TrainingConfig, device: str = "auto"):
-    """The base in the configured precision with a fresh LoRA adapter on all linear layers."""
+    """The base in the configured precision (right-padded for training) with a fresh LoRA adapter on
+    all linear layers; a base that cannot be loaded raises ModelError."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_path = Path(base_path)
-    check_model_dir(base_path)
-    device = resolve_device(device)
-    quantization = resolve_quantization(config.quantization, device, base_path)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs(quantization, device))
+    base = load_base(base_path, config.quantization, device, padding_side="right")
+    model, tokenizer, device, quantization = base.model, base.tokenizer, base.device, base.quantization
     checkpointing = needs_gradient_checkpointing(config, model.config, device)
     if quantization in ("nf4", "int8"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
