@@ -16,12 +16,12 @@ ALL_ROLES, STAFF = auth.ROLES, auth.STAFF_ROLES
 
 # (file, title, icon, roles that see it): the first page a role may see is its default.
 PAGES = [
-    ("pages/data.py", "Data", ":material/table_view:", STAFF),
-    ("pages/generate.py", "Generate", ":material/smart_toy:", STAFF),
-    ("pages/train.py", "Train", ":material/model_training:", STAFF),
-    ("pages/dashboard.py", "Dashboard", ":material/monitoring:", STAFF),
-    ("pages/review.py", "Review", ":material/rate_review:", ALL_ROLES),
-    ("pages/admin.py", "Admin", ":material/admin_panel_settings:", STAFF),
+    ("app_pages/data.py", "Data", ":material/table_view:", STAFF),
+    ("app_pages/generate.py", "Generate", ":material/smart_toy:", STAFF),
+    ("app_pages/train.py", "Train", ":material/model_training:", STAFF),
+    ("app_pages/dashboard.py", "Dashboard", ":material/monitoring:", STAFF),
+    ("app_pages/review.py", "Review", ":material/rate_review:", ALL_ROLES),
+    ("app_pages/admin.py", "Admin", ":material/admin_panel_settings:", STAFF),
 ]
 
 st.set_page_config(page_title="Radiation oncology LLM study", page_icon=":material/radiology:", layout="wide")

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rocore.data.case_import import import_cases
-from rocore.evaluation.dashboard import Filters, ScoreCache, compute
+from rocore.evaluation.dashboard import compute, Filters, ScoreCache
 from rocore.store.db import opened, transaction
 from rocore.data.labels import MODALITIES
 from rocore.data.synthetic import generate_cases, write_jsonl

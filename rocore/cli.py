@@ -31,7 +31,8 @@ def _map_item(item: str) -> tuple[str, str]:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from rocore.review.auth import operator_name
-    from rocore.data.case_import import ImportRefused, format_problems, import_cases, rejected_rows_csv
+    from rocore.data.case_import import import_cases, rejected_rows_csv
+    from rocore.data.tables import ImportRefused, format_problems
 
     path: Path = args.file
     try:
@@ -98,15 +99,15 @@ def cmd_regimen(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
-    from rocore.evaluation.pipeline import EvaluationInputError, format_tables, latest_run_pair, read_outputs_file
-    from rocore.evaluation.report import html_report, per_case_csv
+    from rocore.evaluation.outputs import EvaluationInputError, chosen_run_pair, read_outputs_file
+    from rocore.evaluation.report import html_report, per_case_csv, text_report
 
     try:
         if args.file is not None:
             view = from_outputs(read_outputs_file(args.file), {"file": str(args.file)})
         else:
             with opened(args.db) as conn:
-                base_run, finetuned_run = args.runs or latest_run_pair(conn)
+                base_run, finetuned_run = chosen_run_pair(conn, args.runs)
                 view = compute(conn, ScoreCache(), base_run, finetuned_run)
             view.source = {"db": str(args.db), "base_run": base_run, "finetuned_run": finetuned_run}
         if view.report is None:
@@ -125,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     result = {"source": view.source, **view.report}
-    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_tables(result))
+    print(json.dumps(result, indent=2, allow_nan=False) if args.json else text_report(result))
     return 0
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_review import make_review_db
+from test_review_studies import make_review_db
 
 from rocore.review import auth
 from rocore.store.db import opened
 
 APP = str(ROOT / "app.py")
-PAGE_FILES = ["pages/data.py", "pages/generate.py", "pages/review.py", "pages/admin.py"]
+PAGE_FILES = ["app_pages/data.py", "app_pages/generate.py", "app_pages/review.py", "app_pages/admin.py"]
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_fresh_database_asks_for_the_first_admin(app, db_path):
     assert at.title[0].value == "Cases", "an admin starts on the Data page"
     assert at.session_state["user"]["name"] == "Boss" and at.session_state["user"]["role"] == "admin"
     assert reachable(at) == PAGE_FILES
-    at.switch_page("pages/admin.py")
+    at.switch_page("app_pages/admin.py")
     at.run()
     assert at.title[0].value == "Admin"
     with opened(db_path) as conn:
@@ -93,7 +93,7 @@ def test_sign_in_as_a_reviewer_gives_the_review_page_only(app, db_path):
     at = sign_in(app(), "ada", info["codes"]["ada"])
     assert at.session_state["user"] == {"id": info["ids"]["ada"], "name": "ada", "role": "reviewer"}
     assert at.title[0].value == "Review" and at.subheader[0].value == "Case 1 of 8"
-    assert reachable(at) == ["pages/review.py"]
+    assert reachable(at) == ["app_pages/review.py"]
     assert [c.value for c in at.sidebar.caption] == ["Signed in as **ada** (reviewer)"]
 
 
@@ -132,7 +132,7 @@ def test_the_stored_role_wins_over_the_session(app, db_path):
     info = make_review_db(db_path)
     at = app({"id": info["ids"]["ada"], "name": "ada", "role": "admin"})
     assert at.session_state["user"]["role"] == "reviewer"
-    assert reachable(at) == ["pages/review.py"]
+    assert reachable(at) == ["app_pages/review.py"]
 
 
 def test_repeated_failures_are_slowed_on_the_form(app, db_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from test_review import SECRETS, make_review_db
+from test_review_studies import SECRETS, make_review_db
 
 from rocore.store.db import opened
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from rocore.evaluation.dashboard import Filters, ScoreCache, compute, from_outputs
+from rocore.evaluation.dashboard import compute, Filters, from_outputs, ScoreCache
 from rocore.store.db import opened, transaction
-from rocore.evaluation.pipeline import EvaluationInputError, evaluate_outputs, outputs_from_runs
+from rocore.evaluation.outputs import EvaluationInputError, outputs_from_runs
+from rocore.evaluation.pipeline import evaluate_outputs
 from rocore.generation.runs import get_or_create_run
 from rocore.store.registry import register_model
 

@@ -13,15 +13,9 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from rocore.evaluation.pipeline import (
-    OUTPUT_COLUMNS,
-    EvaluationInputError,
-    evaluate_outputs,
-    evaluate_scores,
-    format_tables,
-    read_outputs_file,
-    score_outputs,
-)
+from rocore.evaluation.outputs import OUTPUT_COLUMNS, EvaluationInputError, read_outputs_file
+from rocore.evaluation.pipeline import evaluate_outputs, evaluate_scores, score_outputs
+from rocore.evaluation.report import text_report
 
 MODALITY = [  # case, gold, base, finetuned
     ("m1", "photon", "Photons", "photon"),
@@ -301,10 +295,10 @@ def test_read_outputs_file_reports_ragged_rows(tmp_path):
 
 
 def test_format_tables(report):
-    text = format_tables(report)
+    text = text_report(report)
     assert "== modality: 8 paired cases ==" in text
     assert "exact McNemar: p = " in text and "Wilcoxon one-sided (rouge1_f, fine-tuned > base)" in text
     assert "confusion matrix, finetuned (rows gold, columns output):" in text
-    notes = format_tables(evaluate_outputs(frame({"modality": MODALITY[:1]})))
+    notes = text_report(evaluate_outputs(frame({"modality": MODALITY[:1]})))
     assert "\nnotes:\n- modality: " in notes
     assert "\n- modality: all paired differences are zero: Wilcoxon p = 1.0\n" in notes

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_review import RUN_1, RUN_2, make_review_db
+from test_review_studies import RUN_1, RUN_2, make_review_db
 
 from rocore.review import auth
 from rocore.store.db import opened
 
-PAGE = str(ROOT / "pages" / "admin.py")
+PAGE = str(ROOT / "app_pages" / "admin.py")
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ import pytest
 from test_dashboard import add_study, cases_of, make_runs, rate
 
 from rocore.store.db import opened
-from rocore.evaluation.pipeline import evaluate_outputs, outputs_from_runs
-from rocore.evaluation.report import MODEL_NAMES, TASK_NAMES
+from rocore.evaluation.pipeline import evaluate_outputs
+from rocore.evaluation.outputs import outputs_from_runs
+from rocore.evaluation.pipeline import MODEL_NAMES
+from rocore.evaluation.report import TASK_NAMES
 
 
 @pytest.fixture
 def page_for(open_page):
-    return lambda db_path: open_page("pages/dashboard.py", db_path)
+    return lambda db_path: open_page("app_pages/dashboard.py", db_path)
 
 
 @pytest.fixture

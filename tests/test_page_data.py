@@ -9,7 +9,7 @@ from rocore.store.db import opened
 
 @pytest.fixture
 def page(db_path, open_page):
-    return open_page("pages/data.py", db_path, timeout=30)
+    return open_page("app_pages/data.py", db_path, timeout=30)
 
 
 def case_count(db_path) -> int:
@@ -22,7 +22,7 @@ def test_app_opens_a_signed_in_researcher_on_the_data_page(db_path, open_page):
 
 
 def test_the_page_refuses_anyone_not_signed_in(db_path, open_page):
-    at = open_page("pages/data.py", db_path, signed_in=False)
+    at = open_page("app_pages/data.py", db_path, signed_in=False)
     assert at.error[0].value.startswith("This page is for researchers and administrators")
     assert not at.title and not at.file_uploader
 

@@ -10,7 +10,7 @@ from rocore.store.registry import register_model
 
 @pytest.fixture
 def page_for(open_page):
-    return lambda db_path: open_page("pages/generate.py", db_path)
+    return lambda db_path: open_page("app_pages/generate.py", db_path)
 
 
 def test_without_a_split_the_page_says_what_to_do_first(page_for, db_path):

@@ -7,7 +7,7 @@ import pytest
 from rocore.store.db import opened
 from rocore.store.registry import register_model
 
-PAGE = "pages/train.py"
+PAGE = "app_pages/train.py"
 
 
 def test_invalid_settings_are_refused_before_launch(split_db, tmp_path, open_page):

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from test_dashboard import add_study, cases_of, make_runs, rate
 
-from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
+from rocore.evaluation.dashboard import compute, from_outputs, ScoreCache
 from rocore.store.db import opened
 from rocore.evaluation.report import TASK_NAMES, bar_chart_svg, html_report, metric_table, neutralise, per_case_csv
 

@@ -9,17 +9,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from rocore.data.labels import LabelError, icd10_status
-from rocore.evaluation.scoring import (
-    _SIDE_CHARACTER,
-    OTHER,
-    SCORE_COLUMNS,
-    is_laterality_error,
-    rouge1_f,
-    score_icd10,
-    score_modality,
-    score_regimen,
-    score_task,
-)
+from rocore.evaluation.scoring import _SIDE_CHARACTER, OTHER, SCORE_COLUMNS, is_laterality_error, rouge1_f, score_icd10, score_modality, score_regimen, score_task
 
 
 def test_modality_matches_after_normalisation_and_unreadable_output_is_other():

@@ -16,7 +16,8 @@ from pathlib import Path
 from rocore.data.case_import import import_cases
 from rocore.store.db import opened
 from rocore.demo.base_model import ARCHITECTURE, build_demo_base, case_reports
-from rocore.evaluation.pipeline import evaluate_outputs, outputs_from_runs
+from rocore.evaluation.pipeline import evaluate_outputs
+from rocore.evaluation.outputs import outputs_from_runs
 from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
 from rocore.store.registry import register_model
 from rocore.model.loading import attach_adapter, load_model

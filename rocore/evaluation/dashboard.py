@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation.pipeline import MODELS, EvaluationInputError, check_run_pair, evaluate_scores, latest_run_pair
-from rocore.evaluation.report import MODEL_NAMES, score_rows
+from rocore.evaluation.acceptability import RULE, acceptability_figures, unblind
+from rocore.evaluation.outputs import MODELS, check_run_pair, run_outputs
+from rocore.evaluation.pipeline import MODEL_NAMES, evaluate_scores, score_outputs
+from rocore.evaluation.scoring import score_rows
 from rocore.model.prompts import TASKS
-from rocore.evaluation.statistics import acceptability, rater_agreement
 
 __all__ = [
     "REFRESH_S",
@@ -38,10 +39,8 @@ __all__ = [
     "RunScores",
     "ScoreCache",
     "compute",
-    "default_pair",
     "filter_options",
     "from_outputs",
-    "list_runs",
     "studies_for",
 ]
 
@@ -49,13 +48,6 @@ REFRESH_S = 5  # seconds between refreshes of the live page
 TOP_CODES = 10  # ICD-10 gold codes shown in the per-code chart
 ROUGE_BINS = np.linspace(0.0, 1.0, 11)
 _NOTHING_TO_EVALUATE = "no cases to evaluate: "  # how evaluate_scores says a task has no pairs
-
-_RUN_ROWS = (
-    "SELECT g.case_id, g.task, CASE g.task WHEN 'regimen' THEN c.regimen WHEN 'modality' THEN c.modality "
-    "ELSE c.icd10 END AS gold, coalesce(g.answer, g.raw_text) AS output, c.site, c.modality AS case_modality "
-    "FROM generations AS g JOIN cases AS c USING (case_id) WHERE g.run_id = ?")
-_RUN_COLUMNS = ["case_id", "task", "gold", "output", "site", "case_modality"]
-
 
 @dataclass(frozen=True)
 class Filters:
@@ -111,33 +103,6 @@ class Dashboard:
 # --------------------------------------------------------------------------- runs and choices
 
 
-def list_runs(conn: sqlite3.Connection) -> list[dict]:
-    """Every generation run, newest first, with a label for a select box."""
-    rows = conn.execute(
-        "SELECT r.run_id, r.adapter_model_id, r.part, r.status, s.name AS split_name, b.path AS base_path, "
-        "a.path AS adapter_path, "
-        "(SELECT count(*) FROM generations AS g WHERE g.run_id = r.run_id) AS outputs "
-        "FROM generation_runs AS r JOIN splits AS s USING (split_id) "
-        "JOIN models AS b ON b.model_id = r.base_model_id "
-        "LEFT JOIN models AS a ON a.model_id = r.adapter_model_id ORDER BY r.run_id DESC").fetchall()
-    runs = []
-    for r in rows:
-        model = r["base_path"].rsplit("/", 1)[-1]
-        kind = f"fine-tuned ({r['adapter_path'].rsplit('/', 1)[-1]})" if r["adapter_path"] else "base"
-        label = (f"run {r['run_id']}: {model}, {kind}, {r['split_name']}/{r['part']}, "
-                 f"{r['outputs']:,} outputs ({r['status']})")
-        runs.append({**dict(r), "label": label})
-    return runs
-
-
-def default_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
-    """The latest base and fine-tuned runs over the same split part, or None."""
-    try:
-        return latest_run_pair(conn)
-    except EvaluationInputError:
-        return None
-
-
 def filter_options(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
     """(disease sites, gold modalities) that stored cases have."""
     sites = [r[0] for r in conn.execute(
@@ -180,7 +145,7 @@ class RunScores:
     """A run's per-case scores as of `fingerprint`: (outputs, newest created_at, newest case update)."""
 
     fingerprint: tuple
-    frame: pd.DataFrame  # sorted by task and case, as rocore.evaluation.pipeline.outputs_from_runs orders them
+    frame: pd.DataFrame  # sorted by task and case, as rocore.evaluation.outputs.outputs_from_runs orders them
     keys: set[tuple[str, str]]  # (case_id, task) of every row
     task_counts: dict[str, int]
 
@@ -198,16 +163,6 @@ class ScoreCache:
         self._figures: OrderedDict[Hashable, tuple[Hashable, object]] = OrderedDict()
         self._max_runs, self._max_figures = max_runs, max_figures
         self.rows_scored = 0
-
-    def _read(self, conn: sqlite3.Connection, run_id: int, where: str = "",
-              params: tuple = ()) -> pd.DataFrame:
-        cursor = conn.cursor()
-        cursor.row_factory = None
-        rows = pd.DataFrame(cursor.execute(_RUN_ROWS + where, (run_id, *params)).fetchall(),
-                            columns=_RUN_COLUMNS)
-        rows["gold"] = rows["gold"].str.strip()
-        rows.insert(2, "run_id", run_id)
-        return rows
 
     def _score(self, rows: pd.DataFrame) -> pd.DataFrame:
         self.rows_scored += len(rows)
@@ -227,14 +182,14 @@ class ScoreCache:
             frame, keys = None, None
             grown = entry is not None and entry.fingerprint[1] is not None and n > entry.fingerprint[0]
             if grown and entry.fingerprint[2] == fingerprint[2]:
-                added = self._read(conn, run_id, " AND g.created_at >= ?", (entry.fingerprint[1],))
+                added = run_outputs(conn, run_id, created_since=entry.fingerprint[1])
                 added_keys = _keys(added)
                 added = added[[k not in entry.keys for k in added_keys]]
                 if len(entry.frame) + len(added) == n:
                     frame = pd.concat([entry.frame, self._score(added)], ignore_index=True)
                     keys = entry.keys.union(added_keys)
             if frame is None:
-                frame = self._score(self._read(conn, run_id))
+                frame = self._score(run_outputs(conn, run_id))
                 keys = set(_keys(frame))
             frame = frame.sort_values(["task", "case_id"], kind="stable", ignore_index=True)
             entry = RunScores(fingerprint, frame, keys, frame["task"].value_counts().to_dict())
@@ -377,16 +332,8 @@ def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int,
                            "No rated case matches the filters." if filters.sites or filters.modalities else
                            "No ratings with a verdict yet (every rating so far marks its case unratable).")
         return reviews
-    verdicts = pd.concat([
-        pd.DataFrame({"case_id": judged["case_id"], "reviewer": judged["reviewer"], "model": model,
-                      "verdict": np.where(judged["run_a_id"] == run, judged["acceptable_a"],
-                                          judged["acceptable_b"]).astype(int)})
-        for model, run in zip(MODELS, (base_run, finetuned_run))], ignore_index=True)
-    majority = (verdicts.groupby(["model", "case_id"])["verdict"].mean() > 0.5).astype(int)
-    reviews.acceptability = acceptability(majority["base"].to_dict(), majority["finetuned"].to_dict())
-    reviews.agreement = rater_agreement(pd.DataFrame({
-        "item": verdicts["case_id"] + " / " + verdicts["model"], "rater": verdicts["reviewer"],
-        "label": verdicts["verdict"]}))
+    verdicts = unblind(judged, dict(zip(MODELS, (base_run, finetuned_run))))
+    reviews.acceptability, reviews.agreement = acceptability_figures(verdicts)
     reviews.notes = [f"acceptability: {n}" for n in reviews.acceptability["notes"]]
     reviews.notes += [f"agreement: {n}" for n in reviews.agreement["notes"]]
     return reviews
@@ -426,8 +373,7 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
             "Acceptability": (
                 "The current rating (highest revision) of each assignment of the study; the blinded sides "
                 "A and B are mapped back to the runs through the assignment. A rating marked unratable gives "
-                "no verdict. Per case and model, the output is acceptable when more than half of its "
-                "reviewers judged it acceptable (a tie is not acceptable). rocore.evaluation.statistics.acceptability: "
+                f"no verdict. Per case and model: {RULE}. rocore.evaluation.statistics.acceptability: "
                 "share per model with Wilson (statsmodels proportion_confint, method='wilson', alpha 0.05) "
                 "and percentile bootstrap intervals; one-sided Wilcoxon signed-rank on the per-case 0/1 "
                 "verdicts (fine-tuned > base) and exact McNemar (two-sided)."),
@@ -481,9 +427,7 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, base_run: int, finetune
 
 
 def from_outputs(outputs: pd.DataFrame, source: dict) -> Dashboard:
-    """The figures for a table of paired outputs (rocore.evaluation.pipeline.OUTPUT_COLUMNS); no reviews."""
-    rows = outputs.melt(id_vars=["case_id", "task", "gold"], value_vars=list(MODELS), var_name="model",
-                        value_name="output").dropna(subset=["output"])
-    figures = _score_figures(score_rows(rows[["case_id", "task", "model", "gold", "output"]]), Filters())
+    """The figures for a table of paired outputs (rocore.evaluation.outputs.OUTPUT_COLUMNS); no reviews."""
+    figures = _score_figures(score_outputs(outputs), Filters())
     return Dashboard(source=source, filters=Filters(), **figures, reviews=None,
                      methods=_methods(figures["report"], None))

@@ -12,19 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation.pipeline import METRIC_NAMES, MODELS
-from rocore.evaluation.scoring import SCORE_COLUMNS, TASKS, score_task
-
-if TYPE_CHECKING:
-    from rocore.evaluation.dashboard import Dashboard
+from rocore.evaluation.dashboard import Dashboard
+from rocore.evaluation.outputs import MODELS
+from rocore.evaluation.pipeline import METRIC_NAMES, MODEL_NAMES
+from rocore.evaluation.scoring import ALL_LABEL_COLUMNS, ALL_SCORE_COLUMNS, SCORE_COLUMNS, TASKS
 
 __all__ = [
-    "MODEL_NAMES",
     "TASK_NAMES",
     "acceptability_table",
     "acceptability_tests_table",
@@ -36,43 +33,19 @@ __all__ = [
     "neutralise",
     "per_case_csv",
     "per_class_table",
-    "score_rows",
     "tests_table",
+    "text_report",
 ]
 
 TASK_NAMES = {"regimen": "Task 1: treatment regimen", "modality": "Task 2: treatment modality",
               "icd10": "Task 3: ICD-10-CM code"}
-MODEL_NAMES = {"base": "base", "finetuned": "fine-tuned"}
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
-_LABEL_ORDER = ("gold_label", "predicted_label")
-_SCORE_ORDER = tuple(dict.fromkeys(column for task in TASKS for column in SCORE_COLUMNS[task]))
 
 
 # --------------------------------------------------------------------------- per-case results
-
-
-def score_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """`rows` (case_id, task, gold, output, and any other columns) with every label and score column
-    of rocore.evaluation.scoring added, the rows grouped by task in TASKS order, input order kept within a task.
-
-    One row is one output of one model, so rows of any runs or models can be scored together or
-    apart (the dashboard scores only the rows a run has added since it last looked) and
-    concatenated; score columns a row's task does not have are NaN.
-    """
-    frames = []
-    for task in TASKS:
-        part = rows[rows["task"] == task]
-        if part.empty:
-            continue
-        scores = score_task(task, part["gold"].tolist(), part["output"].tolist())
-        scores.index = part.index
-        frames.append(pd.concat([part, scores], axis=1))
-    if not frames:
-        return rows.reindex(columns=[*rows.columns, *_LABEL_ORDER, *_SCORE_ORDER])
-    return pd.concat(frames).reindex(columns=[*rows.columns, *_LABEL_ORDER, *_SCORE_ORDER])
 
 
 def neutralise(value: object) -> object:
@@ -91,7 +64,7 @@ def per_case_csv(scores: pd.DataFrame) -> bytes:
     (with a byte-order mark, so that spreadsheets read accents right); text cells neutralised."""
     leading = [c for c in ("case_id", "site", "case_modality", "task", "model", "run_id", "gold", "output")
                if c in scores.columns]
-    columns = leading + [c for c in (*_LABEL_ORDER, *_SCORE_ORDER) if c in scores.columns]
+    columns = leading + [c for c in (*ALL_LABEL_COLUMNS, *ALL_SCORE_COLUMNS) if c in scores.columns]
     order = scores.assign(_task=scores["task"].map(TASKS.index)).sort_values(
         ["_task", "case_id", "model"], kind="stable").index
     table = scores.loc[order, columns].copy()
@@ -194,6 +167,50 @@ def agreement_table(agreement: Mapping) -> pd.DataFrame:
         "Cohen's kappa": agreement["cohen_kappa"], "Fleiss' kappa": agreement["fleiss_kappa"],
         "Krippendorff's alpha": agreement["krippendorff_alpha"],
     }, orient="index", columns=["value"], dtype=object)
+
+
+# --------------------------------------------------------------------------- text for a terminal
+
+
+def _p_text(value) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return "< 1e-300" if value == 0 else f"{value:.3g}"
+
+
+def _task_text(task: str, task_report: Mapping) -> list[str]:
+    paired = task_report["paired"]
+    dropped = sum(paired["n_dropped"].values())
+    means = metric_table(task_report)
+    shown = pd.DataFrame({
+        name: [("-" if pd.isna(value) else f"{value:{'+' if name == 'difference' else ''}.3f}")
+               + (f" {interval}" if interval and not pd.isna(value) else "")
+               for value, interval in zip(means[name], means[f"{name} 95% CI"])]
+        for name in ("base", "fine-tuned", "difference")}, index=means.index)
+    lines = [f"== {task}: {paired['n_pairs']} paired cases" + (f", {dropped} left out" if dropped else "") + " ==",
+             shown.to_string()]
+    test = (f"Wilcoxon one-sided ({paired['tested_metric']}, fine-tuned > base): "
+            f"p = {_p_text(paired['wilcoxon_p_one_sided'])}")
+    if "mcnemar_exact_p" in paired:
+        test += f"; exact McNemar: p = {_p_text(paired['mcnemar_exact_p'])}"
+    lines.append(test)
+    if "per_class" in task_report["base"]:
+        lines += ["per class:", per_class_table(task_report).to_string(float_format="{:.3f}".format)]
+    if "confusion_matrix" in task_report["base"]:
+        for model in MODELS:
+            lines += [f"confusion matrix, {model} (rows gold, columns output):",
+                      confusion_table(task_report, model).to_string()]
+    return lines
+
+
+def text_report(report: Mapping) -> str:
+    """The report as text tables for a terminal: the same tables as the page, tests and notes."""
+    lines: list[str] = []
+    for task, task_report in report["tasks"].items():
+        lines += _task_text(task, task_report) + [""]
+    if report["notes"]:
+        lines += ["notes:", *(f"- {note}" for note in report["notes"])]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------- inline SVG charts

@@ -33,6 +33,9 @@ from rocore.model.prompts import TASKS
 from rocore.data.regimen import parse_regimen
 
 __all__ = [
+    "ALL_LABEL_COLUMNS",
+    "ALL_SCORE_COLUMNS",
+    "LABEL_COLUMNS",
     "OTHER",
     "SCORE_COLUMNS",
     "TASKS",
@@ -41,6 +44,7 @@ __all__ = [
     "score_icd10",
     "score_modality",
     "score_regimen",
+    "score_rows",
     "score_task",
 ]
 
@@ -60,6 +64,10 @@ LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "modality": ("gold_label", "predicted_label"),
     "icd10": ("gold_label", "predicted_label"),
 }
+
+# Every label and score column, in the order a table of several tasks shows them.
+ALL_LABEL_COLUMNS = ("gold_label", "predicted_label")
+ALL_SCORE_COLUMNS = tuple(dict.fromkeys(column for task in TASKS for column in SCORE_COLUMNS[task]))
 
 
 def _text(value: object) -> str:
@@ -257,3 +265,24 @@ def score_task(task: str, gold: Sequence[str], predicted: Sequence[str]) -> pd.D
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold answers but {len(predicted)} predictions")
     return _SCORERS[task](gold, predicted)
+
+
+def score_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` (case_id, task, gold, output, and any other columns) with every label and score column
+    of rocore.evaluation.scoring added, the rows grouped by task in TASKS order, input order kept within a task.
+
+    One row is one output of one model, so rows of any runs or models can be scored together or
+    apart (the dashboard scores only the rows a run has added since it last looked) and
+    concatenated; score columns a row's task does not have are NaN.
+    """
+    frames = []
+    for task in TASKS:
+        part = rows[rows["task"] == task]
+        if part.empty:
+            continue
+        scores = score_task(task, part["gold"].tolist(), part["output"].tolist())
+        scores.index = part.index
+        frames.append(pd.concat([part, scores], axis=1))
+    if not frames:
+        return rows.reindex(columns=[*rows.columns, *ALL_LABEL_COLUMNS, *ALL_SCORE_COLUMNS])
+    return pd.concat(frames).reindex(columns=[*rows.columns, *ALL_LABEL_COLUMNS, *ALL_SCORE_COLUMNS])

@@ -88,7 +88,7 @@ def _set_status(db_path: Path, run_id: int, status: str, error: str | None = Non
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
-    """Every generation run with its models, split and progress, newest first."""
+    """Every generation run with its models, split, progress and a label for a select box, newest first."""
     mark_dead_runs(conn, "generation_runs",
                    lambda run_id: "the generation process ended without finishing; start it again to resume")
     rows = conn.execute(
@@ -98,7 +98,33 @@ def list_runs(conn: sqlite3.Connection) -> list[dict]:
         "  * json_array_length(r.tasks) AS total "
         "FROM generation_runs r JOIN splits s USING (split_id) JOIN models b ON b.model_id = r.base_model_id "
         "LEFT JOIN models a ON a.model_id = r.adapter_model_id ORDER BY r.run_id DESC").fetchall()
-    return [dict(r) for r in rows]
+    runs = []
+    for r in rows:
+        kind = f"fine-tuned ({Path(r['adapter_path']).name})" if r["adapter_path"] else "base"
+        label = (f"run {r['run_id']}: {Path(r['base_path']).name}, {kind}, {r['split_name']}/{r['part']}, "
+                 f"{r['done']:,} outputs ({r['status']})")
+        runs.append({**dict(r), "label": label})
+    return runs
+
+
+def latest_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """(base run, fine-tuned run): the newest fine-tuned run and the newest base-only run of the same
+    base model over the same split part, or None."""
+    pair = conn.execute(
+        "SELECT b.run_id, f.run_id FROM generation_runs f JOIN generation_runs b "
+        "ON b.base_model_id = f.base_model_id AND b.split_id = f.split_id AND b.part = f.part "
+        "WHERE f.adapter_model_id IS NOT NULL AND b.adapter_model_id IS NULL "
+        "ORDER BY f.run_id DESC, b.run_id DESC LIMIT 1").fetchone()
+    return None if pair is None else (pair[0], pair[1])
+
+
+def suggested_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
+    """The pair a page offers first: the latest base and fine-tuned pair, else the two newest runs."""
+    pair = latest_run_pair(conn)
+    if pair is None:
+        newest = [r[0] for r in conn.execute("SELECT run_id FROM generation_runs ORDER BY run_id DESC LIMIT 2")]
+        pair = (newest[1], newest[0]) if len(newest) == 2 else None
+    return pair
 
 
 def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size: int):

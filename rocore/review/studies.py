@@ -27,6 +27,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
+
+from rocore.evaluation.acceptability import RULE, case_verdicts
 from rocore.review.auth import AccessDenied, active_user, add_user, require_role
 from rocore.store.audit import audit
 from rocore.store.db import transaction
@@ -296,33 +299,6 @@ def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *
 
 # --- Staff views (unblinded) --------------------------------------------------------------------
 
-def list_runs(conn: sqlite3.Connection) -> list[dict]:
-    """Generation runs that a study can use, with readable model names, newest first."""
-    rows = conn.execute(
-        "SELECT r.run_id, r.status, r.part, r.tasks, s.name AS split_name, b.path AS base_path, "
-        "a.path AS adapter_path, (SELECT count(*) FROM generations g WHERE g.run_id = r.run_id) AS outputs "
-        "FROM generation_runs r JOIN splits s USING (split_id) JOIN models b ON b.model_id = r.base_model_id "
-        "LEFT JOIN models a ON a.model_id = r.adapter_model_id ORDER BY r.run_id DESC")
-    result = []
-    for r in rows:
-        adapter = f" + {Path(r['adapter_path']).name}" if r["adapter_path"] else " (base)"
-        label = (f"run {r['run_id']}: {Path(r['base_path']).name}{adapter}, {r['split_name']}/{r['part']}, "
-                 f"{r['outputs']:,} outputs ({r['status']})")
-        result.append({**dict(r), "tasks": json.loads(r["tasks"]), "label": label})
-    return result
-
-
-def default_run_pair(runs: list[dict]) -> tuple[int, int] | None:
-    """(base run, fine-tuned run) to offer first: the newest adapter run and the newest base-only run
-    over the same split part, else the two newest runs."""
-    for tuned in (r for r in runs if r["adapter_path"]):
-        base = next((r for r in runs if not r["adapter_path"] and (r["split_name"], r["part"])
-                     == (tuned["split_name"], tuned["part"])), None)
-        if base:
-            return base["run_id"], tuned["run_id"]
-    return (runs[1]["run_id"], runs[0]["run_id"]) if len(runs) >= 2 else None
-
-
 def list_studies(conn: sqlite3.Connection, *, actor_id: int | None) -> list[dict]:
     """Every study with its settings and overall progress, newest first. Staff only."""
     require_role(conn, actor_id)
@@ -372,18 +348,24 @@ def unblinded_ratings(conn: sqlite3.Connection, study_id: int, *, actor_id: int 
 
 
 def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | None) -> dict:
-    """Acceptability per run (the paper's measure), preferences and flags over current ratings. Staff only."""
+    """Acceptability per run (the paper's measure, by rocore.evaluation.acceptability's rule), mean
+    scores, preferences and flags over current ratings. Staff only."""
     ratings = unblinded_ratings(conn, study_id, actor_id=actor_id)
     rated = [r for r in ratings if not r["unratable"]]
+    verdicts = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "model": number,
+                              "verdict": int(bool(r[f"acceptable_{number}"]))}
+                             for r in rated for number in (1, 2)], columns=["case_id", "reviewer", "model", "verdict"])
+    by_case = case_verdicts(verdicts) if rated else {}
     runs = {}
     for number in (1, 2):
-        acceptable = sum(bool(r[f"acceptable_{number}"]) for r in rated)
+        cases = by_case.get(number, {})
         likert = [r[f"likert_{number}"] for r in rated if r[f"likert_{number}"] is not None]
-        runs[number] = {"rated": len(rated), "acceptable": acceptable,
-                        "share_acceptable": acceptable / len(rated) if rated else None,
+        runs[number] = {"rated": len(cases), "acceptable": sum(cases.values()),
+                        "share_acceptable": sum(cases.values()) / len(cases) if cases else None,
                         "mean_likert": sum(likert) / len(likert) if likert else None}
     preferences = {key: sum(r["preferred_run"] == key for r in rated) for key in (1, 2, "none")}
-    return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated)}
+    return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated),
+            "acceptability_rule": RULE}
 
 
 # --- The reviewer's side ------------------------------------------------------------------------

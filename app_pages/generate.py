@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from pages._access import require_staff
+from app_pages.access import require_staff
 from rocore.generation import runs as generation
 from rocore.store import jobs
 from rocore.model import loading as models

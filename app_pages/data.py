@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from pages._access import require_staff
+from app_pages.access import require_staff
 from rocore.review import auth
-from rocore.data import case_import
+from rocore.data import case_import, tables
 from rocore.data import cases
 from rocore.data import splits
 from rocore.store.db import default_db_path, opened
@@ -47,10 +47,10 @@ with tab_import:
     if upload is not None:
         data = upload.getvalue()
         try:
-            table = case_import.read_table(data, upload.name)
-        except case_import.ImportRefused as exc:
+            table = tables.read_table(data, upload.name)
+        except tables.ImportRefused as exc:
             st.error("This file cannot be read.")
-            st.code(case_import.format_problems(exc.problems), language=None, wrap_lines=True)
+            st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             st.stop()
         st.caption(f"{len(table.rows):,} rows, {len(table.columns)} columns. First rows:")
         st.dataframe(pd.DataFrame([values for _, values in table.rows[:20]], columns=table.columns),
@@ -78,16 +78,16 @@ with tab_import:
             stored = case_import.stored_case_ids(conn)
         try:
             validation = case_import.validate(table, mapping, stored, update)
-        except case_import.ImportRefused as exc:
+        except tables.ImportRefused as exc:
             st.error("Map every required column before importing.")
-            st.code(case_import.format_problems(exc.problems), language=None, wrap_lines=True)
+            st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             st.stop()
         valid, invalid, warned = st.columns(3)
         valid.metric("Valid rows", len(validation.cases))
         invalid.metric("Rows with errors", len(validation.rejected))
         warned.metric("Warnings", len(validation.warnings))
         if validation.problems:
-            st.code(case_import.format_problems(validation.problems), language=None, wrap_lines=True)
+            st.code(tables.format_problems(validation.problems), language=None, wrap_lines=True)
         blocked = bool(validation.errors) and not skip_invalid
         if blocked:
             st.warning("Fix the errors above and upload the file again, or tick 'Skip invalid rows'. "
@@ -99,9 +99,9 @@ with tab_import:
                     result = case_import.import_cases(conn, data, upload.name, mapping, update=update,
                                                       skip_invalid=skip_invalid, actor=user.name,
                                                       client=auth.web_client(st.context.ip_address))
-            except case_import.ImportRefused as exc:
+            except tables.ImportRefused as exc:
                 st.error("Nothing was imported; the database is unchanged.")
-                st.code(case_import.format_problems(exc.problems), language=None, wrap_lines=True)
+                st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             else:
                 st.session_state["last-import"] = (upload.name, result)
                 st.rerun()

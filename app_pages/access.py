@@ -1,8 +1,9 @@
 """The check every staff page makes first.
 
-Streamlit serves a file under pages/ by its URL before app.py has run `st.navigation` in a fresh
-server process, which skips app.py's sign-in; so each staff page checks the signed-in user itself,
-against the store (a deactivated account is refused at once).
+The pages live in app_pages/, not pages/, so Streamlit's legacy auto-discovery never serves one by
+its URL before app.py's sign-in and `st.navigation` have run. Each staff page still checks the
+signed-in user itself, against the store, as defence in depth: a deactivated account is refused at
+once, even in a session that signed in before.
 """
 
 import streamlit as st

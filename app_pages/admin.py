@@ -6,7 +6,8 @@ For researchers and administrators only (app.py lists it for them; rocore checks
 import pandas as pd
 import streamlit as st
 
-from pages._access import require_staff
+from app_pages.access import require_staff
+from rocore.generation import runs as generation
 from rocore.review import auth
 from rocore.review import studies as review
 from rocore.store.db import default_db_path, opened
@@ -22,11 +23,11 @@ st.title("Admin")
 tab_studies, tab_people, tab_audit = st.tabs(["Studies", "People", "Audit log"])
 
 with opened(DB) as conn:
-    runs = review.list_runs(conn)
+    runs = generation.list_runs(conn)
+    pair = generation.suggested_run_pair(conn)
     active = {p["reviewer_id"]: p for p in auth.list_users(conn) if p["active"]}
 
 with tab_studies:
-    pair = review.default_run_pair(runs)
     if pair is None:
         st.info("A study compares two generation runs over the same split part: "
                 "make them on the Generate page.")
@@ -80,7 +81,8 @@ with tab_studies:
                     share = result["share_acceptable"]
                     column.metric(f"Run {study[f'run_{number}_id']} acceptable",
                                   "–" if share is None else f"{share:.0%}",
-                                  help=f"{result['acceptable']} of {result['rated']} current ratings")
+                                  help=f"{result['acceptable']} of {result['rated']} cases with a verdict; "
+                                       f"{summary['acceptability_rule']}")
                 metrics[2].metric("Flagged unratable", summary["flagged"])
                 st.dataframe(pd.DataFrame(progress), hide_index=True)
     if not studies:

@@ -4,11 +4,12 @@ import time
 
 import streamlit as st
 
-from pages._access import require_staff
-from rocore.evaluation import dashboard
-from rocore.evaluation import report
+from app_pages.access import require_staff
+from rocore.evaluation import dashboard, report
+from rocore.evaluation.outputs import EvaluationInputError
+from rocore.evaluation.pipeline import MODEL_NAMES
+from rocore.generation import runs as generation
 from rocore.store.db import default_db_path, opened
-from rocore.evaluation.pipeline import EvaluationInputError
 
 DB = default_db_path()
 require_staff()
@@ -26,8 +27,8 @@ st.caption("Fine-tuned against base on the same held-out cases: every figure wit
            "arrive.")
 
 with opened(DB) as conn:
-    runs = dashboard.list_runs(conn)
-    pair = dashboard.default_pair(conn)
+    runs = generation.list_runs(conn)
+    pair = generation.suggested_run_pair(conn)
     sites, modalities = dashboard.filter_options(conn)
 if len(runs) < 2:
     st.info("No base and fine-tuned generation runs to compare yet: run both on the Generate page first.")
@@ -35,7 +36,6 @@ if len(runs) < 2:
 
 labels = {run["run_id"]: run["label"] for run in runs}
 ids = list(labels)
-pair = pair or (ids[1], ids[0])  # no base and fine-tuned pair over one split part: the two newest runs
 left, right = st.columns(2)
 base_run = left.selectbox("Base run", ids, index=ids.index(pair[0]), format_func=labels.get)
 finetuned_run = right.selectbox("Fine-tuned run", ids, index=ids.index(pair[1]), format_func=labels.get)
@@ -64,7 +64,7 @@ def show_task(task: str, task_report: dict, view: dashboard.Dashboard) -> None:
         st.bar_chart(per_class[["base f1", "fine-tuned f1"]], stack=False, horizontal=True, height=220)
         st.dataframe(per_class)
         for column, model in zip(st.columns(2), ("base", "finetuned")):
-            column.caption(f"Confusion matrix, {report.MODEL_NAMES[model]} (rows gold, columns output)")
+            column.caption(f"Confusion matrix, {MODEL_NAMES[model]} (rows gold, columns output)")
             column.dataframe(report.confusion_table(task_report, model))
     if task == "icd10" and view.icd10_codes is not None:
         st.caption("Most frequent gold codes: share of outputs that are exactly the code")

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from pages._access import require_staff
+from app_pages.access import require_staff
 from rocore.store import jobs
 from rocore.model import loading as models
 from rocore.model import prompts

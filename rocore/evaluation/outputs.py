@@ -1,0 +1,184 @@
+"""Paired outputs, the evaluation's one input: a table with one row per case and task, its gold answer
+and each model's output (OUTPUT_COLUMNS), read from a file or from two stored generation runs.
+
+A missing output (None or NaN; an empty cell in a file) means the model has no answer for that
+case: the case is left out of every figure and counted in "n_dropped". An empty string is an
+answer, and a wrong one. A stored run's answer is its normalised answer, or its raw text where none
+could be read (a wrong answer, not a missing one).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+
+from rocore.data.tables import ImportRefused, Problem, format_problems, read_table
+from rocore.data.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
+from rocore.generation.runs import latest_run_pair
+from rocore.model.prompts import TASKS
+
+OUTPUT_COLUMNS = ("case_id", "task", "gold", "base", "finetuned")
+MODELS = ("base", "finetuned")
+
+# One stored run's outputs with their gold answers and the case fields the dashboard filters on.
+_RUN_ROWS = (
+    "SELECT g.case_id, g.task, CASE g.task WHEN 'regimen' THEN c.regimen WHEN 'modality' THEN c.modality "
+    "ELSE c.icd10 END AS gold, coalesce(g.answer, g.raw_text) AS output, c.site, c.modality AS case_modality "
+    "FROM generations AS g JOIN cases AS c USING (case_id) WHERE g.run_id = ?")
+RUN_COLUMNS = ["case_id", "task", "run_id", "gold", "output", "site", "case_modality"]
+
+
+class EvaluationInputError(ValueError):
+    """Outputs that cannot be evaluated; `problems` lists every located reason."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(format_problems(problems))
+
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _gold_problem(task: str, gold: str) -> str | None:
+    """Why a gold answer cannot be scored, or None."""
+    try:
+        if task == "modality":
+            normalise_modality(gold)
+        elif task == "icd10" and icd10_status(normalise_icd10(gold)) == "invalid":
+            return "is not a valid ICD-10-CM code"
+    except LabelError as exc:
+        return str(exc)
+    return None
+
+
+def output_problems(outputs: pd.DataFrame, name: str, rows) -> list[Problem]:
+    """Every located reason why `outputs` cannot be evaluated; `rows` numbers its rows."""
+    missing = [column for column in OUTPUT_COLUMNS if column not in outputs.columns]
+    if missing:
+        return [Problem(name, f"has no column '{column}'; expected columns {', '.join(OUTPUT_COLUMNS)}")
+                for column in missing]
+    problems: list[Problem] = []
+    gold_problems: dict[tuple[str, str], str | None] = {}
+    first_row: dict[tuple[str, str], int] = {}
+    for row, case_id, task, gold in zip(rows, outputs["case_id"], outputs["task"], outputs["gold"]):
+        case_id, task, gold = _cell(case_id), _cell(task).lower(), _cell(gold)
+        if not case_id:
+            problems.append(Problem(name, "is empty; every output needs its case id", row, "case_id"))
+        if task not in TASKS:
+            problems.append(Problem(name, f"{'is empty; expected' if not task else 'is not'} one of "
+                                    f"{', '.join(TASKS)}", row, "task", task or None))
+            continue
+        if not gold:
+            problems.append(Problem(name, "is empty; expected the gold answer", row, "gold"))
+        else:
+            if (task, gold) not in gold_problems:
+                gold_problems[task, gold] = _gold_problem(task, gold)
+            if gold_problems[task, gold]:
+                problems.append(Problem(name, gold_problems[task, gold], row, "gold", gold))
+        if case_id and (case_id, task) in first_row:
+            problems.append(Problem(name, f"case '{case_id}' has a second {task} row "
+                                    f"(the first is row {first_row[case_id, task]})", row, "case_id"))
+        first_row.setdefault((case_id, task), row)
+    return problems
+
+
+def tidy_outputs(outputs: pd.DataFrame) -> pd.DataFrame:
+    """The output columns with trimmed ids and lower-case tasks; missing outputs as None."""
+    return pd.DataFrame({
+        "case_id": [_cell(v) for v in outputs["case_id"]],
+        "task": [_cell(v).lower() for v in outputs["task"]],
+        "gold": [_cell(v) for v in outputs["gold"]],
+        **{model: pd.Series([None if pd.isna(v) else str(v) for v in outputs[model]], dtype=object)
+           for model in MODELS},
+    })
+
+
+def read_outputs_file(path: str | Path) -> pd.DataFrame:
+    """Paired outputs from a CSV/TSV (or .xlsx, JSON lines) file with columns OUTPUT_COLUMNS.
+
+    Column names are matched ignoring case and surrounding spaces. An empty base or finetuned
+    cell means that model has no output for the case. Raises EvaluationInputError listing every
+    problem as "FILE: row N: column 'task': 'x' is not one of regimen, modality, icd10".
+    """
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise EvaluationInputError([Problem(name, f"cannot be read: {exc.strerror}")]) from None
+    try:
+        table = read_table(data, name)
+    except ImportRefused as exc:
+        raise EvaluationInputError(exc.problems) from None
+    by_key = {column.strip().lower(): column for column in table.columns}
+    frame = pd.DataFrame(
+        {column: [values.get(by_key[column], "") for _, values in table.rows]
+         for column in OUTPUT_COLUMNS if column in by_key},
+        index=range(len(table.rows)),
+    )
+    for model in MODELS:
+        if model in frame:
+            frame[model] = [value if value.strip() else None for value in frame[model]]
+    problems = table.problems + output_problems(frame, name, [number for number, _ in table.rows])
+    if problems:
+        raise EvaluationInputError(problems)
+    return tidy_outputs(frame)
+
+
+def check_run_pair(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> None:
+    """Refuse two runs whose outputs cannot be paired case by case."""
+    if base_run == finetuned_run:
+        raise EvaluationInputError([Problem("database", f"run {base_run} was chosen twice; choose two runs")])
+    runs = {r["run_id"]: r for r in conn.execute(
+        "SELECT run_id, split_id, part FROM generation_runs WHERE run_id IN (?, ?)", (base_run, finetuned_run))}
+    for run_id in (base_run, finetuned_run):
+        if run_id not in runs:
+            raise EvaluationInputError([Problem("database", f"has no generation run {run_id}")])
+    if (runs[base_run]["split_id"], runs[base_run]["part"]) != (runs[finetuned_run]["split_id"],
+                                                               runs[finetuned_run]["part"]):
+        raise EvaluationInputError([Problem("database", f"runs {base_run} and {finetuned_run} cover different "
+                                            "split parts; their outputs cannot be paired case by case")])
+
+
+def run_outputs(conn: sqlite3.Connection, run_id: int, created_since: str | None = None) -> pd.DataFrame:
+    """One stored run's outputs (RUN_COLUMNS), optionally only those created at or after a time."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    sql, params = _RUN_ROWS, (run_id,)
+    if created_since is not None:
+        sql, params = sql + " AND g.created_at >= ?", (run_id, created_since)
+    rows = pd.DataFrame(cursor.execute(sql, params).fetchall(),
+                        columns=[c for c in RUN_COLUMNS if c != "run_id"])
+    rows["gold"] = rows["gold"].str.strip()
+    rows.insert(2, "run_id", run_id)
+    return rows
+
+
+def chosen_run_pair(conn: sqlite3.Connection, runs: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The (base, fine-tuned) runs to compare: the ones named, else the latest pair, checked."""
+    pair = runs or latest_run_pair(conn)
+    if pair is None:
+        raise EvaluationInputError([Problem("database", "has no base and fine-tuned generation runs over "
+                                            "the same split part; generate both first")])
+    check_run_pair(conn, *pair)
+    return pair
+
+
+def outputs_from_runs(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> pd.DataFrame:
+    """The paired-output table of two stored generation runs, gold answers from the cases; a case one
+    run has not reached yet is missing for that model."""
+    check_run_pair(conn, base_run, finetuned_run)
+    frames = [run_outputs(conn, run).set_index(["case_id", "task"])[["gold", "output"]].rename(
+        columns={"output": model}) for model, run in zip(MODELS, (base_run, finetuned_run))]
+    paired = frames[0].join(frames[1], how="outer", suffixes=("_base", ""))
+    if paired.empty:
+        raise EvaluationInputError([Problem("database", f"runs {base_run} and {finetuned_run} have no outputs yet")])
+    paired["gold"] = paired["gold"].fillna(paired.pop("gold_base"))
+    paired = paired.reset_index().sort_values(["task", "case_id"], kind="stable", ignore_index=True)
+    return tidy_outputs(paired[list(OUTPUT_COLUMNS)])
