@@ -1,6 +1,7 @@
 """Loading real transformers models (tiny Llamas built from a config) in 4-bit and fp32 on the CPU."""
 
 import json
+import shutil
 import threading
 
 import pytest
@@ -102,3 +103,12 @@ def test_adapter_of_another_base_is_refused(tmp_path, tiny_tokenizer, tiny_model
     with pytest.raises(ModelError, match="no adapter named 'x'"):
         with using_adapter(loaded, "x"):
             pass
+
+
+def test_truncated_weights_are_a_model_error_naming_the_directory(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy or download
+    with pytest.raises(ModelError, match=f"{broken} could not be loaded in fp32"):
+        load_model(broken, "fp32", "cpu")

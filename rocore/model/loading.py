@@ -109,6 +109,7 @@ def load_base(path: str | Path, quantization: str = "auto", device: str = "auto"
     """A base model and its tokenizer, for generation or for training: one loader, so every way a
     model directory can fail to load is a ModelError that names it and says what to change."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -121,7 +122,7 @@ def load_base(path: str | Path, quantization: str = "auto", device: str = "auto"
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelError(f"out of GPU memory loading {path} in {quantization}: choose nf4 (about a "
                          "quarter of bf16's memory), free the GPU, or use a smaller model") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
         raise ModelError(f"{path} could not be loaded in {quantization}: {exc}") from exc
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
