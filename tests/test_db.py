@@ -1,9 +1,16 @@
 import sqlite3
 import threading
+from collections import Counter
 
 import pytest
+import sqlite_utils
+from sqlite_utils.db import TransactionError
 
 from rocore.store import db
+
+# Parents with ON DELETE CASCADE children (split_cases, training_metrics, generations): the tables a
+# naive rebuild would empty the children of.
+REBUILT = ("generation_runs", "splits", "training_runs")
 
 
 def test_new_database_has_wal_foreign_keys_busy_timeout_and_version(conn, db_path):
@@ -75,7 +82,7 @@ def test_an_older_database_is_migrated_and_the_step_recorded(db_path, monkeypatc
         pass
     target = db.SCHEMA_VERSION + 1
     monkeypatch.setattr(db, "SCHEMA_VERSION", target)
-    monkeypatch.setattr(db, "MIGRATIONS", {target: "ALTER TABLE cases ADD COLUMN cohort TEXT;"})
+    monkeypatch.setattr(db, "MIGRATIONS", {target: lambda store: store["cases"].add_column("cohort", str)})
     with db.opened(db_path) as conn:
         assert "cohort" in {r["name"] for r in conn.execute("PRAGMA table_info(cases)")}
         last = conn.execute("SELECT version, description FROM schema_migrations ORDER BY version DESC").fetchone()
@@ -114,6 +121,210 @@ def test_many_threads_opening_a_new_database_at_once_create_the_schema_once(tmp_
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION
 
 
-def test_statements_keep_trigger_bodies_whole():
-    script = "CREATE TABLE t (a);\nCREATE TRIGGER x BEFORE DELETE ON t\nBEGIN SELECT 1; SELECT 2; END;\n"
-    assert len(list(db._statements(script))) == 2
+
+def test_a_failed_commit_ends_the_transaction(conn):
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), db.transaction(conn):
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        conn.execute("INSERT INTO split_cases (split_id, case_id, part) VALUES (99, 'nope', 'train')")
+    assert not conn.in_transaction
+    assert conn.execute("SELECT count(*) FROM split_cases").fetchone()[0] == 0
+
+
+def _populate(conn):
+    """One row or more in every table, with children under each of the REBUILT parents."""
+    with db.transaction(conn):
+        conn.execute("INSERT INTO imports (source_file, sha256, n_rows, n_inserted, n_updated, n_rejected) "
+                     "VALUES ('cases.csv', 'abc', 3, 3, 0, 0)")
+        for i, modality in enumerate(("photon", "proton", "electron"), start=1):
+            conn.execute("INSERT INTO cases (case_id, diagnosis, regimen, modality, icd10, source_file, source_row, "
+                         "import_id) VALUES (?, 'prostate adenocarcinoma', '60 Gy in 20 fractions', ?, 'C61', "
+                         "'cases.csv', ?, 1)", (f"P{i}", modality, i))
+        conn.execute("""INSERT INTO splits (name, seed, fractions, strata, n_cases)
+                        VALUES ('main', 0, '{"train": 0.34, "validation": 0.33, "test": 0.33}', 'modality', 3)""")
+        conn.executemany("INSERT INTO split_cases (split_id, case_id, part) VALUES (1, ?, ?)",
+                         [("P1", "train"), ("P2", "validation"), ("P3", "test")])
+        conn.execute("INSERT INTO models (name, kind, path) VALUES ('base', 'base', '/models/base')")
+        conn.execute("INSERT INTO models (name, kind, path, base_model_id) VALUES ('lora', 'adapter', '/a', 1)")
+        conn.execute("INSERT INTO training_runs (base_model_id, split_id, adapter_model_id, config, output_dir, "
+                     "status) VALUES (1, 1, 2, '{}', '/runs/1', 'finished')")
+        conn.executemany("INSERT INTO training_metrics (run_id, step, train_loss) VALUES (1, ?, ?)",
+                         [(10, 2.5), (20, 1.5)])
+        for adapter in (None, 2):
+            conn.execute("INSERT INTO generation_runs (base_model_id, adapter_model_id, split_id, part, tasks, "
+                         "quantization) VALUES (1, ?, 1, 'test', '[\"regimen\"]', 'none')", (adapter,))
+        conn.executemany("INSERT INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
+                         "prompt_tokens, output_tokens, seconds) VALUES (?, ?, 'regimen', 't1', 'x', 'x', 5, 3, 0.1)",
+                         [(1, "P3"), (2, "P3"), (1, "P2"), (2, "P2")])
+        conn.execute("INSERT INTO reviewers (name, role, code_hash, code_salt) VALUES ('dr a', 'reviewer', x'00', x'01')")
+        conn.execute("INSERT INTO studies (name, run_1_id, run_2_id, seed, created_by) VALUES ('s', 1, 2, 0, 1)")
+        conn.execute("INSERT INTO assignments (study_id, reviewer_id, case_id, position, run_a_id, run_b_id) "
+                     "VALUES (1, 1, 'P3', 1, 2, 1)")
+        conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, reviewer_id) "
+                     "VALUES (1, 1, 1, 0, 1)")
+        conn.execute("INSERT INTO audit_log (actor, action, entity, entity_id) VALUES ('dr a', 'rate', 'assignment', '1')")
+
+
+def _columns(conn):
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {t: [c["name"] for c in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+
+def _rows(conn, columns):
+    """Every row of every table in `columns`, as a multiset of those columns per table."""
+    return {t: Counter(tuple(r) for r in conn.execute(f"SELECT {', '.join(cols)} FROM {t}"))
+            for t, cols in columns.items()}
+
+
+def _all_kept(conn, columns, before):
+    """Every row of `before` is still there, and only schema_migrations has gained rows."""
+    after = _rows(conn, columns)
+    assert {t: before[t] - after[t] for t in before} == {t: Counter() for t in before}
+    assert {t: rows for t, rows in after.items() if t != "schema_migrations"} == {
+        t: rows for t, rows in before.items() if t != "schema_migrations"}
+
+
+def _older_populated_database(db_path, monkeypatch, step):
+    """A populated database one version behind, with `step` registered to bring it up to date;
+    returns its columns and rows."""
+    with db.opened(db_path) as conn:
+        _populate(conn)
+        columns = _columns(conn)
+        rows = _rows(conn, columns)
+    target = db.SCHEMA_VERSION + 1
+    monkeypatch.setattr(db, "SCHEMA_VERSION", target)
+    monkeypatch.setattr(db, "MIGRATIONS", {target: step})
+    return columns, rows
+
+
+def _add_note_by_rebuilding(store):
+    """A column with a default, given by a rebuild: `ALTER TABLE` cannot add one to an existing column."""
+    for table in REBUILT:
+        store[table].add_column("note", str)
+        store[table].transform(defaults={"note": ""})
+
+
+def test_a_migration_that_rebuilds_parent_tables_keeps_every_row(db_path, monkeypatch):
+    columns, before = _older_populated_database(db_path, monkeypatch, _add_note_by_rebuilding)
+    assert all(before.values()), "every table holds rows"
+    with db.opened(db_path) as conn:
+        _all_kept(conn, columns, before)
+        for table in REBUILT:
+            note = next(c for c in conn.execute(f"PRAGMA table_info({table})") if c["name"] == "note")
+            assert note["dflt_value"] == "''", f"{table} was rebuilt"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION
+        # What the rebuild drops, the schema file applied after the steps puts back.
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'training_runs_status'").fetchone()
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            conn.execute("INSERT INTO generations (run_id, case_id, task, template_id, raw_text, prompt_tokens, "
+                         "output_tokens, seconds) VALUES (99, 'P1', 'regimen', 't1', 'x', 1, 1, 0)")
+
+
+def _rebuild_training_runs_by_hand(store):
+    """The statements `transform()` runs (create, copy, drop, rename), run as they are."""
+    for sql in store["training_runs"].transform_sql(defaults={"output_dir": "/runs"}):
+        store.execute(sql)
+
+
+def test_a_rebuild_with_foreign_keys_on_loses_the_child_rows_and_the_runner_prevents_it(tmp_path, monkeypatch):
+    # The danger: in a transaction with foreign keys on, dropping the old table cascade-deletes the
+    # children, and the commit succeeds.
+    with db.opened(tmp_path / "naive.db") as conn:
+        _populate(conn)
+        with db.transaction(conn):
+            _rebuild_training_runs_by_hand(sqlite_utils.Database(conn))
+        assert conn.execute("SELECT count(*) FROM training_runs").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM training_metrics").fetchone()[0] == 0
+        # sqlite-utils refuses such a transform() rather than do the same.
+        with pytest.raises(TransactionError, match="generations"), db.transaction(conn):
+            sqlite_utils.Database(conn)["generation_runs"].transform(defaults={"quantization": "none"})
+    # The same statements as a migration step keep every metric.
+    columns, before = _older_populated_database(tmp_path / "migrated.db", monkeypatch, _rebuild_training_runs_by_hand)
+    with db.opened(tmp_path / "migrated.db") as conn:
+        _all_kept(conn, columns, before)
+        assert conn.execute("SELECT count(*) FROM training_metrics").fetchone()[0] == 2
+
+
+def _orphan_the_split(store):
+    """Rebuilds generation_runs, then deletes the split that runs and split cases refer to."""
+    store["generation_runs"].transform(defaults={"quantization": "none"})
+    store["splits"].delete_where("split_id = 1")
+
+
+def test_a_migration_that_leaves_a_broken_foreign_key_is_rolled_back(db_path, monkeypatch):
+    columns, before = _older_populated_database(db_path, monkeypatch, _orphan_the_split)
+    old_version = db.SCHEMA_VERSION - 1
+    file_before = db_path.read_bytes()
+    with pytest.raises(db.SchemaError, match=r"training_runs \(1 row\(s\), rowid 1\) -> missing splits") as failure:
+        db.connect(db_path)
+    assert "split_cases (3 row(s)) -> missing splits" in str(failure.value)
+    assert "generation_runs (2 row(s), rowid 1, 2) -> missing splits" in str(failure.value)
+    assert db_path.read_bytes() == file_before
+    monkeypatch.setattr(db, "SCHEMA_VERSION", old_version)
+    with db.opened(db_path) as conn:
+        assert _rows(conn, columns) == before
+        assert "DEFAULT 'none'" not in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'generation_runs'").fetchone()[0]
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == old_version
+
+
+def test_a_failing_step_is_named_and_rolled_back(db_path, monkeypatch):
+    def rename_a_missing_column(store):
+        store["cases"].add_column("cohort", str)
+        store.execute("ALTER TABLE cases RENAME COLUMN nonexistent TO other")
+
+    columns, before = _older_populated_database(db_path, monkeypatch, rename_a_missing_column)
+    with pytest.raises(db.SchemaError, match=f"migration to schema version {db.SCHEMA_VERSION} failed"):
+        db.connect(db_path)
+    monkeypatch.setattr(db, "SCHEMA_VERSION", db.SCHEMA_VERSION - 1)
+    with db.opened(db_path) as conn:
+        assert "cohort" not in {c["name"] for c in conn.execute("PRAGMA table_info(cases)")}
+        assert _rows(conn, columns) == before
+
+
+def test_a_database_at_the_current_version_opens_without_running_a_step(db_path, tmp_path, monkeypatch):
+    def must_not_run(store):
+        raise AssertionError("a step ran")
+
+    with db.opened(db_path) as conn:
+        _populate(conn)
+        columns = _columns(conn)
+        before = _rows(conn, columns)
+    monkeypatch.setattr(db, "MIGRATIONS", {v: must_not_run for v in range(1, db.SCHEMA_VERSION + 1)})
+    file_before = db_path.read_bytes()
+    with db.opened(db_path) as conn:
+        assert _rows(conn, columns) == before
+    assert db_path.read_bytes() == file_before
+    # Nor does a new database: it is created from the schema file.
+    with db.opened(tmp_path / "new.db") as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION
+
+
+def test_many_threads_opening_an_older_database_at_once_migrate_it_once(db_path, monkeypatch):
+    runs = []
+
+    def counted_rebuild(store):
+        runs.append(1)
+        _add_note_by_rebuilding(store)
+
+    columns, before = _older_populated_database(db_path, monkeypatch, counted_rebuild)
+    errors = []
+
+    def open_and_read():
+        try:
+            with db.opened(db_path) as conn:
+                conn.execute("SELECT count(*) FROM training_metrics").fetchone()
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_and_read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert runs == [1]
+    with db.opened(db_path) as conn:
+        _all_kept(conn, columns, before)
