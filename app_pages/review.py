@@ -153,9 +153,17 @@ def save(rating: review.Rating) -> None:
     except (review.ReviewError, auth.AccessDenied) as exc:
         st.session_state["review-notice"] = ("error", str(exc))
     else:
-        what = ("Kept" if saved.duplicate else "Flagged" if rating.unratable
-                else "Saved" if saved.revision == 1 else "Revised")
-        st.session_state["review-notice"] = ("success", f"{what} case {item.position}.")
+        # Ctrl+Enter in the comment box submits the form twice (the text area and the button's
+        # shortcut): the repeat adds no row and must not turn "Saved" into "Kept".
+        last_id, last_notice = st.session_state.get("review-last-saved", (None, None))
+        if saved.duplicate and saved.rating_id == last_id:
+            notice = last_notice
+        else:
+            what = ("Kept" if saved.duplicate else "Flagged" if rating.unratable
+                    else "Saved" if saved.revision == 1 else "Revised")
+            notice = f"{what} case {item.position}."
+        st.session_state["review-last-saved"] = (saved.rating_id, notice)
+        st.session_state["review-notice"] = ("success", notice)
         go_to(None)
     st.rerun()
 
