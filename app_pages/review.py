@@ -155,14 +155,13 @@ def save(rating: review.Rating) -> None:
     else:
         # Ctrl+Enter in the comment box submits the form twice (the text area and the button's
         # shortcut): the repeat adds no row and must not turn "Saved" into "Kept".
-        last_id, last_notice = st.session_state.get("review-last-saved", (None, None))
-        if saved.duplicate and saved.rating_id == last_id:
-            notice = last_notice
+        if saved.duplicate and saved.rating_id == st.session_state.get("review-last-saved"):
+            notice = st.session_state["review-last-notice"]
         else:
             what = ("Kept" if saved.duplicate else "Flagged" if rating.unratable
                     else "Saved" if saved.revision == 1 else "Revised")
             notice = f"{what} case {item.position}."
-        st.session_state["review-last-saved"] = (saved.rating_id, notice)
+        st.session_state["review-last-saved"], st.session_state["review-last-notice"] = saved.rating_id, notice
         st.session_state["review-notice"] = ("success", notice)
         go_to(None)
     st.rerun()
