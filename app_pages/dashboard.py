@@ -85,7 +85,7 @@ def show_reviews(reviews: dashboard.Reviews | None) -> None:
         st.dataframe(report.acceptability_tests_table(reviews.acceptability),
                      column_config={"value": st.column_config.NumberColumn(format="%.3g")})
         st.bar_chart(table[["share"]], horizontal=True, height=140)
-        st.caption("Inter-rater agreement on acceptability")
+        st.caption("Inter-rater agreement on acceptability, per model and pooled, with the items behind each")
         st.dataframe(report.agreement_table(reviews.agreement))
     st.caption("Review progress per reviewer (whole study)")
     st.dataframe(reviews.progress,
@@ -107,6 +107,9 @@ def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id
     if view.report is None:
         st.warning(view.message)
     else:
+        st.caption("Primary endpoints: one per task, p-values Holm-adjusted across them")
+        st.dataframe(report.primary_table(view.primary),
+                     column_config={p: st.column_config.NumberColumn(format="%.3g") for p in ("p", "p (Holm)")})
         tasks = list(view.report["tasks"])
         for tab, task in zip(st.tabs([report.TASK_NAMES[t] for t in tasks]), tasks):
             with tab:
@@ -121,9 +124,15 @@ def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id
     right.download_button("Report (HTML)", lambda: report.html_report(view), file_name=f"{name}-report.html",
                           mime="text/html", on_click="ignore")
     with st.expander("Methods: which tests and settings made each figure"):
+        st.markdown("**For the paper** (copy with the button at the right):")
+        st.code(view.methods_text, language=None, wrap_lines=True)
+        if view.reviews is not None and view.reviews.order_checks is not None:
+            st.markdown("**Position and order checks** (not run in the paper)")
+            st.dataframe(report.order_checks_table(view.reviews.order_checks),
+                         column_config={"share": st.column_config.NumberColumn(format="%.3f")})
         for figure, text in view.methods.items():
             st.markdown(f"**{figure}.** {text}")
-        notes = [*(view.report["notes"] if view.report else []),
+        notes = [*view.run_notes, *(view.report["notes"] if view.report else []),
                  *(view.reviews.notes if view.reviews else [])]
         if notes:
             st.markdown("**Notes.**\n" + "\n".join(f"- {note}" for note in notes))

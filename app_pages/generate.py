@@ -40,10 +40,14 @@ quantization = right.selectbox("Quantization", models.QUANTIZATIONS,
                                help="auto: bf16 on a GPU with room for it, else nf4; fp32 for small models on the CPU")
 batch_size = left.number_input("Batch size", 1, 512, 32)
 device = right.selectbox("Device", models.DEVICES)
+prompt_format = left.selectbox("Prompt format", ["auto", *prompts.PROMPT_FORMATS],
+                               help="chat: the model's chat template; plain: the '### Patient' layout. auto: the "
+                                    "adapter's own, else chat for an instruction-tuned model with a chat template.")
 submitted = st.button("Start generation", type="primary")
 
 args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
-        "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size)]
+        "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size),
+        "--prompt-format", prompt_format]
 if adapter:
     args += ["--adapter", str(adapter)]
 st.caption("Command line equivalent")
@@ -70,6 +74,7 @@ def runs_table():
     table = pd.DataFrame([{
         "run": r["run_id"], "status": r["status"], "model": r["base_path"].rsplit("/", 1)[-1],
         "adapter": (r["adapter_path"] or "").rsplit("/", 1)[-1] or "(base)", "split": f"{r['split_name']}/{r['part']}",
+        "format": r["prompt_format"] or "",
         "outputs": f"{r['done']:,} / {r['total']:,}", "quantization": r["quantization"],
         "started": r["created_at"], "error": r["error"] or ""} for r in runs])
     st.dataframe(table, hide_index=True)

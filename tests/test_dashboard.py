@@ -42,7 +42,7 @@ def add_run(conn, model: str, tasks=TASKS, part: str = "test") -> int:
     """An empty generation run of the base model, or of its adapter; its id."""
     base_id = register_model(conn, "/models/base", "base")
     adapter_id = register_model(conn, "/models/adapter", "adapter", base_id) if model == "finetuned" else None
-    run_id, _ = get_or_create_run(conn, base_id, adapter_id, 1, part, list(tasks), "fp32", {})
+    run_id, _ = get_or_create_run(conn, base_id, adapter_id, 1, part, list(tasks), "fp32", {}, "plain")
     return run_id
 
 

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 from rouge_score import rouge_scorer
-from scipy.stats import wilcoxon
+from scipy.stats import binomtest, wilcoxon
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from rocore.evaluation.outputs import OUTPUT_COLUMNS, EvaluationInputError, read_outputs_file
-from rocore.evaluation.pipeline import evaluate_outputs, evaluate_scores, score_outputs
+from rocore.evaluation.pipeline import (
+    evaluate_outputs,
+    evaluate_scores,
+    methods_text,
+    primary_endpoints,
+    score_outputs,
+)
 from rocore.evaluation.report import text_report
 
 MODALITY = [  # case, gold, base, finetuned
@@ -113,17 +121,71 @@ def test_modality_figures_are_the_libraries(report):
     assert paired["difference"]["accuracy"]["mean"] == np.mean(finetuned) - np.mean(base)
     low, high = paired["difference"]["accuracy"]["ci95"]["bootstrap"]
     assert low <= paired["difference"]["accuracy"]["mean"] <= high
+    finetuned_only = sum(f and not b for f, b in zip(finetuned, base))
+    base_only = sum(b and not f for f, b in zip(finetuned, base))
+    sign = binomtest(finetuned_only, finetuned_only + base_only, alternative="greater").pvalue
+    assert paired["sign_test_p_one_sided"] == paired["exact_tests"]["accuracy"]["sign_test_p_one_sided"] == sign
+    assert paired["exact_tests"]["accuracy"]["mcnemar_exact_p_two_sided"] == paired["mcnemar_exact_p"]
+    low, high = paired["difference"]["accuracy"]["ci95"]["newcombe"]
+    assert low <= paired["difference"]["accuracy"]["mean"] <= high
+
+
+def test_six_against_one():
+    """6 cases only the fine-tuned model gets right, 1 only the base: the exact tests, not Wilcoxon's 0.029."""
+    rows = ([(f"a{i}", "photon", "proton", "photon") for i in range(6)] + [("b", "photon", "photon", "proton")]
+            + [(f"c{i}", "photon", "photon", "photon") for i in range(13)])
+    paired = evaluate_outputs(frame({"modality": rows}))["tasks"]["modality"]["paired"]
+    assert paired["sign_test_p_one_sided"] == pytest.approx(0.0625)
+    assert paired["sign_test_p_one_sided"] == binomtest(6, 7, alternative="greater").pvalue
+    assert paired["mcnemar_exact_p"] == pytest.approx(0.125) == mcnemar([[13, 1], [6, 0]], exact=True).pvalue
+    assert paired["exact_tests"]["accuracy"]["table"] == {"both_right": 13, "base_only_right": 1,
+                                                          "finetuned_only_right": 6, "both_wrong": 0}
+    # The normal-approximation Wilcoxon of the paper (20 cases: scipy's method='auto' is asymptotic).
+    assert paired["wilcoxon_p_one_sided"] == pytest.approx(0.0294, abs=1e-4)
+    assert paired["wilcoxon_role"] == "the paper's replication figure"
+
+
+def test_primary_endpoints_are_holm_adjusted(report):
+    primary = primary_endpoints(report)
+    endpoints = primary["endpoints"]
+    assert {task: e["metric"] for task, e in endpoints.items()} == {
+        "regimen": "rouge1_f", "modality": "accuracy", "icd10": "accuracy"}
+    raw = [report["tasks"]["regimen"]["paired"]["wilcoxon_p_one_sided"],
+           report["tasks"]["modality"]["paired"]["sign_test_p_one_sided"],
+           report["tasks"]["icd10"]["paired"]["sign_test_p_one_sided"]]
+    assert [e["p"] for e in endpoints.values()] == raw
+    assert [e["p_holm"] for e in endpoints.values()] == list(multipletests(raw, method="holm")[1])
+    acceptability = {"paired": {"sign_test_p_one_sided": 0.01}}
+    with_ratings = primary_endpoints(report, acceptability)["endpoints"]["regimen"]
+    assert (with_ratings["metric"], with_ratings["p"]) == ("acceptability", 0.01)
+    declared = primary_endpoints(report, declared={"regimen": "schedule_match"})["endpoints"]["regimen"]
+    assert declared["p"] == report["tasks"]["regimen"]["paired"]["exact_tests"]["schedule_match"][
+        "sign_test_p_one_sided"]
+    with pytest.raises(ValueError, match="cannot be a primary endpoint"):
+        primary_endpoints(report, declared={"icd10": "valid_rate"})
+
+
+def test_methods_paragraph_names_the_methods_and_versions(report):
+    text = methods_text(report, primary_endpoints(report), {"paired": {}})
+    for phrase in ("Wilson", "Newcombe", "exact sign test", "McNemar", "Holm", "bootstrap", "Fleiss",
+                   "Krippendorff", "replicate Wang et al."):
+        assert phrase in text
+    for package in ("scipy", "statsmodels", "scikit-learn"):
+        assert f"{package} {importlib.metadata.version(package)}" in text
+    assert "\n" not in text
 
 
 def test_icd10_figures(report):
     gold = ["C50.412", "C61", "C34.11", "C71.9", "C20", "C61"]
     base_codes = ["C50.411", "C61", "C34", "other", "C99.9", "C67.9"]
     finetuned_codes = ["C50.412", "C61", "C34.12", "C71.9", "C20", "C61"]
-    labels = sorted(set(gold))
+    # Macro averages over the codes present in the gold answers or either model's outputs.
+    labels = sorted((set(gold) | set(base_codes) | set(finetuned_codes)) - {"other"})
     task = report["tasks"]["icd10"]
     for model, predicted in (("base", base_codes), ("finetuned", finetuned_codes)):
         expected = precision_recall_fscore_support(gold, predicted, labels=labels, average="macro",
                                                    zero_division=0)
+        assert task[model]["classes_averaged"] == labels and task[model]["absent_classes"] == []
         assert [task[model][f"{m}_macro"] for m in ("precision", "recall", "f1")] == list(expected[:3])
         assert task[model]["accuracy"] == accuracy_score(gold, predicted)
     assert task["base"]["accuracy_category"] == 3 / 6
@@ -168,8 +230,19 @@ def test_missing_outputs_leave_the_case_out_and_are_counted():
     assert paired["n_pairs"] == 8
     assert paired["n_dropped"] == {"no_base_output": 1, "no_finetuned_output": 1}
     assert result["tasks"]["modality"]["base"]["n"] == 8
-    assert result["notes"] == ["modality: 1 case(s) without a base output left out",
-                               "modality: 1 case(s) without a fine-tuned output left out"]
+    assert paired["dropped_cases"] == {"no_base_output": ["m9"], "no_finetuned_output": ["m10"]}
+    assert result["notes"] == ["modality: 1 case(s) without a base output (no output row) left out: m9",
+                               "modality: 1 case(s) without a fine-tuned output (no output row) left out: m10"]
+
+
+def test_an_empty_output_is_a_wrong_answer_not_a_missing_one():
+    rows = [*MODALITY, ("m9", "photon", "", "photon"), ("m10", "proton", "   ", "proton")]
+    result = evaluate_outputs(frame({"modality": rows}))
+    task = result["tasks"]["modality"]
+    assert task["paired"]["n_pairs"] == 10 and task["paired"]["n_dropped"] == {
+        "no_base_output": 0, "no_finetuned_output": 0}
+    assert task["base"]["accuracy"] == accuracy_score(MODALITY_GOLD + ["photon", "proton"],
+                                                      MODALITY_BASE + ["other", "other"])
 
 
 def test_identical_outputs_give_p_one_with_a_note():
@@ -183,12 +256,18 @@ def test_identical_outputs_give_p_one_with_a_note():
 
 
 def test_one_class_only():
+    """The filtered macro-F1 example: a perfect model shown on photon cases only has macro-F1 1.0."""
     rows = [(f"c{i}", "photon", "photon", "photon") for i in range(4)]
     result = evaluate_outputs(frame({"modality": rows}))
-    assert result["tasks"]["modality"]["finetuned"]["accuracy"] == 1.0
-    assert result["tasks"]["modality"]["finetuned"]["f1_macro"] == 0.25
-    assert any("no gold case is proton, electron, brachytherapy" in note for note in result["notes"])
-    assert result["tasks"]["modality"]["finetuned"]["ci95"]["accuracy"]["bootstrap"] == [1.0, 1.0]
+    finetuned = result["tasks"]["modality"]["finetuned"]
+    assert finetuned["accuracy"] == 1.0
+    assert finetuned["f1_macro"] == 1.0 == precision_recall_fscore_support(
+        ["photon"] * 4, ["photon"] * 4, average="macro", zero_division=0)[2]
+    assert finetuned["classes_averaged"] == ["photon"]
+    assert finetuned["absent_classes"] == ["proton", "electron", "brachytherapy"]
+    assert any("proton, electron, brachytherapy are in neither" in note for note in result["notes"])
+    assert finetuned["ci95"]["accuracy"]["bootstrap"] == [1.0, 1.0]
+    assert finetuned["ci95"]["f1_macro"]["bootstrap"] == [1.0, 1.0]
     json.dumps(result, allow_nan=False)
 
 
@@ -248,13 +327,15 @@ def test_read_outputs_file(tmp_path):
                            "P1,ICD10,C61,,C61\n"
                            'P1,regimen,"60 Gy in 20 fractions, IMRT",70 Gy/35,60 Gy/20\n'
                            "P2, icd10 ,c20,C20,C20\n")
-    outputs = read_outputs_file(path)
+    outputs = read_outputs_file(path, extracted=True)
     assert outputs.columns.tolist() == list(OUTPUT_COLUMNS)
     assert outputs["task"].tolist() == ["modality", "icd10", "regimen", "icd10"]
-    assert outputs["base"].tolist() == ["Photons", None, "70 Gy/35", "C20"]
+    assert outputs["base"].tolist() == ["Photons", "", "70 Gy/35", "C20"]
     assert outputs.loc[2, "gold"] == "60 Gy in 20 fractions, IMRT"
     result = evaluate_outputs(outputs)
-    assert result["tasks"]["icd10"]["paired"]["n_dropped"] == {"no_base_output": 1, "no_finetuned_output": 0}
+    icd10 = result["tasks"]["icd10"]
+    assert icd10["paired"]["n_dropped"] == {"no_base_output": 0, "no_finetuned_output": 0}
+    assert icd10["base"]["accuracy"] == 1 / 2, "the empty cell is an empty output: a wrong answer"
 
 
 def test_read_outputs_file_locates_bad_values(tmp_path):
@@ -297,7 +378,9 @@ def test_read_outputs_file_reports_ragged_rows(tmp_path):
 def test_format_tables(report):
     text = text_report(report)
     assert "== modality: 8 paired cases ==" in text
-    assert "exact McNemar: p = " in text and "Wilcoxon one-sided (rouge1_f, fine-tuned > base)" in text
+    assert "accuracy: exact sign test one-sided p = " in text and "exact McNemar two-sided p = " in text
+    assert "Wilcoxon one-sided (rouge1_f, fine-tuned > base)" in text
+    assert "Wilcoxon one-sided (accuracy, paper's replication figure)" in text
     assert "confusion matrix, finetuned (rows gold, columns output):" in text
     notes = text_report(evaluate_outputs(frame({"modality": MODALITY[:1]})))
     assert "\nnotes:\n- modality: " in notes

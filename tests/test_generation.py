@@ -8,7 +8,7 @@ from rocore.store.db import opened
 from rocore.generation.runs import decoding_settings, generate_batch, get_or_create_run, pending_items, run_generation
 from rocore.store.registry import register_model
 from rocore.model.loading import attach_adapter, load_model
-from rocore.model.prompts import TASKS, TEMPLATE_IDS, build_prompt
+from rocore.model.prompts import TASKS, build_prompt, template_id
 from rocore.data.splits import split_case_ids
 
 DECODING = decoding_settings({"regimen": 10, "modality": 4, "icd10": 4})
@@ -25,11 +25,12 @@ def new_run(db_path, split_id, model, adapter_dir=None, decoding=DECODING):
     with opened(db_path) as conn:
         base_id = register_model(conn, model.path, "base")
         adapter_id = register_model(conn, adapter_dir, "adapter", base_id) if adapter_dir else None
-        return get_or_create_run(conn, base_id, adapter_id, split_id, "test", list(TASKS), model.quantization, decoding)
+        return get_or_create_run(conn, base_id, adapter_id, split_id, "test", list(TASKS), model.quantization, decoding,
+                                 "plain")
 
 
 def test_batched_generation_equals_one_by_one_for_greedy(loaded, synthetic_cases):
-    prompts = [build_prompt(loaded.tokenizer, "regimen", c["diagnosis"]) for c in synthetic_cases[:6]]
+    prompts = [build_prompt(loaded.tokenizer, "regimen", c["diagnosis"], "plain") for c in synthetic_cases[:6]]
     for adapter in (None, "finetuned"):
         batched = generate_batch(loaded, prompts, 12, adapter)
         single = [generate_batch(loaded, [p], 12, adapter)[0] for p in prompts]
@@ -48,7 +49,7 @@ def test_a_run_stores_every_case_and_task_with_its_details(split_db, loaded):
         run = conn.execute("SELECT * FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
     assert len(rows) == len(test_ids) * 3 == final.done == final.total
     assert {(r["case_id"], r["task"]) for r in rows} == {(c, t) for c in test_ids for t in TASKS}
-    assert all(r["template_id"] == TEMPLATE_IDS[r["task"]] and r["prompt_tokens"] > 20 and
+    assert all(r["template_id"] == template_id(loaded.tokenizer, r["task"], "plain") and r["prompt_tokens"] > 20 and
                0 < r["output_tokens"] <= json.loads(run["decoding"])["max_new_tokens"][r["task"]] and
                r["seconds"] > 0 for r in rows)
     assert run["status"] == "finished" and run["finished_at"]

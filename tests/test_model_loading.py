@@ -15,7 +15,7 @@ PROMPTS = ["### Task: modality\n### Patient: prostate cancer\n### Answer:", "###
 
 
 def greedy(loaded, adapter=None, n=8):
-    return [text for text, _, _ in generate_batch(loaded, PROMPTS, n, adapter)]
+    return [text for text, _, _, _ in generate_batch(loaded, PROMPTS, n, adapter)]
 
 
 def test_nf4_loads_4bit_layers_and_generates(tiny_model_dir):
@@ -27,7 +27,7 @@ def test_nf4_loads_4bit_layers_and_generates(tiny_model_dir):
     quant = loaded.model.config.quantization_config
     assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
     outputs = generate_batch(loaded, PROMPTS, 6, None)
-    assert all(0 < new <= 6 for _, _, new in outputs)
+    assert all(0 < new <= 6 for _, _, new, _ in outputs)
 
 
 def test_fp32_and_auto_on_the_cpu(tiny_model_dir):

@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 from test_review_studies import RUN_1, RUN_2, make_review_db
 
 from rocore.review import auth
+from rocore.review import studies as review
 from rocore.store.db import opened
 
 PAGE = str(ROOT / "app_pages" / "admin.py")
@@ -46,7 +47,8 @@ def test_a_forged_session_role_is_refused_by_rocore(info):
 
 def test_create_a_study_from_the_form(info, db_path):
     at = open_page(info)
-    assert at.expander[0].label == "Prostate pilot: 0 of 24 ratings done"
+    assert at.expander[0].label == "Plan the study size before creating it"
+    assert at.expander[1].label == "Prostate pilot: 0 of 24 ratings done"
     runs = [s for s in at.selectbox if s.label.startswith("Run")]
     assert [s.value for s in runs] == [RUN_1, RUN_2], "base run first, fine-tuned second by default"
     at.text_input(key="study-name").set_value("Second look")
@@ -59,7 +61,8 @@ def test_create_a_study_from_the_form(info, db_path):
     at.run()
     assert not at.exception
     assert at.success[0].value.startswith("Created study 'Second look'")
-    assert at.expander[0].label == "Second look: 0 of 5 ratings done"
+    assert at.expander[1].label == "Second look: 0 of 5 ratings done"
+    assert any("3 reviewers per case is the usual choice" in i.value for i in at.info)
     with opened(db_path) as conn:
         study = conn.execute("SELECT * FROM studies WHERE name = 'Second look'").fetchone()
         assert (study["sample_n"], study["seed"], study["overlap"]) == (5, 42, 1)
@@ -115,3 +118,19 @@ def test_audit_log_and_progress(info, db_path):
     assert {"create-study", "add-user", "create-first-admin"} <= set(audit["action"])
     progress = at.dataframe[0].value
     assert list(progress["reviewer"]) == ["ada", "ben", "cleo"] and list(progress["assigned"]) == [8, 8, 8]
+
+
+def test_the_study_size_is_planned_before_creating(info):
+    at = open_page(info)
+    plan = at.expander[0]
+    assert plan.label == "Plan the study size before creating it"
+    cases = next(m for m in at.metric if m.label == "Cases needed")
+    expected = review.plan_study(0.5, 0.7, overlap=3)
+    assert cases.value == f"{expected['cases']:,}"
+    assert any(f"{expected['ratings']:,} ratings with 3 reviewers per case" in c.value for c in at.caption)
+    next(n for n in at.number_input if n.key == "plan-overlap").set_value(2)
+    at.run()
+    assert any("odd number" in i.value for i in at.info)
+    next(n for n in at.number_input if n.key == "plan-finetuned").set_value(0.5)
+    at.run()
+    assert "must differ" in at.warning[0].value

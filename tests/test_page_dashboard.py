@@ -49,18 +49,28 @@ def test_the_figures_are_the_evaluation_report(page_for, runs):
         task_report = report["tasks"][task]
         for model in ("base", "finetuned"):
             assert shown.loc["accuracy", MODEL_NAMES[model]] == task_report[model]["accuracy"]
-            low, high = task_report[model]["ci95"]["accuracy"]["bootstrap"]
+            low, high = task_report[model]["ci95"]["accuracy"]["wilson"]
             assert shown.loc["accuracy", f"{MODEL_NAMES[model]} 95% CI"] == f"[{low:.3f}, {high:.3f}]"
-        assert test["p"].iloc[0] == task_report["paired"]["wilcoxon_p_one_sided"]
+        low, high = task_report["paired"]["difference"]["accuracy"]["ci95"]["newcombe"]
+        assert shown.loc["accuracy", "difference 95% CI"] == f"[{low:.3f}, {high:.3f}]"
+        accuracy = test[(test["on"] == "accuracy") & ~test.index.str.startswith("Wilcoxon")]
+        exact = task_report["paired"]["exact_tests"]["accuracy"]
+        assert accuracy["p"].tolist() == [exact["sign_test_p_one_sided"], exact["mcnemar_exact_p_two_sided"]]
+        assert test["p"].iloc[-1] == task_report["paired"]["wilcoxon_p_one_sided"]
     regimen, modality = report["tasks"]["regimen"], report["tasks"]["modality"]
     assert metrics[0].loc["rouge1_f", "difference"] == regimen["paired"]["difference"]["rouge1_f"]["mean"]
-    assert tests[1].loc["McNemar exact, two-sided", "p"] == modality["paired"]["mcnemar_exact_p"]
+    low, high = regimen["base"]["ci95"]["rouge1_f"]["bootstrap"]
+    assert metrics[0].loc["rouge1_f", "base 95% CI"] == f"[{low:.3f}, {high:.3f}]"
+    assert tests[1].loc["exact McNemar, two-sided", "p"] == modality["paired"]["mcnemar_exact_p"]
+    primary = next(table(at, "p (Holm)"))
+    assert primary["endpoint"].tolist() == ["rouge1_f", "accuracy", "accuracy"]
     confusion = next(table(at, "gold"))
     assert confusion.to_numpy().tolist() == modality["base"]["confusion_matrix"]["matrix"]
     assert "No ratings yet" in at.info[0].value
     buttons = [button.label for button in at.get("download_button")]
     assert buttons == ["Per-case results (CSV)", "Report (HTML)"]
-    assert "One-sided Wilcoxon" in at.expander[0].markdown[1].value
+    assert any("Holm" in m.value for m in at.expander[0].markdown)
+    assert "Newcombe" in at.expander[0].code[0].value and "Holm" in at.expander[0].code[0].value
 
 
 def test_filters_change_the_cases(page_for, runs):
@@ -97,9 +107,10 @@ def test_acceptability_follows_the_ratings(page_for, runs):
             rate(conn, study_id, "ben", case_id, 0, i % 5 != 0)
     at.run()
     shares = next(table(at, "Wilson 95% CI"))
-    assert shares.loc["fine-tuned", "acceptable"] == sum(i % 5 != 0 for i in range(len(cases)))
+    assert shares.loc["fine-tuned", "acceptable cases"] == sum(i % 5 != 0 for i in range(len(cases)))
     assert shares.loc["base", "share"] == 0.0 and shares.loc["fine-tuned", "cases"] == len(cases)
     progress = next(table(at, "reviewer"))
     assert progress["rated"].tolist() == [len(cases), len(cases)]
-    agreement = next(table(at, "Cohen's kappa"))
-    assert agreement.loc["Cohen's kappa", "value"] == 1.0
+    agreement = next(table(at, "Fleiss' kappa"))
+    assert agreement.loc["Cohen's kappa ana & ben", "fine-tuned"] == 1.0
+    assert agreement.loc["items with k ratings", "pooled"] == 2 * len(cases)

@@ -4,6 +4,8 @@ library and through `python -m rocore evaluate --csv --html`."""
 from __future__ import annotations
 
 import csv
+import html
+import importlib.metadata
 import io
 import json
 import re
@@ -15,9 +17,23 @@ import pytest
 from conftest import ROOT
 from test_dashboard import add_study, cases_of, make_runs, rate
 
-from rocore.evaluation.dashboard import compute, from_outputs, ScoreCache
+from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
+from rocore.evaluation.pipeline import MODEL_NAMES
+from rocore.evaluation.report import (
+    TASK_NAMES,
+    acceptability_table,
+    acceptability_tests_table,
+    agreement_table,
+    bar_chart_svg,
+    html_report,
+    json_figures,
+    metric_table,
+    neutralise,
+    order_checks_table,
+    per_case_csv,
+    primary_table,
+)
 from rocore.store.db import opened
-from rocore.evaluation.report import TASK_NAMES, bar_chart_svg, html_report, metric_table, neutralise, per_case_csv
 
 OUTPUTS = pd.DataFrame(
     [("c1", "regimen", "60 Gy in 20 fractions", "=HYPERLINK(\"x\")", "60 Gy in 20 fractions"),
@@ -131,4 +147,42 @@ def test_cli_writes_the_report_of_stored_runs_with_their_ratings(rated_view, spl
     result = rocore("evaluate", "--db", db_path, "--html", tmp_path / "report.html")
     assert result.returncode == 0, result.stderr
     assert "== modality:" in result.stdout
+    assert "== clinical acceptability: study acceptability ==" in result.stdout and "Holm" in result.stdout
     assert "Share judged acceptable" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_review_tables_state_primary_and_secondary_figures(rated_view):
+    view, _ = rated_view
+    reviews = view.reviews
+    shares = acceptability_table(reviews.acceptability)
+    for model in ("base", "finetuned"):
+        level = reviews.acceptability["rating_level"][model]
+        assert shares.loc[MODEL_NAMES[model], "share"] == reviews.acceptability[model]["share"]
+        assert shares.loc[MODEL_NAMES[model], "share of verdicts"] == level["share"]
+    agreement = agreement_table(reviews.agreement)
+    assert list(agreement.columns) == ["base", "fine-tuned", "pooled"]
+    assert agreement.loc["Fleiss' kappa", "pooled"] == reviews.agreement["fleiss_kappa"]
+    assert agreement.loc["items with k ratings", "fine-tuned"] == reviews.agreement["by_model"]["finetuned"][
+        "n_items_fleiss"]
+    checks = order_checks_table(reviews.order_checks)
+    assert checks.loc["preferences for the output shown as A", "n"] == 0  # these ratings state no preference
+    tests = acceptability_tests_table(reviews.acceptability)
+    assert tests.loc["exact sign test, one-sided (fine-tuned > base): p", "value"] == reviews.acceptability[
+        "paired"]["sign_test_p_one_sided"]
+    primary = primary_table(view.primary)
+    assert primary.loc[TASK_NAMES["regimen"], "endpoint"] == "acceptability"
+    assert primary["p (Holm)"].tolist() == [e["p_holm"] for e in view.primary["endpoints"].values()]
+    page = html_report(view)
+    assert "Primary endpoints" in page and "Position and order checks" in page
+    assert html.escape(view.methods_text) in page
+    assert f"statsmodels {importlib.metadata.version('statsmodels')}" in view.methods_text
+
+
+def test_json_figures_are_the_views(rated_view):
+    view, _ = rated_view
+    figures = json_figures(view)
+    assert list(figures) == ["primary", "methods_text", "review"]
+    assert figures["review"]["acceptability"] is view.reviews.acceptability
+    assert figures["review"]["agreement"]["by_model"]["base"]["n_items"] > 0
+    json.dumps(figures, allow_nan=False)
+    assert json_figures(from_outputs(OUTPUTS, {"file": "outputs.csv"}))["review"] is None

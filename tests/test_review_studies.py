@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HEADER, ROOT, csv_bytes, row
+from statsmodels.stats.proportion import proportion_confint
 
 from rocore.review import auth
 from rocore.review import studies as review
@@ -325,6 +326,9 @@ def test_unblinded_views_translate_sides_back_to_runs(db_path, study):
         assert all(r["preferred_run"] == 2 for r in rows)
         summary = review.study_summary(conn, study["study_id"], actor_id=admin)
         assert summary["runs"][2]["share_acceptable"] == 1.0 and summary["runs"][1]["acceptable"] == 0
+        assert summary["runs"][2]["ci95_wilson"] == list(proportion_confint(4, 4, method="wilson"))
+        assert summary["runs"][2]["share_of_verdicts"] == 1.0 and summary["runs"][1]["share_of_verdicts"] == 0.0
+        assert summary["acceptability"]["primary"] == "per_case_majority"
         assert summary["preferences"] == {1: 0, 2: 4, "none": 0} and summary["flagged"] == 0
         progress = {p["reviewer"]: p for p in review.study_progress(conn, study["study_id"], actor_id=admin)}
         assert progress["ada"]["done"] == 4 and progress["ben"]["done"] == 0
@@ -521,3 +525,24 @@ def test_connections_from_a_real_file_see_each_others_ratings(db_path, study):
     finally:
         first.close()
         second.close()
+
+
+def test_a_study_without_verdicts_has_no_share(db_path, study):
+    with opened(db_path) as conn:
+        summary = review.study_summary(conn, study["study_id"], actor_id=study["admin_id"])
+    assert summary["runs"][1]["share_acceptable"] is None and summary["acceptability"] is None
+
+
+def test_creation_advice_recommends_an_odd_number_of_reviewers_per_case():
+    assert "odd number (3" in review.creation_advice(3, 2)[0]
+    assert "no agreement to measure" in review.creation_advice(3, 1)[0]
+    assert review.creation_advice(3, 3) == []
+    assert "Only 2 reviewer(s)" in review.creation_advice(2, 3)[0]
+
+
+def test_plan_study_is_the_exact_plan_with_the_advice():
+    plan = review.plan_study(0.6, 0.8, overlap=2)
+    assert plan["cases"] == review.plan_paired_study(0.6, 0.8)["cases"]
+    assert plan["ratings"] == 2 * plan["cases"] and len(plan["notes"]) == 1 and "odd" in plan["notes"][0]
+    with pytest.raises(ReviewError, match="Cannot plan"):
+        review.plan_study(0.6, 0.6)

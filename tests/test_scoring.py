@@ -140,3 +140,10 @@ def test_score_task_rejects_unknown_task_and_unequal_lengths():
 def test_empty_input_gives_empty_table():
     assert isinstance(score_regimen([], []), pd.DataFrame)
     assert score_regimen([], []).empty and score_icd10([], []).empty
+
+
+def test_a_modality_that_is_only_ruled_out_does_not_score_as_that_modality():
+    scores = score_modality(["proton", "photon"], ["Not a candidate for protons.",
+                                                   "Protons are not indicated; photon IMRT is preferred."])
+    assert scores["predicted_label"].tolist() == [OTHER, "photon"]
+    assert scores["correct"].tolist() == [0.0, 1.0]

@@ -8,25 +8,35 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import bootstrap, wilcoxon
+from scipy.stats import binomtest, bootstrap, wilcoxon
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
+    f1_score,
     precision_recall_fscore_support,
 )
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from rocore.evaluation.statistics import (
     acceptability,
     classification_metrics,
+    clustered_share,
     compare_means,
     confusion,
+    holm,
+    macro_f1_bootstrap,
     mcnemar_exact,
+    newcombe_paired_interval,
+    paired_binary_power,
     paired_bootstrap,
+    plan_paired_study,
     rater_agreement,
+    resample_counts,
+    share_with_test,
     wilcoxon_greater,
     wilson_interval,
 )
@@ -65,12 +75,36 @@ def test_predictions_outside_the_labels_count_only_against_recall():
     assert result["per_class"]["C61"]["recall"] == 0.5
 
 
-def test_absent_gold_classes_are_noted():
-    result = classification_metrics(["photon"] * 3, ["photon", "photon", "proton"], LABELS)
+def test_macro_averages_cover_the_classes_in_gold_or_output():
+    gold, predicted = ["photon"] * 3, ["photon", "photon", "proton"]
+    result = classification_metrics(gold, predicted, LABELS)
     assert result["per_class"]["electron"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert result["notes"] == [("no gold case is proton, electron, brachytherapy: precision, recall "
-                                "and F1 of those classes are 0 (zero_division=0) and pull the macro "
-                                "averages down")]
+    assert result["classes_averaged"] == ["photon", "proton"]
+    assert result["absent_classes"] == ["electron", "brachytherapy"]
+    assert result["f1_macro"] == f1_score(gold, predicted, average="macro", zero_division=0)
+    assert result["notes"] == [("electron, brachytherapy are in neither the gold answers nor the outputs of "
+                                "these cases: left out of the macro averages")]
+    perfect = classification_metrics(["photon"] * 4, ["photon"] * 4, LABELS)
+    assert perfect["f1_macro"] == 1.0 and perfect["accuracy"] == 1.0
+    other_model = classification_metrics(["photon"] * 4, ["photon"] * 4, LABELS, also_seen=["proton"] * 4)
+    assert other_model["classes_averaged"] == ["photon", "proton"] and other_model["f1_macro"] == 0.5
+
+
+def test_macro_f1_bootstrap_recomputes_sklearn_on_resampled_cases():
+    base = ["photon", "photon", "proton", "proton", "other", "electron", "photon", "photon", "photon", "electron"]
+    result = macro_f1_bootstrap(GOLD, base, PREDICTED, LABELS, resamples=400, seed=3)
+    n = len(GOLD)
+    expected = []
+    rng = np.random.default_rng(3)  # drawn in chunks of 250 resamples, as the function draws them
+    for counts in np.vstack([resample_counts(rng, n, 250), resample_counts(rng, n, 150)]):
+        rows = np.repeat(np.arange(n), counts)
+        gold = [GOLD[i] for i in rows]
+        f1s = [f1_score(gold, [predicted[i] for i in rows], labels=LABELS, average="macro", zero_division=0)
+               for predicted in (base, PREDICTED)]
+        expected.append([*f1s, f1s[1] - f1s[0]])
+    low, high = np.percentile(np.array(expected), [2.5, 97.5], axis=0)
+    for i, name in enumerate(("base", "finetuned", "difference")):
+        assert result[name] == pytest.approx([low[i], high[i]])
 
 
 def test_confusion_is_sklearns():
@@ -175,6 +209,107 @@ def test_mcnemar_is_statsmodels_exact():
                                "both_wrong": 1}
 
 
+def test_six_against_one_exact_sign_test_and_mcnemar():
+    """6 cases only the fine-tuned model got right, 1 only the base: the issue's worked example."""
+    finetuned, base = [1] * 6 + [0] + [1] * 3, [0] * 6 + [1] + [1] * 3
+    result = mcnemar_exact(finetuned, base)
+    assert result["p_one_sided"] == binomtest(6, 7, alternative="greater").pvalue == pytest.approx(0.0625)
+    assert result["p"] == mcnemar([[3, 1], [6, 0]], exact=True).pvalue == pytest.approx(0.125)
+    assert result["n_discordant"] == 7
+    none_discordant = mcnemar_exact([1, 0], [1, 0])
+    assert none_discordant["p"] == none_discordant["p_one_sided"] == 1.0
+
+
+def test_newcombe_paired_interval_matches_the_published_example():
+    """Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017), chapter 8: Cavo et
+    al. (2012), [[59, 6], [16, 80]]: estimate -0.0621, Newcombe square-and-add 95% CI -0.1186 to -0.0046."""
+    low, high = newcombe_paired_interval(59, 6, 16, 80)
+    assert (round(low, 4), round(high, 4)) == (-0.1186, -0.0046)
+    assert newcombe_paired_interval(0, 0, 0, 0) is None
+    low, high = newcombe_paired_interval(10, 0, 0, 0)
+    assert low < 0 < high and -1 <= low and high <= 1
+
+
+def test_compare_means_gives_newcombe_for_the_difference_of_proportions():
+    base, finetuned = [1, 1, 0, 0, 1, 0, 0, 0, 1, 0], [1, 1, 1, 1, 0, 1, 1, 0, 1, 1]
+    result = compare_means(base, finetuned, resamples=200)
+    # both right 3, only fine-tuned 5, only base 1, neither 1
+    assert result["difference"]["ci95"]["newcombe"] == newcombe_paired_interval(3, 5, 1, 1)
+    assert "newcombe" not in compare_means([0.2, 0.5], [0.3, 0.9], resamples=50)["difference"]["ci95"]
+
+
+def test_wilson_zero_of_sixty_is_not_zero_width():
+    low, high = wilson_interval(0, 60)
+    assert low == pytest.approx(0, abs=1e-12) and high == pytest.approx(0.0602, abs=1e-4)
+    assert [low, high] == list(proportion_confint(0, 60, method="wilson"))
+
+
+def test_holm_is_statsmodels():
+    pvalues = {"regimen": 0.01, "modality": 0.04, "icd10": 0.03, "none": None}
+    adjusted = holm(pvalues)
+    expected = multipletests([0.01, 0.04, 0.03], method="holm")[1]
+    assert [adjusted[k] for k in ("regimen", "modality", "icd10")] == list(expected)
+    assert adjusted["none"] is None
+
+
+def test_share_with_test_is_wilson_and_scipy_binomtest():
+    result = share_with_test(14, 20)
+    assert result["ci95_wilson"] == list(proportion_confint(14, 20, method="wilson"))
+    assert result["binomial_p_two_sided"] == binomtest(14, 20).pvalue
+    assert share_with_test(0, 0)["share"] is None
+
+
+def test_resample_counts_draw_cases_uniformly_with_replacement():
+    counts = resample_counts(np.random.default_rng(0), 7, 4000)
+    assert counts.shape == (4000, 7) and (counts.sum(axis=1) == 7).all()
+    assert counts.mean(axis=0) == pytest.approx(np.ones(7), abs=0.05)
+
+
+def test_clustered_share_resamples_whole_cases():
+    acceptable, verdicts = [2, 0, 1, 3, 2], [3, 2, 2, 3, 3]
+    result = clustered_share(acceptable, verdicts, resamples=500, seed=1)
+    assert result["share"] == 8 / 13 and result["n_ratings"] == 13 and result["n_cases"] == 5
+    rng = np.random.default_rng(1)
+    shares = [w @ np.array(acceptable) / (w @ np.array(verdicts))
+              for w in np.vstack([resample_counts(rng, 5, 250), resample_counts(rng, 5, 250)])]
+    assert result["ci95_cluster_bootstrap"] == pytest.approx(list(np.percentile(shares, [2.5, 97.5])))
+
+
+def _brute_force_power(n: int, p10: float, p01: float, alpha: float) -> float:
+    """Power of scipy's exact two-sided binomial test on discordant pairs, summed over every table."""
+    from scipy.stats import multinomial
+    total = 0.0
+    for a in range(n + 1):
+        for b in range(n + 1 - a):
+            d = a + b
+            if d and binomtest(a, d).pvalue <= alpha:
+                total += multinomial.pmf([a, b, n - d], n, [p10, p01, 1 - p10 - p01])
+    return total
+
+
+def test_exact_power_matches_enumeration_with_scipy_binomtest():
+    for n in (12, 25):
+        assert paired_binary_power(n, 0.4, 0.8, 0.5) == pytest.approx(_brute_force_power(n, 0.45, 0.05, 0.05))
+    # Independent outcomes by default: p10 = 0.8 * 0.6, p01 = 0.4 * 0.2.
+    assert paired_binary_power(20, 0.4, 0.8) == pytest.approx(_brute_force_power(20, 0.48, 0.08, 0.05))
+
+
+def test_plan_finds_the_smallest_n_reaching_the_power():
+    plan = plan_paired_study(0.5, 0.7, ratings_per_case=3)
+    n = plan["cases"]
+    assert plan["achieved_power"] >= 0.8 > paired_binary_power(n - 1, 0.5, 0.7)
+    assert all(paired_binary_power(m, 0.5, 0.7) < 0.8 for m in range(n - 30, n))
+    assert plan["ratings"] == 3 * n and plan["discordant_assumed_independent"]
+    assert plan["test"] == "exact McNemar, two-sided" and "scipy.stats.binom" in plan["method"]
+    correlated = plan_paired_study(0.5, 0.7, discordant=0.3)
+    assert correlated["cases"] < n
+    assert any("odd" in note for note in plan_paired_study(0.5, 0.7, ratings_per_case=2)["notes"])
+    with pytest.raises(ValueError, match="must differ"):
+        plan_paired_study(0.5, 0.5)
+    with pytest.raises(ValueError, match="discordant share"):
+        plan_paired_study(0.5, 0.7, discordant=0.1)
+
+
 def test_mcnemar_needs_binary_outcomes():
     with pytest.raises(ValueError, match="0/1"):
         mcnemar_exact([0.5], [1.0])
@@ -191,6 +326,8 @@ def test_acceptability():
     assert result["paired"]["wilcoxon_p_one_sided"] == wilcoxon(
         paired_finetuned, paired_base, alternative="greater", zero_method="wilcox").pvalue
     assert result["paired"]["mcnemar_exact_p"] == mcnemar([[3, 0], [3, 1]], exact=True).pvalue
+    assert result["paired"]["sign_test_p_one_sided"] == binomtest(3, 3, alternative="greater").pvalue
+    assert result["paired"]["difference"]["share"]["ci95"]["newcombe"] == newcombe_paired_interval(3, 3, 0, 1)
     assert result["paired"]["n_dropped"] == {"no_base_verdict": 2, "no_finetuned_verdict": 1}
     assert result["paired"]["difference"]["share"]["mean"] == 6 / 7 - 3 / 7
     assert "2 case(s) without a verdict on the base output left out" in result["notes"]
@@ -220,7 +357,9 @@ def test_two_raters_cohen_kappa_and_alpha():
     reliability = np.array([[codes.get(v, np.nan) for v in labels] for labels in (one, two)], dtype=float)
     assert result["krippendorff_alpha"] == krippendorff.alpha(reliability_data=reliability,
                                                               level_of_measurement="nominal")
-    assert result["fleiss_kappa"] is None
+    assert result["fleiss_kappa"] == fleiss_kappa(
+        aggregate_raters(np.array([[codes[a], codes[b]] for a, b in zip(one[:7], two[:7])]), n_cat=2)[0])
+    assert result["cohen_kappa_pairs"] == [{"raters": ["ann", "bob"], "n_items": 7, "kappa": result["cohen_kappa"]}]
     assert (result["n_items"], result["n_raters"], result["n_ratings"], result["n_items_rated_by_all"]) == (
         8, 2, 15, 7)
     json.dumps(result, allow_nan=False)
@@ -238,6 +377,24 @@ def test_three_raters_fleiss_kappa_and_alpha():
     assert result["krippendorff_alpha"] == krippendorff.alpha(reliability_data=reliability,
                                                               level_of_measurement="nominal")
     assert result["cohen_kappa"] is None and result["labels"] == [1, 2, 3]
+    assert [pair["n_items"] for pair in result["cohen_kappa_pairs"]] == [7, 8, 7]
+    assert result["cohen_kappa_pairs"][1]["kappa"] == cohen_kappa_score(
+        [str(v) for v in ratings["r1"]], [str(v) for v in ratings["r3"]])
+
+
+def test_fleiss_on_items_with_k_ratings_whoever_the_raters():
+    """The demo's shape: 3 reviewers, 2 per case; no item is rated by all, yet Fleiss' kappa is defined."""
+    pairs = [("r1", "r2"), ("r2", "r3"), ("r1", "r3")] * 4
+    labels = [(1, 1), (0, 1), (0, 0), (1, 1), (1, 0), (1, 1), (0, 0), (1, 1), (0, 1), (1, 1), (0, 0), (1, 1)]
+    long = pd.DataFrame([(item, rater, label) for item, (raters, values) in enumerate(zip(pairs, labels))
+                         for rater, label in zip(raters, values)], columns=["item", "rater", "label"])
+    result = rater_agreement(long, ratings_per_item=2)
+    assert result["n_items_rated_by_all"] == 0 and result["n_items_fleiss"] == 12
+    assert result["fleiss_kappa"] == fleiss_kappa(aggregate_raters(np.array(labels), n_cat=2)[0], method="fleiss")
+    wide = long.pivot(index="item", columns="rater", values="label")
+    assert result["krippendorff_alpha"] == krippendorff.alpha(
+        reliability_data=wide.to_numpy(dtype=float).T, level_of_measurement="nominal")
+    assert [p["n_items"] for p in result["cohen_kappa_pairs"]] == [4, 4, 4]
 
 
 def test_agreement_with_one_label_is_undefined_not_nan():
@@ -247,6 +404,7 @@ def test_agreement_with_one_label_is_undefined_not_nan():
     assert any(note.startswith("Krippendorff's alpha is undefined") for note in result["notes"])
     two = rater_agreement(_long({"a": ["yes"] * 3, "b": ["yes"] * 3}))
     assert two["cohen_kappa"] is None and two["notes"]
+    json.dumps(two, allow_nan=False)
     json.dumps(result, allow_nan=False)
 
 

@@ -6,24 +6,26 @@ import re
 import pytest
 
 from rocore.model.loading import ModelError, attach_adapter, load_model
-from rocore.model.prompts import answer_text, build_prompt
+from rocore.model.prompts import build_example
 from rocore.training.trainer import IGNORE_INDEX, TrainingConfig, load_for_training, sft_examples, train_adapter
 
 
 def test_sft_examples_train_on_the_answer_only(tiny_tokenizer, synthetic_cases):
     case = synthetic_cases[0]
-    (example,) = sft_examples(tiny_tokenizer, [case], ["icd10"], max_length=512)
-    prompt = tiny_tokenizer(build_prompt(tiny_tokenizer, "icd10", case["diagnosis"]), add_special_tokens=False)["input_ids"]
-    answer = tiny_tokenizer(answer_text(tiny_tokenizer, case["icd10"]), add_special_tokens=False)["input_ids"]
+    (example,) = sft_examples(tiny_tokenizer, [case], ["icd10"], max_length=512, prompt_format="plain")
+    prompt_text, completion = build_example(tiny_tokenizer, "icd10", case["diagnosis"], case["icd10"], "plain")
+    prompt = tiny_tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer = tiny_tokenizer(completion, add_special_tokens=False)["input_ids"]
     assert example["input_ids"] == prompt + answer
     assert example["labels"] == [IGNORE_INDEX] * len(prompt) + answer
     assert answer[-1] == tiny_tokenizer.eos_token_id
 
 
 def test_over_long_prompts_are_cut_from_the_left_keeping_the_answer(tiny_tokenizer, synthetic_cases):
-    (example,) = sft_examples(tiny_tokenizer, synthetic_cases[:1], ["regimen"], max_length=24)
+    (example,) = sft_examples(tiny_tokenizer, synthetic_cases[:1], ["regimen"], max_length=24, prompt_format="plain")
     assert len(example["input_ids"]) == 24
-    answer = tiny_tokenizer(answer_text(tiny_tokenizer, synthetic_cases[0]["regimen"]), add_special_tokens=False)["input_ids"]
+    completion = build_example(tiny_tokenizer, "regimen", "x", synthetic_cases[0]["regimen"], "plain")[1]
+    answer = tiny_tokenizer(completion, add_special_tokens=False)["input_ids"]
     assert example["input_ids"][-len(answer):] == answer
 
 

@@ -2,7 +2,8 @@
 
 CONFIG.yaml holds `base_model` (a local model directory), optionally `split` (default: the newest),
 `output_root` (default: runs/ beside the database), `device`, and any hyper-parameter of
-rocore.training.trainer.TrainingConfig (lora_r, learning_rate, epochs, tasks, quantization, ...).
+rocore.training.trainer.TrainingConfig (lora_r, learning_rate, epochs, tasks, quantization,
+prompt_format: auto, chat or plain, ...).
 Flags override the file. The run, its progress and its outcome are recorded in the database.
 Exit status: 0 finished or cancelled, 1 refused or failed.
 """

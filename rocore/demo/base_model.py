@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from rocore.model.prompts import INSTRUCTIONS, PLAIN_TEMPLATE, TASKS
+from rocore.model.prompts import TASKS, build_example
 from rocore.data.synthetic import generate_cases
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
@@ -24,8 +24,9 @@ ARCHITECTURE = {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
-    """A byte-level BPE tokenizer (no unknown characters) fitted to the demo's text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer (no unknown characters) fitted to the demo's text, which starts every
+    text with BOS as Llama-2's does: the base is pretrained on BOS-led documents, so prompts start so too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
@@ -34,6 +35,9 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
@@ -65,7 +69,7 @@ def build_demo_base(out_dir: str | Path, train_cases: Sequence[dict], documents:
     architecture = architecture or ARCHITECTURE
     # The tokenizer learns from the very text the model will read and write, prompts included, so
     # the instructions cost a few tokens each instead of one per character.
-    examples = [f"{PLAIN_TEMPLATE.format(instruction=INSTRUCTIONS[task], diagnosis=case['diagnosis'])} {case[task]}"
+    examples = ["".join(build_example(None, task, case["diagnosis"], case[task], "plain"))
                 for case in train_cases for task in TASKS]
     tokenizer = train_tokenizer(examples)
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -22,7 +22,7 @@ from rocore.generation.runs import decoding_settings, get_or_create_run, run_gen
 from rocore.store.registry import register_model
 from rocore.model.loading import attach_adapter, load_model
 from rocore.review.studies import add_demo_reviewers
-from rocore.model.prompts import TASKS
+from rocore.model.prompts import TASKS, resolve_prompt_format
 from rocore.data.splits import create_split, split_case_ids, split_cases
 from rocore.data.synthetic import generate_cases, write_jsonl
 from rocore.training.trainer import TrainingConfig, train_adapter
@@ -30,6 +30,9 @@ from rocore.training.trainer import TrainingConfig, train_adapter
 DEMO_SPLIT = "demo"
 # The literature's patients are drawn with a seed of their own, apart from the demo's cases.
 LITERATURE_SEED_OFFSET = 1000
+# The demo's own small model answers in the plain layout in a few tokens (a code, one word, one
+# prescription): its limits stay tight, so its base model's run-on text costs no build time.
+DEMO_MAX_NEW_TOKENS = {"regimen": 64, "modality": 8, "icd10": 12}
 
 
 @dataclass
@@ -90,13 +93,14 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
 
     loaded = load_model(base_dir, "auto")
     attach_adapter(loaded, adapter_dir, "finetuned")
-    decoding = decoding_settings()
+    decoding = decoding_settings(DEMO_MAX_NEW_TOKENS)
     with opened(partial) as conn:
         base_id = register_model(conn, base_dir, "base", details={"demo": True})
         adapter_id = register_model(conn, adapter_dir, "adapter", base_model_id=base_id, details={"demo": True})
         runs = {name: get_or_create_run(conn, base_id, model_id, split_id, "test", list(TASKS),
-                                        loaded.quantization, decoding)[0]
-                for name, model_id in (("base", None), ("finetuned", adapter_id))}
+                                        loaded.quantization, decoding,
+                                        resolve_prompt_format(loaded.tokenizer, base_dir, "auto", adapter))[0]
+                for name, model_id, adapter in (("base", None, None), ("finetuned", adapter_id, adapter_dir))}
     for name, run_id in runs.items():
         final = run_generation(partial, run_id, loaded, adapter=None if name == "base" else "finetuned",
                                batch_size=settings.generation_batch_size)

@@ -3,7 +3,9 @@
 
 A rating gives each of the two blinded outputs a verdict, acceptable or not; a rating that marks
 its case unratable gives none. Per case and model, the output counts as acceptable when more than
-half of the reviewers who gave it a verdict judged it acceptable (a tie is not acceptable).
+half of the reviewers who gave it a verdict judged it acceptable (a tie is not acceptable). That
+per-case share is the primary figure; the share of all verdicts (rating level), with an interval
+that resamples whole cases, is reported beside it and labelled as such.
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation.statistics import acceptability, rater_agreement
+from rocore.evaluation.statistics import (
+    acceptability,
+    clustered_share,
+    rater_agreement,
+    share_with_test,
+    wilcoxon_greater,
+)
 
+PRIMARY = "per_case_majority"
+RATING_LEVEL = ("share of all verdicts (every reviewer's verdict on every output), secondary; 95% interval: "
+                "percentile bootstrap resampling whole cases with all their verdicts")
 RULE = ("per case and model, acceptable when more than half of the reviewers who gave the output a verdict "
         "judged it acceptable (a tie is not acceptable); ratings marked unratable give no verdict")
 
@@ -38,12 +49,82 @@ def case_verdicts(verdicts: pd.DataFrame) -> dict[Hashable, dict[str, int]]:
     return {model: majority[model].to_dict() for model in verdicts["model"].unique()}
 
 
-def acceptability_figures(verdicts: pd.DataFrame, base: Hashable = "base",
-                          finetuned: Hashable = "finetuned") -> tuple[dict, dict]:
-    """(acceptability of the two models' outputs, inter-rater agreement) from unblinded verdicts."""
+def rating_level(verdicts: pd.DataFrame, models: Mapping[str, Hashable]) -> dict:
+    """Per model, the share of all verdicts that are acceptable, with a case-clustered bootstrap interval."""
+    result = {}
+    for name, model in models.items():
+        mine = verdicts[verdicts["model"] == model].groupby("case_id")["verdict"]
+        result[name] = clustered_share(mine.sum().to_numpy(), mine.size().to_numpy())
+    return result
+
+
+def acceptability_figures(verdicts: pd.DataFrame, base: Hashable = "base", finetuned: Hashable = "finetuned",
+                          ratings_per_case: int | None = None) -> tuple[dict, dict]:
+    """(acceptability of the two models' outputs, inter-rater agreement) from unblinded verdicts.
+
+    Acceptability: per case by RULE (the primary figure) and at rating level. Agreement on the
+    verdicts: per model (items: that model's outputs) and pooled (items: every output), with
+    `ratings_per_case` the k of Fleiss' kappa (default: the most common number of verdicts).
+    """
     by_case = case_verdicts(verdicts)
     shares = acceptability(by_case.get(base, {}), by_case.get(finetuned, {}))
-    agreement = rater_agreement(pd.DataFrame({
-        "item": verdicts["case_id"] + " / " + verdicts["model"].astype(str), "rater": verdicts["reviewer"],
-        "label": verdicts["verdict"]}))
+    shares["primary"] = PRIMARY
+    shares["rule"] = RULE
+    shares["rating_level"] = rating_level(verdicts, {"base": base, "finetuned": finetuned})
+    shares["rating_level"]["description"] = RATING_LEVEL
+
+    def agreement_of(rows: pd.DataFrame, item: pd.Series) -> dict:
+        return rater_agreement(pd.DataFrame({"item": item, "rater": rows["reviewer"], "label": rows["verdict"]}),
+                               ratings_per_case)
+
+    agreement = agreement_of(verdicts, verdicts["case_id"] + " / " + verdicts["model"].astype(str))
+    agreement["by_model"] = {}
+    for name, model in (("base", base), ("finetuned", finetuned)):
+        rows = verdicts[verdicts["model"] == model]
+        agreement["by_model"][name] = agreement_of(rows, rows["case_id"]) if len(rows) else None
     return shares, agreement
+
+
+def order_checks(rows: pd.DataFrame) -> dict:
+    """Checks of the blinded design the paper did not report: side and queue-position effects.
+
+    `rows`: one row per assignment with position, queue_length (the reviewer's assignments in
+    the study), preference ('A', 'B', 'none' or None) and acceptable_a,
+    acceptable_b (verdicts; None where not rated or unratable). Side: the share of preferences for
+    the output shown as "A" among ratings preferring A or B, with Wilson interval and an exact
+    binomial test against 1/2. Order: the share of verdicts "acceptable" in the first half of each
+    reviewer's queue and in the second half, each with its Wilson interval (verdicts counted one
+    by one, as in the rating-level share).
+    """
+    preferred = rows["preference"].isin(["A", "B"])
+    side = share_with_test(int((rows["preference"] == "A").sum()), int(preferred.sum()))
+    judged = rows[rows["acceptable_a"].notna() & rows["acceptable_b"].notna()]
+    early = judged["position"] <= judged["queue_length"] / 2
+    by_half = {}
+    for name, part in (("early", judged[early]), ("late", judged[~early])):
+        acceptable = int(part["acceptable_a"].astype(int).sum() + part["acceptable_b"].astype(int).sum())
+        by_half[name] = share_with_test(acceptable, 2 * len(part))
+        del by_half[name]["binomial_p_two_sided"]
+    return {"preference_for_side_a": side, "acceptability_by_queue_half": by_half,
+            "description": ("side: share of preferences for the output shown as 'A' among ratings that prefer "
+                            "A or B, Wilson 95% interval, exact binomial test against 1/2 (scipy binomtest); "
+                            "queue: share of verdicts 'acceptable' for outputs rated in the first half "
+                            "(position <= half the reviewer's queue) and in the second half, Wilson 95% "
+                            "intervals over verdicts")}
+
+
+def likert_comparison(scores: pd.DataFrame, base: Hashable = "base",
+                      finetuned: Hashable = "finetuned") -> dict | None:
+    """The 1-5 scores compared case by case: per case and model the mean of its reviewers' scores, and
+    the one-sided Wilcoxon signed-rank test (fine-tuned > base) on the cases both models have scores
+    for; None without such a case. `scores`: case_id, model, score."""
+    per_case = scores.pivot_table(index="case_id", columns="model", values="score", aggfunc="mean")
+    per_case = per_case.reindex(columns=[base, finetuned]).dropna()
+    if per_case.empty:
+        return None
+    test = wilcoxon_greater(per_case[finetuned].to_numpy(), per_case[base].to_numpy())
+    return {"n_cases": len(per_case), "base_mean": float(per_case[base].mean()),
+            "finetuned_mean": float(per_case[finetuned].mean()), "wilcoxon_p_one_sided": test["p"],
+            "n_nonzero": test["n_nonzero"], "notes": test["notes"],
+            "method": ("per case the mean of its reviewers' 1-5 scores; scipy.stats.wilcoxon(finetuned, base, "
+                       "alternative='greater', zero_method='wilcox', method='auto')")}

@@ -15,19 +15,26 @@ Everything here reads the store; the review workflow writes the ratings (rocore.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation.acceptability import RULE, acceptability_figures, unblind
+from rocore.evaluation.acceptability import RATING_LEVEL, RULE, acceptability_figures, order_checks, unblind
 from rocore.evaluation.outputs import MODELS, check_run_pair, run_outputs
-from rocore.evaluation.pipeline import MODEL_NAMES, evaluate_scores, score_outputs
+from rocore.evaluation.pipeline import (
+    MODEL_NAMES,
+    evaluate_scores,
+    methods_text,
+    primary_endpoints,
+    score_outputs,
+)
 from rocore.evaluation.scoring import score_rows
 from rocore.model.prompts import TASKS
 
@@ -39,6 +46,7 @@ __all__ = [
     "RunScores",
     "ScoreCache",
     "compute",
+    "declare_primary",
     "filter_options",
     "from_outputs",
     "studies_for",
@@ -82,6 +90,7 @@ class Reviews:
     agreement: dict | None
     message: str | None
     notes: list[str] = field(default_factory=list)
+    order_checks: dict | None = None
 
 
 @dataclass
@@ -98,6 +107,10 @@ class Dashboard:
     icd10_codes: pd.DataFrame | None
     reviews: Reviews | None
     methods: dict
+    primary: dict | None = None  # rocore.evaluation.pipeline.primary_endpoints
+    methods_text: str = ""  # the methods as one paragraph for a paper
+    # About the two stored runs themselves (outputs cut at the limit, prompt formats); none for a file.
+    run_notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- runs and choices
@@ -114,7 +127,7 @@ def filter_options(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
 def studies_for(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> list[dict]:
     """Review studies that compare exactly these two runs, newest first."""
     return [dict(r) for r in conn.execute(
-        "SELECT study_id, name, task, created_at FROM studies WHERE (run_1_id = ? AND run_2_id = ?) "
+        "SELECT study_id, name, task, overlap, created_at FROM studies WHERE (run_1_id = ? AND run_2_id = ?) "
         "OR (run_1_id = ? AND run_2_id = ?) ORDER BY study_id DESC",
         (base_run, finetuned_run, finetuned_run, base_run))]
 
@@ -307,14 +320,15 @@ def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetun
     cursor.row_factory = None
     rows = cursor.execute(
         "SELECT a.case_id, v.name, a.run_a_id, a.run_b_id, r.rating_id, r.acceptable_a, r.acceptable_b, "
-        "r.unratable_reason, c.site, c.modality "
+        "r.unratable_reason, c.site, c.modality, a.position, r.preference, "
+        "(SELECT count(*) FROM assignments AS q WHERE q.study_id = a.study_id AND q.reviewer_id = a.reviewer_id) "
         "FROM assignments AS a JOIN reviewers AS v USING (reviewer_id) JOIN cases AS c USING (case_id) "
         "LEFT JOIN current_ratings AS r USING (assignment_id) "
         "WHERE a.study_id = ? AND a.run_a_id IN (?, ?) AND a.run_b_id IN (?, ?)",
         (study_id, base_run, finetuned_run, base_run, finetuned_run)).fetchall()
     return pd.DataFrame(rows, columns=["case_id", "reviewer", "run_a_id", "run_b_id", "rating_id",
                                        "acceptable_a", "acceptable_b", "unratable_reason", "site",
-                                       "case_modality"])
+                                       "case_modality", "position", "preference", "queue_length"])
 
 
 def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int, filters: Filters) -> Reviews:
@@ -332,10 +346,14 @@ def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int,
                            "No rated case matches the filters." if filters.sites or filters.modalities else
                            "No ratings with a verdict yet (every rating so far marks its case unratable).")
         return reviews
-    verdicts = unblind(judged, dict(zip(MODELS, (base_run, finetuned_run))))
-    reviews.acceptability, reviews.agreement = acceptability_figures(verdicts)
+    runs = dict(zip(MODELS, (base_run, finetuned_run)))
+    verdicts = unblind(judged, runs)
+    reviews.acceptability, reviews.agreement = acceptability_figures(verdicts, ratings_per_case=study.get("overlap"))
+    reviews.order_checks = order_checks(judged)
     reviews.notes = [f"acceptability: {n}" for n in reviews.acceptability["notes"]]
     reviews.notes += [f"agreement: {n}" for n in reviews.agreement["notes"]]
+    for model, figures in reviews.agreement["by_model"].items():
+        reviews.notes += [f"agreement ({MODEL_NAMES[model]}): {n}" for n in (figures or {}).get("notes", [])]
     return reviews
 
 
@@ -352,10 +370,15 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
         methods |= {
             "Task tables": (
                 f"Means of per-case scores over the cases with outputs from both models ({m['pairing']}). "
-                f"95% intervals: {boot['method']} bootstrap, {boot['resamples']} resamples, seed "
-                f"{boot['seed']}: {boot['description']}. Scores: {scores}. Precision, recall, F1: "
-                f"{m['classification']}."),
-            "p-values": f"One-sided Wilcoxon signed-rank: {m['wilcoxon']}. Exact McNemar: {m['mcnemar']}.",
+                "95% intervals (the table's 'interval' column names them): 0/1 scores, Wilson for each model "
+                "and Newcombe's paired interval for the difference; ROUGE-1 F and macro-F1, "
+                f"{boot['method']} bootstrap, {boot['resamples']} resamples, seed {boot['seed']}: "
+                f"{boot['description']}. Scores: {scores}. Precision, recall, F1: {m['classification']}; "
+                f"macro averages {m['macro_averages']}."),
+            "p-values": (f"Exact sign test: {m['sign_test']}. Exact McNemar: {m['mcnemar']}. One-sided Wilcoxon "
+                         f"signed-rank: {m['wilcoxon']}. Intervals of differences of 0/1 scores: {m['newcombe']}; "
+                         f"of single proportions: {m['wilson']}."),
+            "Primary endpoints": m["primary"],
             "Confusion matrices and per-class chart (modality)": m["classification"],
             "ICD-10 top codes": (
                 f"The {TOP_CODES} most frequent gold codes among the paired ICD-10 cases (ties by code); per "
@@ -373,19 +396,54 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
             "Acceptability": (
                 "The current rating (highest revision) of each assignment of the study; the blinded sides "
                 "A and B are mapped back to the runs through the assignment. A rating marked unratable gives "
-                f"no verdict. Per case and model: {RULE}. rocore.evaluation.statistics.acceptability: "
-                "share per model with Wilson (statsmodels proportion_confint, method='wilson', alpha 0.05) "
-                "and percentile bootstrap intervals; one-sided Wilcoxon signed-rank on the per-case 0/1 "
-                "verdicts (fine-tuned > base) and exact McNemar (two-sided)."),
+                f"no verdict. Primary, per case and model: {RULE}; share per model with Wilson interval "
+                "(statsmodels proportion_confint, method='wilson', alpha 0.05); paired: exact sign test "
+                "one-sided (fine-tuned > base), exact McNemar two-sided, difference with Newcombe's paired "
+                "interval; one-sided Wilcoxon on the per-case verdicts as the paper's replication figure. "
+                f"Secondary, rating level: {RATING_LEVEL}."),
             "Inter-rater agreement": (
-                "Items: each case's output of each model; labels: each reviewer's acceptable/not verdict. "
-                "Cohen's kappa (sklearn cohen_kappa_score) for two reviewers, Fleiss' kappa (statsmodels) "
-                "for three or more, over the items every reviewer rated; Krippendorff's alpha (krippendorff, "
-                "nominal) over all verdicts."),
+                "Labels: each reviewer's acceptable/not verdict. Per model (items: that model's outputs) and "
+                "pooled (items: every output of either model). Fleiss' kappa (statsmodels fleiss_kappa over "
+                "aggregate_raters) over the items with exactly k verdicts (k: the study's reviewers per case), "
+                "whoever gave them; Krippendorff's alpha (krippendorff, nominal) over all verdicts; Cohen's "
+                "kappa (sklearn cohen_kappa_score) for each pair of reviewers over the items both rated. "
+                "Each with its number of items."),
+            "Position and order checks": (
+                "Not run in the paper. Side: the share of preferences for the output shown as 'A' among "
+                "ratings preferring A or B, Wilson interval and exact binomial test against 1/2 (no side "
+                "effect: 1/2). Order: the share of verdicts 'acceptable' for outputs in the first and the "
+                "second half of each reviewer's queue, each with its Wilson interval."),
             "Review progress": ("Per reviewer: assignments in the study, those with a rating (rated), and of "
                                 "those the ones marked unratable."),
         }
     return methods
+
+
+def _run_notes(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> list[str]:
+    """What the reader of a comparison must know about the runs themselves: how many outputs each cut
+    at the new-token limit (an answer cut short is scored as it stands), and prompt formats that differ."""
+    runs = {r["run_id"]: r for r in conn.execute(
+        "SELECT r.run_id, r.prompt_format, count(g.case_id) AS n, "
+        "sum(g.finish_reason = 'length') AS cut, sum(g.finish_reason IS NULL) AS unrecorded "
+        "FROM generation_runs r LEFT JOIN generations g USING (run_id) WHERE r.run_id IN (?, ?) "
+        "GROUP BY r.run_id", (base_run, finetuned_run))}
+    cut_by_task = {}
+    for run_id, task, n in sorted(conn.execute(
+            "SELECT run_id, task, count(*) FROM generations WHERE run_id IN (?, ?) AND finish_reason = 'length' "
+            "GROUP BY run_id, task", (base_run, finetuned_run)), key=lambda row: TASKS.index(row[1])):
+        cut_by_task.setdefault(run_id, []).append(f"{task} {n}")
+    counts = []
+    for name, run_id in (("base", base_run), ("fine-tuned", finetuned_run)):
+        run = runs[run_id]
+        tasks = f" ({', '.join(cut_by_task[run_id])})" if run_id in cut_by_task else ""
+        unrecorded = f", {run['unrecorded']} not recorded" if run["unrecorded"] else ""
+        counts.append(f"run {run_id} ({name}) {run['cut'] or 0} of {run['n']}{tasks}{unrecorded}")
+    notes = [f"outputs cut at the new-token limit: {'; '.join(counts)}"]
+    formats = [runs[run_id]["prompt_format"] or "unrecorded" for run_id in (base_run, finetuned_run)]
+    if formats[0] != formats[1]:
+        notes.append(f"the runs use different prompt formats (run {base_run}: {formats[0]}, run {finetuned_run}: "
+                     f"{formats[1]}): the difference mixes the fine-tune with the prompt layout")
+    return notes
 
 
 # --------------------------------------------------------------------------- entry points
@@ -422,12 +480,29 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, base_run: int, finetune
                 ("reviews", study["study_id"], *view), (_ratings_fingerprint(conn), cases_version),
                 lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
                                  base_run, finetuned_run, filters))
-    return Dashboard(source={"db": db, "base_run": base_run, "finetuned_run": finetuned_run}, filters=filters,
-                     **figures, reviews=reviews, methods=_methods(figures["report"], reviews))
+        run_notes = _run_notes(conn, base_run, finetuned_run)
+    view = Dashboard(source={"db": db, "base_run": base_run, "finetuned_run": finetuned_run}, filters=filters,
+                     **figures, reviews=reviews, methods=_methods(figures["report"], reviews), run_notes=run_notes)
+    return declare_primary(view)
 
 
 def from_outputs(outputs: pd.DataFrame, source: dict) -> Dashboard:
     """The figures for a table of paired outputs (rocore.evaluation.outputs.OUTPUT_COLUMNS); no reviews."""
     figures = _score_figures(score_outputs(outputs), Filters())
-    return Dashboard(source=source, filters=Filters(), **figures, reviews=None,
-                     methods=_methods(figures["report"], None))
+    return declare_primary(Dashboard(source=source, filters=Filters(), **figures, reviews=None,
+                                     methods=_methods(figures["report"], None)))
+
+
+def declare_primary(view: Dashboard, declared: Mapping[str, str] | None = None) -> Dashboard:
+    """The view with its primary endpoints (rocore.evaluation.pipeline.primary_endpoints: the defaults,
+    or those a study or report declares) and the methods paragraph that states them.
+
+    Regimen acceptability is the default Task 1 endpoint when the view's study rates regimens and
+    has verdicts. Raises ValueError for an endpoint that cannot be primary.
+    """
+    acceptability = view.reviews.acceptability if view.reviews is not None else None
+    regimen = acceptability if view.reviews is not None and view.reviews.study["task"] == "regimen" else None
+    primary = (primary_endpoints(view.report, regimen, dict(declared or {})) if view.report is not None
+               else None)
+    return dataclasses.replace(view, primary=primary,
+                               methods_text=methods_text(view.report, primary, acceptability))

@@ -1,10 +1,12 @@
 """Paired outputs, the evaluation's one input: a table with one row per case and task, its gold answer
 and each model's output (OUTPUT_COLUMNS), read from a file or from two stored generation runs.
 
-A missing output (None or NaN; an empty cell in a file) means the model has no answer for that
-case: the case is left out of every figure and counted in "n_dropped". An empty string is an
-answer, and a wrong one. A stored run's answer is its normalised answer, or its raw text where none
-could be read (a wrong answer, not a missing one).
+Only a case with no output row at all is missing (None or NaN here: a stored run that has not
+reached the case): it is left out of every figure, counted in "n_dropped" and named in
+"dropped_cases". An empty or unreadable output (an empty cell in a file, empty raw text in a
+run) is an answer, and a wrong one: dropping it would flatter the model that produced nothing. A stored run's answer is its normalised answer, or its raw text where none
+could be read (a wrong answer, not a missing one); a file of raw outputs is read the same way
+(`extract_answer`), so one output scores the same from a file and from the database.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 from rocore.data.tables import ImportRefused, Problem, format_problems, read_table
 from rocore.data.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
 from rocore.generation.runs import latest_run_pair
+from rocore.model.answers import extract_answer
 from rocore.model.prompts import TASKS
 
 OUTPUT_COLUMNS = ("case_id", "task", "gold", "base", "finetuned")
@@ -90,7 +93,8 @@ def output_problems(outputs: pd.DataFrame, name: str, rows) -> list[Problem]:
 
 
 def tidy_outputs(outputs: pd.DataFrame) -> pd.DataFrame:
-    """The output columns with trimmed ids and lower-case tasks; missing outputs as None."""
+    """The output columns with trimmed ids and lower-case tasks; missing outputs (no output row: None
+    or NaN) as None, while an empty output stays an empty string, a wrong answer."""
     return pd.DataFrame({
         "case_id": [_cell(v) for v in outputs["case_id"]],
         "task": [_cell(v).lower() for v in outputs["task"]],
@@ -100,11 +104,25 @@ def tidy_outputs(outputs: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def read_outputs_file(path: str | Path) -> pd.DataFrame:
+def answers_of_raw_outputs(outputs: pd.DataFrame) -> pd.DataFrame:
+    """Tidy outputs holding raw model text, as a stored run holds them: each output's extracted
+    answer, or its raw text where none can be read; a missing output stays missing."""
+    outputs = outputs.copy()
+    for model in MODELS:
+        outputs[model] = pd.Series(
+            [None if text is None else extract_answer(task, text) or text
+             for task, text in zip(outputs["task"], outputs[model])], dtype=object, index=outputs.index)
+    return outputs
+
+
+def read_outputs_file(path: str | Path, extracted: bool = False) -> pd.DataFrame:
     """Paired outputs from a CSV/TSV (or .xlsx, JSON lines) file with columns OUTPUT_COLUMNS.
 
-    Column names are matched ignoring case and surrounding spaces. An empty base or finetuned
-    cell means that model has no output for the case. Raises EvaluationInputError listing every
+    Column names are matched ignoring case and surrounding spaces. The base and finetuned columns
+    hold the models' raw text, read as stored runs are read (answers_of_raw_outputs), unless
+    `extracted` says they hold answers already read. An empty base or finetuned
+    cell is an empty output, scored as a wrong answer (a row holds both outputs, so nothing in a
+    file is missing). Raises EvaluationInputError listing every
     problem as "FILE: row N: column 'task': 'x' is not one of regimen, modality, icd10".
     """
     name = str(path)
@@ -122,13 +140,10 @@ def read_outputs_file(path: str | Path) -> pd.DataFrame:
          for column in OUTPUT_COLUMNS if column in by_key},
         index=range(len(table.rows)),
     )
-    for model in MODELS:
-        if model in frame:
-            frame[model] = [value if value.strip() else None for value in frame[model]]
     problems = table.problems + output_problems(frame, name, [number for number, _ in table.rows])
     if problems:
         raise EvaluationInputError(problems)
-    return tidy_outputs(frame)
+    return tidy_outputs(frame) if extracted else answers_of_raw_outputs(tidy_outputs(frame))
 
 
 def check_run_pair(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> None:

@@ -26,6 +26,8 @@ from rocore.evaluation.statistics import (
     classification_metrics,
     compare_means,
     confusion,
+    holm,
+    macro_f1_bootstrap,
     mcnemar_exact,
     wilcoxon_greater,
 )
@@ -47,6 +49,17 @@ METRIC_NAMES = {
 
 # The per-case score that the signed-rank test compares.
 TESTED_SCORE = {"regimen": "rouge1_f", "modality": "correct", "icd10": "correct"}
+
+# 0/1 scores where higher is better: each gets the exact sign test and exact McNemar test.
+EXACT_TESTED = ("correct", "category_match", "total_dose_match", "fractions_match", "schedule_match")
+
+# The declared primary endpoint per task unless a study or report names another; regimen
+# acceptability replaces ROUGE-1 for Task 1 when the runs have ratings.
+DEFAULT_PRIMARY = {"regimen": "rouge1_f", "modality": "accuracy", "icd10": "accuracy"}
+ACCEPTABILITY = "acceptability"
+
+# Dropped case ids named in a note, at most.
+_NAMED = 10
 
 
 # --------------------------------------------------------------------------- scoring
@@ -79,8 +92,8 @@ def _pair(rows: pd.DataFrame, task: str) -> tuple[pd.DataFrame, pd.DataFrame, di
     base, finetuned = frames["base"].loc[paired], frames["finetuned"].loc[paired]
     if LABEL_COLUMNS[task] and not base["gold_label"].equals(finetuned["gold_label"]):
         raise ValueError(f"{task}: the two models' scores were made against different gold answers")
-    dropped = {"no_base_output": len(frames["finetuned"]) - len(paired),
-               "no_finetuned_output": len(frames["base"]) - len(paired)}
+    dropped = {"no_base_output": frames["finetuned"].index.difference(paired, sort=False).tolist(),
+               "no_finetuned_output": frames["base"].index.difference(paired, sort=False).tolist()}
     return base, finetuned, dropped
 
 
@@ -89,12 +102,29 @@ def _seed(seed: int, task: str, metric: str) -> list[int]:
     return [seed, zlib.crc32(f"{task}/{metric}".encode())]
 
 
-def _label_metrics(task: str, frames: dict[str, pd.DataFrame]) -> tuple[dict[str, dict], list[str]]:
-    """Accuracy, precision, recall and F1 per model; per class and confusion matrix for modality."""
-    labels = list(MODALITIES) if task == "modality" else sorted(frames["base"]["gold_label"].unique())
+def _labels(task: str, frames: dict[str, pd.DataFrame]) -> list[str]:
+    """The classes: the four modalities, or every ICD-10-CM code given as gold answer or output."""
+    if task == "modality":
+        return list(MODALITIES)
+    codes = set(frames["base"]["gold_label"])
+    for frame in frames.values():
+        codes |= set(frame["predicted_label"]) - {OTHER}
+    return sorted(codes)
+
+
+def _label_metrics(task: str, frames: dict[str, pd.DataFrame], resamples: int,
+                   seed: int) -> tuple[dict[str, dict], dict, list[str]]:
+    """Accuracy, precision, recall and F1 per model; per class and confusion matrix for modality;
+    the bootstrap interval of macro-F1 and of its difference."""
+    labels = _labels(task, frames)
+    intervals = macro_f1_bootstrap(frames["base"]["gold_label"], frames["base"]["predicted_label"],
+                                   frames["finetuned"]["predicted_label"], labels, resamples=resamples,
+                                   seed=_seed(seed, task, "f1_macro"))
     figures, notes = {}, []
     for model, frame in frames.items():
-        metrics = classification_metrics(frame["gold_label"], frame["predicted_label"], labels)
+        other = frames["finetuned" if model == "base" else "base"]
+        metrics = classification_metrics(frame["gold_label"], frame["predicted_label"], labels,
+                                         other["predicted_label"])
         notes += [note for note in metrics.pop("notes") if note not in notes]
         if task == "modality":
             metrics["confusion_matrix"] = confusion(frame["gold_label"], frame["predicted_label"],
@@ -103,7 +133,7 @@ def _label_metrics(task: str, frames: dict[str, pd.DataFrame]) -> tuple[dict[str
             del metrics["per_class"]
             metrics |= {"n_labels": len(labels), "laterality_errors": int(frame["laterality_error"].sum())}
         figures[model] = metrics
-    return figures, notes
+    return figures, intervals, notes
 
 
 def _mean_metrics(task: str, frames: dict[str, pd.DataFrame], resamples: int,
@@ -135,27 +165,47 @@ def _mean_metrics(task: str, frames: dict[str, pd.DataFrame], resamples: int,
     return figures, difference, notes
 
 
+def _exact_tests(task: str, frames: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """Per 0/1 score of the task: exact sign test one-sided and exact McNemar two-sided."""
+    tests = {}
+    for column in (c for c in EXACT_TESTED if c in SCORE_COLUMNS[task]):
+        both = pd.DataFrame({"base": frames["base"][column].to_numpy(),
+                             "finetuned": frames["finetuned"][column].to_numpy()}).dropna()
+        if len(both):
+            exact = mcnemar_exact(both["finetuned"], both["base"])
+            tests[METRIC_NAMES[column]] = {
+                "n_pairs": len(both), "n_discordant": exact["n_discordant"], "table": exact["table"],
+                "sign_test_p_one_sided": exact["p_one_sided"], "mcnemar_exact_p_two_sided": exact["p"]}
+    return tests
+
+
 def _tests(task: str, frames: dict[str, pd.DataFrame]) -> tuple[dict, list[str]]:
-    """One-sided Wilcoxon on the task's tested score; exact McNemar when that score is 0/1."""
+    """The exact tests of every 0/1 score; the paper's one-sided Wilcoxon on the task's tested score."""
     tested = TESTED_SCORE[task]
     base, finetuned = frames["base"][tested].to_numpy(), frames["finetuned"][tested].to_numpy()
     test = wilcoxon_greater(finetuned, base)
+    exact = _exact_tests(task, frames)
     result = {"tested_metric": METRIC_NAMES[tested], "wilcoxon_statistic": test["statistic"],
-              "wilcoxon_p_one_sided": test["p"]}
+              "wilcoxon_p_one_sided": test["p"], "wilcoxon_role": (
+                  "the paper's replication figure" if tested == "correct" else "the test of a continuous score"),
+              "exact_tests": exact}
     if tested == "correct":
-        exact = mcnemar_exact(finetuned, base)
-        result |= {"mcnemar_exact_p": exact["p"], "mcnemar_table": exact["table"]}
+        accuracy = exact["accuracy"]
+        result |= {"sign_test_p_one_sided": accuracy["sign_test_p_one_sided"],
+                   "mcnemar_exact_p": accuracy["mcnemar_exact_p_two_sided"], "mcnemar_table": accuracy["table"]}
     return result, test["notes"]
 
 
 def _evaluate_task(task: str, frames: dict[str, pd.DataFrame], dropped: dict[str, int],
                    resamples: int, seed: int) -> tuple[dict, list[str]]:
     n = len(frames["base"])
-    notes = [f"{count} case(s) without a {label} output left out"
-             for label, count in zip(("base", "fine-tuned"), dropped.values()) if count]
+    notes = [f"{len(cases)} case(s) without a {label} output (no output row) left out: "
+             f"{', '.join(map(str, cases[:_NAMED]))}{', ...' if len(cases) > _NAMED else ''}"
+             for label, cases in zip(("base", "fine-tuned"), dropped.values()) if cases]
     report: dict = {model: {"n": n} for model in MODELS}
+    f1_intervals = None
     if LABEL_COLUMNS[task]:
-        figures, label_notes = _label_metrics(task, frames)
+        figures, f1_intervals, label_notes = _label_metrics(task, frames, resamples, seed)
         notes += label_notes
         for model in MODELS:
             report[model] |= figures[model]
@@ -163,7 +213,13 @@ def _evaluate_task(task: str, frames: dict[str, pd.DataFrame], dropped: dict[str
     tests, test_notes = _tests(task, frames)
     for model in MODELS:
         report[model] |= figures[model]
-    report["paired"] = {"n_pairs": n, "n_dropped": dropped, **tests, "difference": difference}
+    if f1_intervals is not None:
+        for model in MODELS:
+            report[model]["ci95"]["f1_macro"] = {"bootstrap": f1_intervals[model]}
+        difference["f1_macro"] = {"mean": report["finetuned"]["f1_macro"] - report["base"]["f1_macro"],
+                                  "ci95": {"bootstrap": f1_intervals["difference"]}}
+    report["paired"] = {"n_pairs": n, "n_dropped": {key: len(cases) for key, cases in dropped.items()},
+                        "dropped_cases": dropped, **tests, "difference": difference}
     return report, notes + mean_notes + test_notes
 
 
@@ -196,23 +252,134 @@ def _methods(resamples: int, seed: int) -> dict:
         },
         "classification": "sklearn.metrics.precision_recall_fscore_support(gold, output, labels=LABELS, "
                           "zero_division=0) with average='macro' and 'weighted' (and per class); LABELS: "
-                          "the four modalities (modality), the distinct gold codes sorted (icd10); "
+                          "the classes present in the gold answers or either model's outputs, of the four "
+                          "modalities (modality) or of the ICD-10-CM codes (icd10); "
                           "confusion_matrix: sklearn.metrics.confusion_matrix, rows gold, columns "
                           "output, labels the modalities and 'other'",
-        "wilcoxon": "scipy.stats.wilcoxon(finetuned, base, alternative='greater', zero_method='wilcox') "
-                    "on per-case scores: correct 0/1 (modality, icd10), ROUGE-1 F (regimen); p = 1.0 "
-                    "when no case differs",
-        "mcnemar": "statsmodels.stats.contingency_tables.mcnemar(table, exact=True) on per-case "
-                   "correctness (modality, icd10): two-sided exact binomial test of the discordant cases",
+        "wilcoxon": "scipy.stats.wilcoxon(finetuned, base, alternative='greater', zero_method='wilcox', "
+                    "method='auto': the exact null distribution for at most 50 differences without ties or "
+                    "zeros; with ties or zeros an exhaustive permutation test for at most 13 differences, "
+                    "else the normal approximation) on per-case scores: ROUGE-1 F (regimen, "
+                    "a continuous score); correct 0/1 (modality, icd10) only as the paper's replication "
+                    "figure, since on 0/1 scores every non-zero difference ties and, beyond 13 cases, it "
+                    "is a normal-approximation sign test that overstates significance; p = 1.0 when no "
+                    "case differs",
+        "sign_test": "exact sign test on the discordant cases, one-sided (fine-tuned > base): "
+                     "scipy.stats.binomtest(finetuned_only, finetuned_only + base_only, "
+                     "alternative='greater'); it is the one-sided exact McNemar test; for every 0/1 score "
+                     "(paired.exact_tests, paired.sign_test_p_one_sided)",
+        "mcnemar": "statsmodels.stats.contingency_tables.mcnemar(table, exact=True), two-sided exact "
+                   "binomial test of the discordant cases, for every 0/1 score (paired.exact_tests; "
+                   "paired.mcnemar_exact_p for correctness)",
         "bootstrap": {"method": "percentile", "confidence": CONFIDENCE, "resamples": resamples,
                       "seed": seed,
                       "description": "cases resampled with replacement, the same cases for both "
                                      "models, for each mean and for the mean difference "
-                                     "(fine-tuned - base); ci95.*.bootstrap"},
+                                     "(fine-tuned - base); ci95.*.bootstrap; the reported interval for "
+                                     "ROUGE-1 F and macro-F1 (no closed form), given for 0/1 scores too "
+                                     "but not reported there"},
         "wilson": f"statsmodels.stats.proportion.proportion_confint(k, n, alpha={ALPHA}, "
                   "method='wilson') for every 0/1 score; ci95.*.wilson",
+        "newcombe": "Newcombe's method 10 (Stat Med 1998;17:2635-50) for the difference of two paired "
+                    "proportions: the two Wilson intervals combined with the table's phi correlation; "
+                    "paired.difference.*.ci95.newcombe, for every 0/1 score",
+        "macro_averages": "over the classes present in the gold answers or the outputs of the cases "
+                          "evaluated (classes_averaged; absent_classes are listed)",
+        "primary": "one declared primary endpoint per task (default: regimen acceptability when the "
+                   "runs have ratings, else ROUGE-1 F; accuracy for modality and ICD-10), tested one-sided "
+                   "(fine-tuned > base: exact sign test for 0/1 outcomes, Wilcoxon for ROUGE-1 F); Holm's "
+                   "adjustment (statsmodels.stats.multitest.multipletests(method='holm')) across the "
+                   "declared family; every other p-value is secondary and unadjusted",
         "versions": dict(_versions()),  # a copy: the cached one is shared
     }
+
+
+def endpoint_test(task_report: dict | None, metric: str, acceptability: dict | None = None) -> tuple[str, float | None]:
+    """(test, one-sided p) of a declared endpoint: exact sign test for 0/1, Wilcoxon for ROUGE-1 F."""
+    if metric == ACCEPTABILITY:
+        if acceptability is None:
+            raise ValueError("acceptability is a primary endpoint only where the runs have ratings")
+        return "exact sign test, one-sided", acceptability["paired"]["sign_test_p_one_sided"]
+    if task_report is None:
+        raise ValueError(f"no figures for endpoint {metric}")
+    paired = task_report["paired"]
+    if metric in paired["exact_tests"]:
+        return "exact sign test, one-sided", paired["exact_tests"][metric]["sign_test_p_one_sided"]
+    if metric == "rouge1_f" and paired["tested_metric"] == metric:
+        return "Wilcoxon signed-rank, one-sided", paired["wilcoxon_p_one_sided"]
+    raise ValueError(f"{metric} cannot be a primary endpoint: choose a 0/1 score, rouge1_f or acceptability")
+
+
+def primary_endpoints(report: dict, acceptability: dict | None = None,
+                      declared: dict[str, str] | None = None) -> dict:
+    """The declared primary endpoint of each evaluated task, its one-sided p and Holm-adjusted p.
+
+    `declared` maps a task to its endpoint (a 0/1 score's metric name, rouge1_f or acceptability);
+    the others take DEFAULT_PRIMARY, with acceptability for regimen when `acceptability` is given.
+    `acceptability` is the per-case figure of rocore.evaluation.acceptability (regimen ratings).
+    """
+    defaults = DEFAULT_PRIMARY | ({"regimen": ACCEPTABILITY} if acceptability is not None else {})
+    chosen = defaults | (declared or {})
+    endpoints = {}
+    for task in TASKS:
+        task_report = report["tasks"].get(task)
+        if task_report is None and not (task == "regimen" and chosen[task] == ACCEPTABILITY and acceptability):
+            continue
+        test, p = endpoint_test(task_report, chosen[task], acceptability)
+        endpoints[task] = {"metric": chosen[task], "test": test, "p": p}
+    adjusted = holm({task: e["p"] for task, e in endpoints.items()})
+    for task, endpoint in endpoints.items():
+        endpoint["p_holm"] = adjusted[task]
+    return {"endpoints": endpoints, "adjustment": "holm", "family_size": len(endpoints),
+            "declared": {task: chosen[task] for task in endpoints}}
+
+
+def methods_text(report: dict | None, primary: dict | None, reviews: dict | None = None) -> str:
+    """The statistical methods as one paragraph a researcher can paste into a paper."""
+    versions = _versions()
+    parts = []
+    if report is not None:
+        m = report["methods"]
+        boot = m["bootstrap"]
+        parts.append(
+            "Base and fine-tuned outputs were compared case by case on the same held-out cases; a case "
+            "without an output row from one model was excluded and counted, while an empty or unreadable "
+            "output was scored as wrong. For binary per-case outcomes (exact match, correct modality, "
+            "correct ICD-10-CM code, dose and schedule match) we report each model's proportion with a "
+            "Wilson 95% confidence interval, the paired difference with Newcombe's hybrid score interval "
+            "for paired proportions (method 10), the exact sign test on discordant pairs (one-sided, "
+            "fine-tuned better; equivalent to the one-sided exact McNemar test) and the two-sided exact "
+            "McNemar test. ROUGE-1 F was compared with the one-sided Wilcoxon signed-rank test (zero "
+            "differences dropped; exact null distribution for up to 50 differences without ties or zeros, "
+            "an exhaustive permutation test for up to 13 differences with ties or zeros, else the normal "
+            "approximation); the one-sided Wilcoxon test on binary outcomes is reported "
+            "only to replicate Wang et al. (2025). ROUGE-1 F and macro-F1 have percentile bootstrap "
+            f"intervals ({boot['resamples']} resamples of cases, the same cases for both models, seed "
+            f"{boot['seed']}). Precision, recall and F1 were macro-averaged over the classes present in "
+            "the gold answers or outputs of the cases shown, and weighted by gold support.")
+    if primary is not None and primary["endpoints"]:
+        declared = "; ".join(f"{task}: {e['metric']} ({e['test']})" for task, e in primary["endpoints"].items())
+        parts.append(f"One primary endpoint was declared per task ({declared}), and their p-values were "
+                     f"adjusted with Holm's method across this family of {primary['family_size']}; all other "
+                     "p-values are secondary and unadjusted.")
+    if reviews is not None:
+        parts.append(
+            "Clinical acceptability was judged blinded, with the side each output was shown on randomized "
+            "per reviewer and case and each reviewer's case order randomized. Per case and model, an "
+            "output was acceptable when more than half of the reviewers who gave it a verdict judged it "
+            "acceptable (a tie counts as not acceptable); this per-case proportion is the primary "
+            "acceptability figure, compared between models as the binary outcomes above. The proportion "
+            "of all individual verdicts is reported as a secondary figure with a percentile bootstrap "
+            "interval that resamples whole cases. Agreement between reviewers is Fleiss' kappa over the "
+            "outputs with exactly k verdicts, Krippendorff's alpha (nominal) over all verdicts and "
+            "Cohen's kappa per pair of reviewers over the outputs both rated, for each model separately "
+            "and pooled. As checks of the blinded design we report the share of preferences for the "
+            "output shown first (exact binomial test against one half) and acceptability in the first "
+            "and second half of each reviewer's queue (Wilson intervals).")
+    parts.append("Computed with rocore using " + ", ".join(
+        f"{name} {versions[name]}" for name in ("scipy", "statsmodels", "scikit-learn", "numpy", "pandas",
+                                               "krippendorff", "rouge-score") if name in versions) + ".")
+    return " ".join(parts)
 
 
 def evaluate_scores(scores: pd.DataFrame, *, resamples: int = RESAMPLES, seed: int = SEED) -> dict:

@@ -29,10 +29,13 @@ __all__ = [
     "bar_chart_svg",
     "confusion_table",
     "html_report",
+    "json_figures",
     "metric_table",
     "neutralise",
+    "order_checks_table",
     "per_case_csv",
     "per_class_table",
+    "primary_table",
     "tests_table",
     "text_report",
 ]
@@ -78,14 +81,25 @@ def per_case_csv(scores: pd.DataFrame) -> bytes:
 
 
 def _interval_text(ci95: Mapping | None, kind: str = "bootstrap") -> str:
+    """An interval as text; `kind` names it in `ci95` (or is the key of a figure's one interval)."""
     interval = (ci95 or {}).get(kind)
     if not interval or interval[0] is None:
         return ""
     return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
+def _reported(ci95: Mapping | None, kinds: Sequence[str]) -> tuple[str, str]:
+    """(interval text, method) of the first of `kinds` the figure has: the one the report states."""
+    for kind in kinds:
+        text = _interval_text(ci95, kind)
+        if text:
+            return text, kind
+    return "", ""
+
+
 def metric_table(task_report: Mapping) -> pd.DataFrame:
-    """Each metric of one task: both models' means and the paired difference, with 95% bootstrap intervals."""
+    """Each metric of one task: both models' means and the paired difference, with 95% intervals:
+    Wilson and Newcombe (paired) for 0/1 scores, percentile bootstrap for ROUGE-1 F and macro-F1."""
     base, finetuned, paired = task_report["base"], task_report["finetuned"], task_report["paired"]
     metrics = [metric for metric in METRIC_NAMES.values() if metric in base]
     metrics += [m for m in ("precision_macro", "recall_macro", "f1_macro",
@@ -93,28 +107,44 @@ def metric_table(task_report: Mapping) -> pd.DataFrame:
     rows = {}
     for metric in metrics:
         difference = paired["difference"].get(metric) or {"mean": None, "ci95": None}
+        base_ci, kind = _reported(base["ci95"].get(metric), ("wilson", "bootstrap"))
+        difference_ci, difference_kind = _reported(difference["ci95"], ("newcombe", "bootstrap"))
         rows[metric] = {
-            "base": base[metric], "base 95% CI": _interval_text(base["ci95"].get(metric)),
+            "base": base[metric], "base 95% CI": base_ci,
             "fine-tuned": finetuned[metric],
-            "fine-tuned 95% CI": _interval_text(finetuned["ci95"].get(metric)),
-            "difference": difference["mean"], "difference 95% CI": _interval_text(difference["ci95"]),
+            "fine-tuned 95% CI": _reported(finetuned["ci95"].get(metric), (kind or "bootstrap",))[0],
+            "difference": difference["mean"], "difference 95% CI": difference_ci,
+            "interval": f"{kind} / {difference_kind}" if kind else difference_kind,
         }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("metric")
 
 
 def tests_table(task_report: Mapping) -> pd.DataFrame:
-    """The paired tests of one task: one-sided Wilcoxon signed-rank and, on 0/1 scores, exact McNemar."""
+    """The paired tests of one task: per 0/1 score the exact sign test (one-sided) and exact McNemar
+    (two-sided); the one-sided Wilcoxon signed-rank, labelled by its role."""
     paired = task_report["paired"]
-    rows = [{"test": "Wilcoxon signed-rank, one-sided (fine-tuned > base)", "on": paired["tested_metric"],
-             "n pairs": paired["n_pairs"], "statistic": paired["wilcoxon_statistic"],
-             "p": paired["wilcoxon_p_one_sided"]}]
-    if "mcnemar_exact_p" in paired:
-        table = paired["mcnemar_table"]
-        rows.append({"test": "McNemar exact, two-sided", "on": paired["tested_metric"],
-                     "n pairs": paired["n_pairs"],
-                     "statistic": float(min(table["base_only_right"], table["finetuned_only_right"])),
-                     "p": paired["mcnemar_exact_p"]})
+    rows = []
+    for metric, exact in paired.get("exact_tests", {}).items():
+        table = exact["table"]
+        rows += [{"test": "exact sign test, one-sided (fine-tuned > base)", "on": metric, "n pairs": exact["n_pairs"],
+                  "statistic": float(table["finetuned_only_right"]), "p": exact["sign_test_p_one_sided"]},
+                 {"test": "exact McNemar, two-sided", "on": metric, "n pairs": exact["n_pairs"],
+                  "statistic": float(min(table["base_only_right"], table["finetuned_only_right"])),
+                  "p": exact["mcnemar_exact_p_two_sided"]}]
+    role = ("the paper's replication figure" if paired["tested_metric"] != "rouge1_f"
+            else "continuous score")
+    rows.append({"test": f"Wilcoxon signed-rank, one-sided ({role})", "on": paired["tested_metric"],
+                 "n pairs": paired["n_pairs"], "statistic": paired["wilcoxon_statistic"],
+                 "p": paired["wilcoxon_p_one_sided"]})
     return pd.DataFrame(rows).set_index("test")
+
+
+def primary_table(primary: Mapping | None) -> pd.DataFrame:
+    """The declared primary endpoint of each task with its raw and Holm-adjusted p-values."""
+    endpoints = (primary or {}).get("endpoints", {})
+    return pd.DataFrame([{"task": TASK_NAMES[task], "endpoint": e["metric"], "primary test": e["test"],
+                          "p": e["p"], "p (Holm)": e["p_holm"]} for task, e in endpoints.items()],
+                        columns=["task", "endpoint", "primary test", "p", "p (Holm)"]).set_index("task")
 
 
 def per_class_table(task_report: Mapping) -> pd.DataFrame:
@@ -136,14 +166,20 @@ def confusion_table(task_report: Mapping, model: str) -> pd.DataFrame:
 
 
 def acceptability_table(acceptability: Mapping) -> pd.DataFrame:
-    """Share of cases judged acceptable per model, with Wilson and bootstrap 95% intervals."""
-    return pd.DataFrame.from_dict({
-        MODEL_NAMES[model]: {
-            "acceptable": acceptability[model]["acceptable"], "cases": acceptability[model]["n"],
+    """Acceptability per model: the primary per-case share (majority rule) with its Wilson interval,
+    and the secondary share of all verdicts with its case-clustered bootstrap interval."""
+    rating_level = acceptability.get("rating_level", {})
+    rows = {}
+    for model in MODELS:
+        verdicts = rating_level.get(model) or {}
+        rows[MODEL_NAMES[model]] = {
+            "acceptable cases": acceptability[model]["acceptable"], "cases": acceptability[model]["n"],
             "share": acceptability[model]["share"],
             "Wilson 95% CI": _interval_text(acceptability[model]["ci95"], "wilson"),
-            "bootstrap 95% CI": _interval_text(acceptability[model]["ci95"]),
-        } for model in MODELS}, orient="index").rename_axis("model")
+            "verdicts": verdicts.get("n_ratings"), "share of verdicts": verdicts.get("share"),
+            "share of verdicts 95% CI (case bootstrap)": _interval_text(verdicts, "ci95_cluster_bootstrap"),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
 def acceptability_tests_table(acceptability: Mapping) -> pd.DataFrame:
@@ -151,22 +187,60 @@ def acceptability_tests_table(acceptability: Mapping) -> pd.DataFrame:
     paired = acceptability["paired"]
     difference = paired["difference"]["share"]
     return pd.DataFrame([
-        {"test": "difference in share (fine-tuned - base)", "value": difference["mean"],
-         "95% CI": _interval_text(difference["ci95"])},
-        {"test": "Wilcoxon signed-rank, one-sided (fine-tuned > base)",
+        {"test": "difference in per-case share (fine-tuned - base)", "value": difference["mean"],
+         "95% CI": _interval_text(difference["ci95"], "newcombe") + " Newcombe"},
+        {"test": "exact sign test, one-sided (fine-tuned > base): p",
+         "value": paired["sign_test_p_one_sided"], "95% CI": ""},
+        {"test": "exact McNemar, two-sided: p", "value": paired["mcnemar_exact_p"], "95% CI": ""},
+        {"test": "Wilcoxon signed-rank, one-sided (the paper's replication figure): p",
          "value": paired["wilcoxon_p_one_sided"], "95% CI": ""},
-        {"test": "McNemar exact, two-sided", "value": paired["mcnemar_exact_p"], "95% CI": ""},
     ]).set_index("test")
 
 
+def _agreement_column(agreement: Mapping | None) -> dict:
+    if agreement is None:
+        return {}
+    column = {"items": agreement["n_items"], "raters": agreement["n_raters"],
+              "ratings per item (k)": agreement["ratings_per_item"],
+              "Fleiss' kappa": agreement["fleiss_kappa"], "items with k ratings": agreement["n_items_fleiss"],
+              "Krippendorff's alpha": agreement["krippendorff_alpha"],
+              "items with 2+ ratings": agreement["n_items_krippendorff"]}
+    for pair in agreement["cohen_kappa_pairs"]:
+        names = " & ".join(pair["raters"])
+        column[f"Cohen's kappa {names}"] = pair["kappa"]
+        column[f"items {names}"] = pair["n_items"]
+    return column
+
+
 def agreement_table(agreement: Mapping) -> pd.DataFrame:
-    """Inter-rater agreement figures; None where undefined for the ratings at hand."""
-    return pd.DataFrame.from_dict({
-        "items (case x model)": agreement["n_items"], "raters": agreement["n_raters"],
-        "items rated by all": agreement["n_items_rated_by_all"],
-        "Cohen's kappa": agreement["cohen_kappa"], "Fleiss' kappa": agreement["fleiss_kappa"],
-        "Krippendorff's alpha": agreement["krippendorff_alpha"],
-    }, orient="index", columns=["value"], dtype=object)
+    """Inter-rater agreement per model and pooled, each with its number of items; None where undefined."""
+    columns = {MODEL_NAMES[m]: _agreement_column(agreement.get("by_model", {}).get(m)) for m in MODELS}
+    columns["pooled"] = _agreement_column(agreement)
+    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
+
+
+def order_checks_table(checks: Mapping) -> pd.DataFrame:
+    """Side and queue-position checks of the blinded design, each with its Wilson interval."""
+    side = checks["preference_for_side_a"]
+    rows = [{"check": "preferences for the output shown as A", "n": side["n"], "share": side["share"],
+             "95% CI": _interval_text(side, "ci95_wilson"), "p (vs 1/2)": side["binomial_p_two_sided"]}]
+    for half, figures in checks["acceptability_by_queue_half"].items():
+        rows.append({"check": f"verdicts acceptable, {half} half of the queue", "n": figures["n"],
+                     "share": figures["share"], "95% CI": _interval_text(figures, "ci95_wilson"),
+                     "p (vs 1/2)": None})
+    return pd.DataFrame(rows).set_index("check")
+
+
+def json_figures(view: Dashboard) -> dict:
+    """What `evaluate --json` adds to the evaluation report: the primary endpoints, the methods
+    paragraph and the blinded review's figures (None without a review study), under stable keys."""
+    reviews = view.reviews
+    review = None
+    if reviews is not None:
+        review = {"study": reviews.study, "n_assigned": reviews.n_assigned, "n_rated": reviews.n_rated,
+                  "acceptability": reviews.acceptability, "agreement": reviews.agreement,
+                  "order_checks": reviews.order_checks, "message": reviews.message, "notes": reviews.notes}
+    return {"primary": view.primary, "methods_text": view.methods_text, "review": review}
 
 
 # --------------------------------------------------------------------------- text for a terminal
@@ -189,11 +263,12 @@ def _task_text(task: str, task_report: Mapping) -> list[str]:
         for name in ("base", "fine-tuned", "difference")}, index=means.index)
     lines = [f"== {task}: {paired['n_pairs']} paired cases" + (f", {dropped} left out" if dropped else "") + " ==",
              shown.to_string()]
-    test = (f"Wilcoxon one-sided ({paired['tested_metric']}, fine-tuned > base): "
-            f"p = {_p_text(paired['wilcoxon_p_one_sided'])}")
-    if "mcnemar_exact_p" in paired:
-        test += f"; exact McNemar: p = {_p_text(paired['mcnemar_exact_p'])}"
-    lines.append(test)
+    for metric, exact in paired.get("exact_tests", {}).items():
+        lines.append(f"{metric}: exact sign test one-sided p = {_p_text(exact['sign_test_p_one_sided'])}; "
+                     f"exact McNemar two-sided p = {_p_text(exact['mcnemar_exact_p_two_sided'])}")
+    role = "paper's replication figure" if paired["tested_metric"] != "rouge1_f" else "fine-tuned > base"
+    lines.append(f"Wilcoxon one-sided ({paired['tested_metric']}, {role}): "
+                 f"p = {_p_text(paired['wilcoxon_p_one_sided'])}")
     if "per_class" in task_report["base"]:
         lines += ["per class:", per_class_table(task_report).to_string(float_format="{:.3f}".format)]
     if "confusion_matrix" in task_report["base"]:
@@ -208,6 +283,17 @@ def text_report(report: Mapping) -> str:
     lines: list[str] = []
     for task, task_report in report["tasks"].items():
         lines += _task_text(task, task_report) + [""]
+    if report.get("primary"):
+        lines += ["primary endpoints (Holm-adjusted across the family):",
+                  primary_table(report["primary"]).to_string(float_format="{:.3g}".format), ""]
+    review = report.get("review") or {}
+    if review.get("acceptability"):
+        lines += [f"== clinical acceptability: study {review['study']['name']} ==",
+                  acceptability_table(review["acceptability"]).to_string(float_format="{:.3f}".format),
+                  acceptability_tests_table(review["acceptability"]).to_string(float_format="{:.3g}".format),
+                  "inter-rater agreement:", agreement_table(review["agreement"]).to_string(), ""]
+    if report.get("methods_text"):
+        lines += ["methods:", report["methods_text"], ""]
     if report["notes"]:
         lines += ["notes:", *(f"- {note}" for note in report["notes"])]
     return "\n".join(lines).rstrip() + "\n"
@@ -290,6 +376,11 @@ def _list_html(items: Mapping) -> str:
     return "".join(parts) + "</dl>"
 
 
+def _chart_interval(ci95: Mapping | None) -> Sequence | None:
+    ci95 = ci95 or {}
+    return ci95.get("wilson") or ci95.get("bootstrap")
+
+
 def _task_html(task: str, task_report: Mapping, view: Dashboard) -> list[str]:
     means = metric_table(task_report)
     out = [f"<h2>{html.escape(TASK_NAMES[task])}</h2>",
@@ -298,8 +389,9 @@ def _task_html(task: str, task_report: Mapping, view: Dashboard) -> list[str]:
     shown = means.loc[[m for m in means.index if m in _CHARTED_METRICS]]
     if len(shown):
         out.append(bar_chart_svg(
-            shown[["base", "fine-tuned"]], title=f"{task}: mean per-case score, 95% bootstrap CI", x_max=1.0,
-            intervals={MODEL_NAMES[m]: [task_report[m]["ci95"].get(metric, {}).get("bootstrap")
+            shown[["base", "fine-tuned"]], title=f"{task}: mean per-case score, 95% CI (Wilson for 0/1 scores, "
+            "bootstrap for ROUGE-1 F and macro-F1)", x_max=1.0,
+            intervals={MODEL_NAMES[m]: [_chart_interval(task_report[m]["ci95"].get(metric))
                                         for metric in shown.index] for m in MODELS}))
     if "per_class" in task_report["base"]:
         per_class = per_class_table(task_report)
@@ -338,6 +430,8 @@ def _reviews_html(view: Dashboard) -> list[str]:
     if reviews.agreement is not None:
         out += ["<h3>Inter-rater agreement (acceptability)</h3>",
                 _table_html(agreement_table(reviews.agreement))]
+    if reviews.order_checks is not None:
+        out += ["<h3>Position and order checks</h3>", _table_html(order_checks_table(reviews.order_checks))]
     out += ["<h3>Review progress per reviewer</h3>", _table_html(reviews.progress)]
     return out
 
@@ -354,13 +448,15 @@ def html_report(view: Dashboard, *, title: str = "Base against fine-tuned: study
     if view.report is None:
         out.append(f"<p>{html.escape(view.message or 'Nothing to evaluate.')}</p>")
     else:
+        if view.primary is not None:
+            out += ["<h2>Primary endpoints</h2>", _table_html(primary_table(view.primary))]
         for task, task_report in view.report["tasks"].items():
             out += _task_html(task, task_report, view)
     out += _reviews_html(view)
-    out += ["<h2>Methods</h2>", _list_html(view.methods)]
+    out += ["<h2>Methods</h2>", f"<p>{html.escape(view.methods_text)}</p>", _list_html(view.methods)]
     if view.report is not None:
         out += ["<h3>Settings and versions</h3>", _list_html(view.report["methods"])]
-    notes = [*(view.report["notes"] if view.report else []),
+    notes = [*view.run_notes, *(view.report["notes"] if view.report else []),
              *(view.reviews.notes if view.reviews is not None else [])]
     if notes:
         out += ["<h2>Notes</h2><ul>", *(f"<li>{html.escape(note)}</li>" for note in notes), "</ul>"]

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from rocore.data.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
+from rocore.model.answers import extract_answer
 from rocore.model.prompts import TASKS
 from rocore.data.regimen import parse_regimen
 
@@ -94,6 +95,15 @@ def _predicted_label(normalise: Callable[[object], str], value: str) -> str:
         return OTHER
 
 
+def _read_modality(text: str) -> str:
+    """A prediction's modality as the answer reader sees it: raw text such as "Not a candidate for
+    protons." must not score as proton just because it names one."""
+    answer = extract_answer("modality", text)
+    if answer is None:
+        raise LabelError("no modality can be read")
+    return normalise_modality(answer)
+
+
 def _as_score(flags) -> np.ndarray:
     return np.asarray(flags, dtype=np.float64)
 
@@ -101,7 +111,7 @@ def _as_score(flags) -> np.ndarray:
 def score_modality(gold: Sequence[str], predicted: Sequence[str]) -> pd.DataFrame:
     """Per-case modality labels and correctness; a gold value that is no modality raises LabelError."""
     gold_label = _mapped(gold, functools.partial(_gold_label, normalise_modality))
-    predicted_label = _mapped(predicted, functools.partial(_predicted_label, normalise_modality))
+    predicted_label = _mapped(predicted, functools.partial(_predicted_label, _read_modality))
     return pd.DataFrame({
         "gold_label": gold_label,
         "predicted_label": predicted_label,

@@ -18,9 +18,15 @@ from pathlib import Path
 from rocore.store.db import NOW, opened, transaction
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.model.loading import LoadedModel, using_adapter
-from rocore.model.prompts import TEMPLATE_IDS, build_prompt, check_tasks, extract_answer
+from rocore.model.answers import extract_answer
+from rocore.model.prompts import build_prompt, check_tasks, end_of_turn, resolve_prompt_format, template_id
 
-DEFAULT_MAX_NEW_TOKENS = {"regimen": 64, "modality": 8, "icd10": 12}
+# Per-task limits on new tokens, from real chat answers (SmolLM2-135M-Instruct, docs/real-models.md:
+# p99 of the answers that ended on their own was 140 regimen, 72 modality, 129 ICD-10 tokens) plus a
+# margin: a limit must not cut an answer that would have ended by itself.
+DEFAULT_MAX_NEW_TOKENS = {"regimen": 256, "modality": 96, "icd10": 160}
+# Where a base model given the plain layout starts writing the next "### ..." section.
+PLAIN_STOP = "\n###"
 
 
 @dataclass(frozen=True)
@@ -48,21 +54,21 @@ def decoding_settings(max_new_tokens: dict[str, int] | None = None) -> dict:
 
 def get_or_create_run(conn: sqlite3.Connection, base_model_id: int, adapter_model_id: int | None,
                       split_id: int, part: str, tasks: list[str], quantization: str,
-                      decoding: dict) -> tuple[int, bool]:
-    """(run id, resumed): a run with the same model, data and settings is resumed, not repeated."""
+                      decoding: dict, prompt_format: str) -> tuple[int, bool]:
+    """(run id, resumed): a run with the same model, data, settings and prompt format is resumed, not repeated."""
     tasks = check_tasks(tasks)
     key = (base_model_id, adapter_model_id, split_id, part, json.dumps(tasks), quantization,
-           json.dumps(decoding, sort_keys=True))
+           json.dumps(decoding, sort_keys=True), prompt_format)
     with transaction(conn):
         row = conn.execute(
             "SELECT run_id FROM generation_runs WHERE base_model_id = ? AND adapter_model_id IS ? AND "
-            "split_id = ? AND part = ? AND tasks = ? AND quantization = ? AND decoding = ? "
+            "split_id = ? AND part = ? AND tasks = ? AND quantization = ? AND decoding = ? AND prompt_format = ? "
             "ORDER BY run_id DESC LIMIT 1", key).fetchone()
         if row:
             return row[0], True
         run_id = conn.execute(
             "INSERT INTO generation_runs (base_model_id, adapter_model_id, split_id, part, tasks, "
-            "quantization, decoding) VALUES (?, ?, ?, ?, ?, ?, ?)", key).lastrowid
+            "quantization, decoding, prompt_format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key).lastrowid
     return run_id, False
 
 
@@ -101,7 +107,8 @@ def list_runs(conn: sqlite3.Connection) -> list[dict]:
     runs = []
     for r in rows:
         kind = f"fine-tuned ({Path(r['adapter_path']).name})" if r["adapter_path"] else "base"
-        label = (f"run {r['run_id']}: {Path(r['base_path']).name}, {kind}, {r['split_name']}/{r['part']}, "
+        label = (f"run {r['run_id']}: {Path(r['base_path']).name}, {kind}, {r['prompt_format'] or 'unrecorded'} "
+                 f"format, {r['split_name']}/{r['part']}, "
                  f"{r['done']:,} outputs ({r['status']})")
         runs.append({**dict(r), "label": label})
     return runs
@@ -127,12 +134,12 @@ def suggested_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
     return pair
 
 
-def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size: int):
+def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size: int, prompt_format: str):
     """Batches of one task each, longest prompts first (an out-of-memory error shows at once)."""
     tokenizer = loaded.tokenizer
     by_task: dict[str, list[tuple[int, str, str]]] = {}
     for case_id, task, diagnosis in items:
-        prompt = build_prompt(tokenizer, task, diagnosis)
+        prompt = build_prompt(tokenizer, task, diagnosis, prompt_format)
         length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         by_task.setdefault(task, []).append((length, case_id, prompt))
     for task, entries in by_task.items():
@@ -141,25 +148,87 @@ def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size:
             yield task, entries[start:start + batch_size]
 
 
+@dataclass(frozen=True)
+class Stops:
+    """What ends an answer: stop tokens, and stop strings for markers that are not one token."""
+
+    token_ids: tuple[int, ...]
+    strings: tuple[str, ...] = ()
+
+
+def stops_for(loaded: LoadedModel, prompt_format: str | None) -> Stops:
+    """The model's own stop tokens merged, never replaced: generation_config.eos_token_id (an int or a
+    list: Llama-3 Instruct lists <|eot_id|> beside <|end_of_text|>), the tokenizer's EOS (what a plain
+    fine-tune ends its answers with), and for chat the template's end-of-turn marker (<|im_end|>,
+    <end_of_turn>), as a stop string where it is not one token. The plain layout also stops where a
+    base model starts a next section (PLAIN_STOP), which is where its answer ends."""
+    tokenizer = loaded.tokenizer
+    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    strings = []
+    marker = end_of_turn(tokenizer) if prompt_format == "chat" else None
+    if marker:
+        marker_ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if len(marker_ids) == 1:
+            ids += marker_ids
+        else:
+            strings.append(marker)
+    if prompt_format == "plain":
+        strings.append(PLAIN_STOP)
+    return Stops(tuple(dict.fromkeys(ids)), tuple(strings))
+
+
 def generate_batch(loaded: LoadedModel, prompts: list[str], max_new_tokens: int,
-                   adapter: str | None) -> list[tuple[str, int, int]]:
-    """(raw text, prompt tokens, new tokens up to EOS) for each prompt, greedy."""
+                   adapter: str | None, stops: Stops | None = None) -> list[tuple[str, int, int, str]]:
+    """(raw text, prompt tokens, new tokens up to the stop, finish reason) for each prompt, greedy.
+    The finish reason is `stop` when a stop token or string ended the answer, else `length` (cut at
+    max_new_tokens). stops: default, the model's own stop tokens alone."""
     import torch
 
     tokenizer = loaded.tokenizer
+    stops = stops or stops_for(loaded, None)
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     encoded = {k: v.to(loaded.model.device) for k, v in encoded.items()}
+    stopping = {"stop_strings": list(stops.strings), "tokenizer": tokenizer} if stops.strings else {}
     with using_adapter(loaded, adapter) as model, torch.inference_mode():
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=list(stops.token_ids), **stopping)
     new = output[:, encoded["input_ids"].shape[1]:].cpu()
     results = []
     for i, tokens in enumerate(new.tolist()):
-        if tokenizer.eos_token_id in tokens:
-            tokens = tokens[: tokens.index(tokenizer.eos_token_id) + 1]
+        end = next((j for j, token in enumerate(tokens) if token in stops.token_ids), None)
+        reason = "length" if end is None else "stop"
+        tokens = tokens if end is None else tokens[:end + 1]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        results.append((text, int(encoded["attention_mask"][i].sum()), len(tokens)))
+        cut = min((text.index(s) for s in stops.strings if s in text), default=None)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+            while tokens and tokens[-1] == tokenizer.pad_token_id:  # a row that ended on a stop string
+                tokens.pop()
+        results.append((text, int(encoded["attention_mask"][i].sum()), len(tokens), reason))
     return results
+
+
+def generate_fitting(loaded: LoadedModel, prompts: list[str], max_new_tokens: int, adapter: str | None,
+                     stops: Stops, size: int) -> tuple[list[tuple[str, int, int, str]], int]:
+    """generate_batch over `prompts` in sub-batches of `size`, halving `size` and retrying whenever the
+    GPU runs out of memory, so a batch size that was too large for the longest prompts slows a run
+    instead of ending it. Returns the outputs and the size that fitted, for the next batches."""
+    import torch
+
+    outputs: list[tuple[str, int, int, str]] = []
+    while len(outputs) < len(prompts):
+        chunk = prompts[len(outputs):len(outputs) + size]
+        try:
+            outputs += generate_batch(loaded, chunk, max_new_tokens, adapter, stops)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            size //= 2
+            torch.cuda.empty_cache()
+    return outputs, size
 
 
 def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapter: str | None = None,
@@ -168,27 +237,35 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapte
     """Generate every missing output of a run; each batch is stored in its own transaction."""
     db_path = Path(db_path)
     with opened(db_path) as conn:
-        run = conn.execute("SELECT decoding FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
+        run = conn.execute("SELECT decoding, prompt_format FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
         items = pending_items(conn, run_id)
     max_new = json.loads(run["decoding"])["max_new_tokens"]
+    if run["prompt_format"] is None:
+        raise ValueError(f"run {run_id} was made before prompt formats were recorded; start a new run")
+    prompt_format = resolve_prompt_format(loaded.tokenizer, loaded.path, run["prompt_format"],
+                                          loaded.adapters.get(adapter) if adapter else None)
+    stops = stops_for(loaded, prompt_format)
     items = items[:limit] if limit is not None else items
     _set_status(db_path, run_id, "running")
     started, done, new_tokens = time.monotonic(), 0, 0
     state = Progress(0, len(items), 0.0, 0)
+    fitting = batch_size
     try:
-        for task, batch in _batches(loaded, items, batch_size):
+        for task, batch in _batches(loaded, items, batch_size, prompt_format):
             batch_started = time.monotonic()
-            outputs = generate_batch(loaded, [prompt for _, _, prompt in batch], max_new[task], adapter)
+            outputs, fitting = generate_fitting(loaded, [prompt for _, _, prompt in batch], max_new[task], adapter,
+                                                stops, fitting)
             per_row = (time.monotonic() - batch_started) / len(batch)
             with opened(db_path) as conn, transaction(conn):
                 conn.executemany(
                     "INSERT OR IGNORE INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
-                    "prompt_tokens, output_tokens, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(run_id, case_id, task, TEMPLATE_IDS[task], text, extract_answer(task, text),
-                      n_prompt, n_new, per_row)
-                     for (_, case_id, _), (text, n_prompt, n_new) in zip(batch, outputs)])
+                    "prompt_tokens, output_tokens, seconds, finish_reason, prompt) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, case_id, task, template_id(loaded.tokenizer, task, prompt_format), text,
+                      extract_answer(task, text), n_prompt, n_new, per_row, reason, prompt)
+                     for (_, case_id, prompt), (text, n_prompt, n_new, reason) in zip(batch, outputs)])
             done += len(batch)
-            new_tokens += sum(n for _, _, n in outputs)
+            new_tokens += sum(n for _, _, n, _ in outputs)
             state = Progress(done, len(items), time.monotonic() - started, new_tokens)
             if progress:
                 progress(state)

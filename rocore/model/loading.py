@@ -59,8 +59,24 @@ def resolve_device(device: str = "auto") -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def compute_precision(device: str, bf16_supported: bool) -> str:
+    """The precision GPU arithmetic runs in: bf16 where the GPU has it (Ampere and newer), else fp16
+    (a T4 or V100 raises at bf16); fp32 on the CPU, where half precision is emulated and slow."""
+    if device != "cuda":
+        return "fp32"
+    return "bf16" if bf16_supported else "fp16"
+
+
+def device_precision(device: str) -> str:
+    """compute_precision for this machine's GPU."""
+    import torch
+
+    return compute_precision(device, device == "cuda" and torch.cuda.is_bf16_supported())
+
+
 def resolve_quantization(quantization: str, device: str, path: str | Path) -> str:
-    """`auto`: bf16 on a GPU with room for it, else nf4; fp32 on the CPU for small models, else nf4."""
+    """`auto`: bf16 (fp16 on a GPU without bf16) on a GPU with room for it, else nf4; fp32 on the CPU
+    for small models, else nf4."""
     import torch
 
     if quantization not in QUANTIZATIONS:
@@ -71,7 +87,7 @@ def resolve_quantization(quantization: str, device: str, path: str | Path) -> st
         sum(f.stat().st_size for f in Path(path).glob("*.bin"))
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
-        return "bf16" if weights * 1.3 < free else "nf4"
+        return device_precision(device) if weights * 1.3 < free else "nf4"
     return "fp32" if weights < 2 * 1024**3 else "nf4"
 
 
@@ -97,7 +113,7 @@ def load_kwargs(quantization: str, device: str) -> dict:
     if quantization == "nf4":
         return {**placement, "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)}
+            bnb_4bit_compute_dtype=torch.float16 if device_precision(device) == "fp16" else torch.bfloat16)}
     if quantization == "int8":
         return {**placement, "quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[quantization]

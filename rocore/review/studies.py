@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rocore.evaluation.acceptability import RULE, case_verdicts
+from rocore.evaluation.acceptability import RULE, acceptability_figures, likert_comparison
+from rocore.evaluation.statistics import plan_paired_study
 from rocore.review.auth import AccessDenied, active_user, add_user, require_role
 from rocore.store.audit import audit
 from rocore.store.db import transaction
@@ -348,24 +349,65 @@ def unblinded_ratings(conn: sqlite3.Connection, study_id: int, *, actor_id: int 
 
 
 def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | None) -> dict:
-    """Acceptability per run (the paper's measure, by rocore.evaluation.acceptability's rule), mean
-    scores, preferences and flags over current ratings. Staff only."""
+    """Acceptability per run (the paper's measure: rocore.evaluation.acceptability's figures, the same
+    as the Dashboard's), mean scores, preferences and flags over current ratings. Staff only.
+
+    runs[1|2]: per-case acceptability (the primary figure) with its Wilson interval, and the share
+    of all verdicts with its case-clustered interval; "acceptability" and "agreement" hold the
+    full figures, run 1 as "base" and run 2 as "finetuned", or None before any verdict.
+    """
     ratings = unblinded_ratings(conn, study_id, actor_id=actor_id)
     rated = [r for r in ratings if not r["unratable"]]
+    overlap = conn.execute("SELECT overlap FROM studies WHERE study_id = ?", (study_id,)).fetchone()[0]
     verdicts = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "model": number,
                               "verdict": int(bool(r[f"acceptable_{number}"]))}
                              for r in rated for number in (1, 2)], columns=["case_id", "reviewer", "model", "verdict"])
-    by_case = case_verdicts(verdicts) if rated else {}
+    figures, agreement = (acceptability_figures(verdicts, 1, 2, ratings_per_case=overlap) if rated
+                          else (None, None))
     runs = {}
-    for number in (1, 2):
-        cases = by_case.get(number, {})
+    for number, model in ((1, "base"), (2, "finetuned")):
         likert = [r[f"likert_{number}"] for r in rated if r[f"likert_{number}"] is not None]
-        runs[number] = {"rated": len(cases), "acceptable": sum(cases.values()),
-                        "share_acceptable": sum(cases.values()) / len(cases) if cases else None,
+        shares = figures[model] if figures else {"n": 0, "acceptable": 0, "share": None, "ci95": {}}
+        level = figures["rating_level"][model] if figures else {}
+        runs[number] = {"rated": shares["n"], "acceptable": shares["acceptable"],
+                        "share_acceptable": shares["share"], "ci95_wilson": shares["ci95"].get("wilson"),
+                        "share_of_verdicts": level.get("share"),
+                        "share_of_verdicts_ci95": level.get("ci95_cluster_bootstrap"),
                         "mean_likert": sum(likert) / len(likert) if likert else None}
     preferences = {key: sum(r["preferred_run"] == key for r in rated) for key in (1, 2, "none")}
+    scores = pd.DataFrame([{"case_id": r["case_id"], "model": number, "score": r[f"likert_{number}"]}
+                           for r in rated for number in (1, 2) if r[f"likert_{number}"] is not None],
+                          columns=["case_id", "model", "score"])
     return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated),
-            "acceptability_rule": RULE}
+            "acceptability_rule": RULE, "acceptability": figures, "agreement": agreement,
+            "likert": likert_comparison(scores, 1, 2)}
+
+
+def creation_advice(n_reviewers: int, overlap: int) -> list[str]:
+    """What to reconsider before creating a study with this many reviewers per case."""
+    advice = []
+    if overlap < 2:
+        advice.append("With one reviewer per case there is no agreement to measure and each verdict stands "
+                      "alone: 3 reviewers per case is the usual choice.")
+    elif overlap % 2 == 0:
+        advice.append(f"{overlap} reviewers per case can split evenly, and a tie counts as not acceptable: "
+                      f"an odd number ({overlap + 1} if there are enough reviewers) avoids ties.")
+    if overlap > n_reviewers:
+        advice.append(f"Only {n_reviewers} reviewer(s) chosen for {overlap} per case.")
+    return advice
+
+
+def plan_study(p_base: float, p_finetuned: float, *, discordant: float | None = None, alpha: float = 0.05,
+               power: float = 0.8, overlap: int = 3) -> dict:
+    """Cases and ratings a paired study needs (rocore.evaluation.statistics.plan_paired_study), with
+    the advice on reviewers per case."""
+    try:
+        plan = plan_paired_study(p_base, p_finetuned, discordant=discordant, alpha=alpha, power=power,
+                                 ratings_per_case=overlap)
+    except ValueError as exc:
+        raise ReviewError(f"Cannot plan: {exc}.") from None
+    plan["notes"] = [n for n in plan["notes"] if "tie" not in n] + creation_advice(overlap, overlap)
+    return plan
 
 
 # --- The reviewer's side ------------------------------------------------------------------------

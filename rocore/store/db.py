@@ -29,7 +29,20 @@ SCHEMA_VERSION = int(re.search(r"^-- schema_version: (\d+)$", SCHEMA_SQL, re.MUL
 # one write transaction (see `ensure_schema`). New tables, indexes and triggers need no step: the
 # schema file is applied after the steps. Version 1 is the schema file itself.
 Step = Callable[["sqlite_utils.Database"], None]
-MIGRATIONS: dict[int, Step] = {}
+
+
+def _prompt_formats_and_finish_reasons(store: sqlite_utils.Database) -> None:
+    """Version 2: runs record their prompt format, outputs their prompt and why they ended. Old rows
+    keep NULL (not recorded): guessing would put a layout or a stop on record that no one saw."""
+    for table in ("training_runs", "generation_runs"):
+        store.execute(f"ALTER TABLE {table} ADD COLUMN prompt_format TEXT "
+                      "CHECK (prompt_format IS NULL OR prompt_format IN ('plain', 'chat'))")
+    store.execute("ALTER TABLE generations ADD COLUMN finish_reason TEXT "
+                  "CHECK (finish_reason IS NULL OR finish_reason IN ('stop', 'length'))")
+    store.execute("ALTER TABLE generations ADD COLUMN prompt TEXT")
+
+
+MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons}
 
 BUSY_TIMEOUT_S = 30.0
 

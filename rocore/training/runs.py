@@ -14,13 +14,14 @@ import os
 import platform
 import sqlite3
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from rocore.store.db import NOW, opened, transaction
 from rocore.store.registry import register_model
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.model.loading import ModelError, check_model_dir
+from rocore.model.prompts import PROMPT_FORMATS, check_prompt_format, default_prompt_format
 from rocore.data.splits import SplitError, split_cases, split_id_by_name
 from rocore.training.trainer import TrainingConfig, check_config, train_adapter
 
@@ -64,6 +65,7 @@ def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | No
     problems = list(check_config(config))
     try:
         check_model_dir(Path(base_model))
+        config = replace(config, prompt_format=_prompt_format(base_model, config.prompt_format))
     except ModelError as exc:
         problems.append(f"base_model: {exc}")
     split_id = None
@@ -82,11 +84,29 @@ def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | No
     base_id = register_model(conn, base_model, "base")
     with transaction(conn):
         run_id = conn.execute(
-            "INSERT INTO training_runs (base_model_id, split_id, config, versions, output_dir) VALUES (?, ?, ?, ?, '')",
-            (base_id, split_id, json.dumps(asdict(config)), json.dumps(library_versions()))).lastrowid
+            "INSERT INTO training_runs (base_model_id, split_id, config, versions, output_dir, prompt_format) "
+            "VALUES (?, ?, ?, ?, '', ?)",
+            (base_id, split_id, json.dumps(asdict(config)), json.dumps(library_versions()),
+             config.prompt_format)).lastrowid
         output_dir = Path(output_root).resolve() / f"run-{run_id}"
         conn.execute("UPDATE training_runs SET output_dir = ? WHERE run_id = ?", (str(output_dir), run_id))
     return run_id
+
+
+def _prompt_format(base_model: str | Path, requested: str) -> str:
+    """The format a run trains in, settled (and stored in its config) before it starts, so that the
+    run's record says which format it used even when it asked for auto."""
+    from transformers import AutoTokenizer
+
+    if requested not in ("auto", *PROMPT_FORMATS):
+        return requested  # check_config has said why
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{base_model}: its tokenizer could not be loaded: {exc}") from exc
+    prompt_format = default_prompt_format(tokenizer, base_model) if requested == "auto" else requested
+    check_prompt_format(tokenizer, prompt_format)
+    return prompt_format
 
 
 def _progress_callback(db_path: Path, run_id: int):

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rocore.model.loading import QUANTIZATIONS, load_base, write_adapter_info
-from rocore.model.prompts import TASKS, TEMPLATE_IDS, answer_text, build_prompt, check_tasks
+from rocore.model.loading import QUANTIZATIONS, device_precision, load_base, write_adapter_info
+from rocore.model.prompts import (PROMPT_FORMATS, TASKS, build_example, chat_template_id, check_prompt_format,
+                                  check_tasks, default_prompt_format, template_id)
 
 IGNORE_INDEX = -100
 
@@ -44,6 +45,9 @@ class TrainingConfig:
     # Stop after this many evaluations without a lower validation loss (None: never stop early).
     early_stopping_patience: int | None = 3
     seed: int = 0
+    # "chat" (the tokenizer's chat template) or "plain"; "auto": chat for an instruction-tuned model
+    # with a chat template (rocore.model.prompts.default_prompt_format). Generation must use the same.
+    prompt_format: str = "auto"
 
 
 def check_config(config: TrainingConfig) -> list[str]:
@@ -68,6 +72,8 @@ def check_config(config: TrainingConfig) -> list[str]:
         problems.append(f"lora_dropout: {config.lora_dropout!r} must be at least 0 and below 1")
     if not isinstance(config.learning_rate, (int, float)) or config.learning_rate > 1e-2:
         problems.append(f"learning_rate: {config.learning_rate!r} is above 0.01; LoRA diverges there")
+    if config.prompt_format not in ("auto", *PROMPT_FORMATS):
+        problems.append(f"prompt_format: {config.prompt_format!r} must be auto, {' or '.join(PROMPT_FORMATS)}")
     if config.gradient_checkpointing not in (True, False, "auto"):
         problems.append(f"gradient_checkpointing: {config.gradient_checkpointing!r} must be true, false or auto")
     for name in ("eval_steps", "early_stopping_patience"):
@@ -77,29 +83,42 @@ def check_config(config: TrainingConfig) -> list[str]:
     return problems
 
 
-def needs_gradient_checkpointing(config: TrainingConfig, model_config, device: str) -> bool:
-    """Checkpointing trades about 40% of the speed for memory: use it only when the activations of
-    one batch (roughly 34 bytes x hidden x layers x tokens in bf16) would not fit beside the model."""
+def batch_activation_bytes(batch_size: int, longest_example: int, model_config) -> int:
+    """What one training batch keeps for the backward pass without checkpointing: about 34 bytes x
+    hidden x layers per token in half precision, plus the fp32 logits (batch x tokens x vocab x 4
+    bytes: about 10 GB for 8 x 2,400 tokens at a 128k vocabulary). A batch is padded only to its own
+    longest example, so the longest tokenised example bounds it, not max_length."""
+    tokens = batch_size * longest_example
+    layers = 34 * model_config.hidden_size * model_config.num_hidden_layers * tokens
+    return layers + 4 * model_config.vocab_size * tokens
+
+
+def needs_gradient_checkpointing(config: TrainingConfig, model_config, device: str, longest_example: int,
+                                 free_bytes: int | None = None) -> bool:
+    """Checkpointing trades about 40% of the speed for memory: use it only when one batch of the
+    longest examples would not fit in 80% of the free GPU memory (`free_bytes`, default: measured)."""
     if config.gradient_checkpointing != "auto":
         return bool(config.gradient_checkpointing)
     if device != "cuda":
         return False
-    import torch
+    if free_bytes is None:
+        import torch
 
-    free, _ = torch.cuda.mem_get_info()
-    tokens = config.batch_size * config.max_length
-    activations = 34 * model_config.hidden_size * model_config.num_hidden_layers * tokens
-    return activations > 0.8 * free
+        free_bytes, _ = torch.cuda.mem_get_info()
+    return batch_activation_bytes(config.batch_size, longest_example, model_config) > 0.8 * free_bytes
 
 
-def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_length: int) -> list[dict]:
-    """One tokenised example per case and task: prompt tokens masked out of the loss, answer kept.
+def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_length: int,
+                 prompt_format: str) -> list[dict]:
+    """One tokenised example per case and task, built as generation builds its prompt: everything up to
+    the answer masked out of the loss, the answer and its end-of-turn (chat) or EOS (plain) kept.
     Over-long prompts are cut from the left of the diagnosis side so the answer always survives."""
     examples, tasks = [], check_tasks(list(tasks))
     for case in cases:
         for task in tasks:
-            prompt = tokenizer(build_prompt(tokenizer, task, case["diagnosis"]), add_special_tokens=False)["input_ids"]
-            answer = tokenizer(answer_text(tokenizer, case[task]), add_special_tokens=False)["input_ids"]
+            prompt_text, completion = build_example(tokenizer, task, case["diagnosis"], case[task], prompt_format)
+            prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(completion, add_special_tokens=False)["input_ids"]
             prompt = prompt[-max(1, max_length - len(answer)):]
             input_ids = (prompt + answer)[:max_length]
             labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
@@ -109,16 +128,14 @@ def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_len
 
 def load_for_training(base_path: str | Path, config: TrainingConfig, device: str = "auto"):
     """The base in the configured precision (right-padded for training) with a fresh LoRA adapter on
-    all linear layers; a base that cannot be loaded raises ModelError."""
+    all linear layers; a base that cannot be loaded raises ModelError. Checkpointing is left to the
+    Trainer, decided once the examples' real lengths are known (needs_gradient_checkpointing)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     base = load_base(base_path, config.quantization, device, padding_side="right")
     model, tokenizer, device, quantization = base.model, base.tokenizer, base.device, base.quantization
-    checkpointing = needs_gradient_checkpointing(config, model.config, device)
     if quantization in ("nf4", "int8"):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora), tokenizer, device, quantization
@@ -138,9 +155,16 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     set_seed(config.seed)
     output_dir = Path(output_dir)
     model, tokenizer, device, quantization = load_for_training(base_path, config, device)
-    train_set = sft_examples(tokenizer, train_cases, config.tasks, config.max_length)
+    prompt_format = (default_prompt_format(tokenizer, base_path) if config.prompt_format == "auto"
+                     else config.prompt_format)
+    check_prompt_format(tokenizer, prompt_format)
+    train_set = sft_examples(tokenizer, train_cases, config.tasks, config.max_length, prompt_format)
     random.Random(config.seed).shuffle(train_set)
-    eval_set = sft_examples(tokenizer, eval_cases, config.tasks, config.max_length) if eval_cases else None
+    eval_set = (sft_examples(tokenizer, eval_cases, config.tasks, config.max_length, prompt_format)
+                if eval_cases else None)
+    longest = max((len(example["input_ids"]) for example in train_set), default=1)
+    checkpointing = needs_gradient_checkpointing(config, model.config, device, longest)
+    precision = device_precision(device)
     by_steps = config.eval_steps is not None
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -163,7 +187,11 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         greater_is_better=False,
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        bf16=device == "cuda",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        activation_checkpointing=checkpointing,
+        # Reentrant checkpointing needs inputs that require grad and breaks with frozen 4-bit bases.
+        activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=device == "cpu",
         seed=config.seed,
         report_to=[],
@@ -181,7 +209,11 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     tokenizer.save_pretrained(adapter_dir)
     write_adapter_info(adapter_dir, base_path, {
         **(details or {}), "config": asdict(config), "quantization": quantization, "device": device,
-        "templates": {t: TEMPLATE_IDS[t] for t in config.tasks}, "n_train_examples": len(train_set),
+        "precision": precision, "gradient_checkpointing": checkpointing,
+        "prompt_format": prompt_format,
+        "chat_template": chat_template_id(tokenizer) if prompt_format == "chat" else None,
+        "templates": {t: template_id(tokenizer, t, prompt_format) for t in config.tasks},
+        "n_train_examples": len(train_set),
         "final_train_loss": _last(trainer.state.log_history, "loss"),
         "final_eval_loss": _last(trainer.state.log_history, "eval_loss"),
     })
