@@ -43,6 +43,9 @@ device = right.selectbox("Device", models.DEVICES)
 prompt_format = left.selectbox("Prompt format", ["auto", *prompts.PROMPT_FORMATS],
                                help="chat: the model's chat template; plain: the '### Patient' layout. auto: the "
                                     "adapter's own, else chat for an instruction-tuned model with a chat template.")
+limit = right.number_input("Outputs to try first (0: all)", 0, 100_000, 0,
+                            help="Generate only this many outputs now, to try a model on a few cases; the rest "
+                                 "stay pending and the same run finishes them when started again with 0.")
 submitted = st.button("Start generation", type="primary")
 
 args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
@@ -50,6 +53,8 @@ args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", par
         "--prompt-format", prompt_format]
 if adapter:
     args += ["--adapter", str(adapter)]
+if limit:
+    args += ["--limit", str(limit)]
 st.caption("Command line equivalent")
 st.code(jobs.command_line("rocore", args), language="bash", wrap_lines=True)
 if submitted:

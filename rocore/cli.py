@@ -15,6 +15,7 @@ from rocore.store.db import SchemaError, default_db_path, opened
 from rocore.model.loading import DEVICES, QUANTIZATIONS
 from rocore.model.prompts import PROMPT_FORMATS, TASKS
 from rocore.data.splits import PARTS
+from rocore.generation.runs import DEFAULT_MAX_NEW_TOKENS
 
 
 def _db_arg(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +151,12 @@ def _primary_item(item: str) -> tuple[str, str]:
     return task.strip(), metric.strip()
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def _max_new_tokens(item: str) -> tuple[str, int]:
     task, sep, number = item.partition("=")
     if not sep or not number.isdigit() or int(number) < 1:
@@ -202,7 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
-                               batch_size=args.batch_size, progress=show)
+                               batch_size=args.batch_size, progress=show, limit=args.limit)
     except RunBusy as exc:
         bar.close()
         print(exc, file=sys.stderr)
@@ -213,6 +220,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 130
     bar.close()
     print(f"run {run_id}: generated {final.done} outputs in {final.elapsed_s:.1f}s")
+    if args.limit is not None:
+        print(f"--limit {args.limit}: run the same command without --limit to generate the rest of run {run_id}")
     return 0
 
 
@@ -409,7 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=_max_new_tokens, action="append", default=[], metavar="TASK=N",
-                   help="limit of new tokens for a task (defaults: regimen=64, modality=8, icd10=12)")
+                   help="limit of new tokens for a task (defaults: "
+                        f"{', '.join(f'{k}={v}' for k, v in DEFAULT_MAX_NEW_TOKENS.items())})")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="generate at most N outputs now, to try a model first; the run keeps the rest pending "
+                        "and the same command without --limit finishes it")
     p.add_argument("--prompt-format", default="auto", choices=("auto", *PROMPT_FORMATS),
                    help="chat: the tokenizer's chat template; plain: the '### Patient' layout; auto (default): "
                         "an adapter's own format, else chat for an instruction-tuned model with a chat template")

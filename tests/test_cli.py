@@ -7,6 +7,8 @@ import sys
 
 from conftest import ROOT, csv_bytes, row
 
+from rocore.store.db import opened
+
 
 def rocore(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rocore", *map(str, args)], capture_output=True, text=True,
@@ -118,6 +120,21 @@ def test_generate_resumes_and_evaluate_reads_the_stored_runs(split_db, tiny_mode
     assert set(report["tasks"]) == {"modality", "icd10"}
     assert report["tasks"]["modality"]["base"]["n"] == report["tasks"]["modality"]["paired"]["n_pairs"] > 0
     assert "modality" in rocore("evaluate", "--db", db_path, "--runs", 1, 2).stdout
+
+
+def test_generate_limit_tries_a_few_outputs_and_the_same_run_finishes_later(split_db, tiny_model_dir):
+    db_path, _ = split_db
+    common = ("--db", db_path, "--model", tiny_model_dir, "--quantization", "fp32", "--tasks", "modality",
+              "--max-new-tokens", "modality=3")
+    tried = rocore("generate", *common, "--limit", 3)
+    assert tried.returncode == 0, tried.stderr
+    assert "run 1: generated 3 outputs" in tried.stdout and "without --limit" in tried.stdout
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT status FROM generation_runs WHERE run_id = 1").fetchone()[0] == "queued"
+        test_cases = conn.execute("SELECT count(*) FROM split_cases WHERE part = 'test'").fetchone()[0]
+    rest = rocore("generate", *common)
+    assert "resuming generation run 1" in rest.stdout and f"generated {test_cases - 3} outputs" in rest.stdout
+    assert rocore("generate", *common, "--limit", 0).returncode == 2
 
 
 def test_generate_and_evaluate_errors(tmp_path, split_db):

@@ -27,6 +27,12 @@ def test_start_a_run_in_the_background_and_watch_it_finish(page_for, split_db, t
     at.run()
     command = at.code[0].value
     assert command.startswith("python -m rocore generate --db") and "--tasks modality" in command
+    assert "--limit" not in command
+    next(n for n in at.number_input if n.label.startswith("Outputs to try first")).set_value(5)
+    at.run()
+    assert at.code[0].value.endswith("--limit 5")
+    next(n for n in at.number_input if n.label.startswith("Outputs to try first")).set_value(0)
+    at.run()
     at.button[0].click()
     at.run()
     assert "Started (process" in at.success[0].value
