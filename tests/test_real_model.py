@@ -61,6 +61,13 @@ def test_its_chat_template_builds_the_prompts(smollm2_dir):
     assert tokenizer(END_OF_TURN, add_special_tokens=False)["input_ids"] == [tokenizer.eos_token_id]
 
 
+def test_a_renamed_folder_still_gets_the_chat_format(smollm2, smollm2_dir, tmp_path):
+    renamed = tmp_path / "models" / "smol"
+    renamed.parent.mkdir()
+    renamed.symlink_to(smollm2_dir, target_is_directory=True)
+    assert default_prompt_format(smollm2.tokenizer, renamed) == "chat"
+
+
 def test_the_folder_holds_plain_weights(smollm2_dir):
     """Dequantized and saved as ordinary safetensors: no GGUF record sends loading back to the GGUF file."""
     config = json.loads((smollm2_dir / "config.json").read_text(encoding="utf-8"))

