@@ -6,7 +6,7 @@ import streamlit as st
 
 from app_pages.access import require_staff
 from rocore.evaluation import dashboard, report
-from rocore.evaluation.outputs import EvaluationInputError
+from rocore.evaluation.outputs import EvaluationInputError, RunPairs, run_pairs
 from rocore.evaluation.pipeline import MODEL_NAMES
 from rocore.generation import runs as generation
 from rocore.store.db import default_db_path, opened
@@ -28,6 +28,7 @@ st.caption("Fine-tuned against base on the same held-out cases: every figure wit
 
 with opened(DB) as conn:
     runs = generation.list_runs(conn)
+    matched = generation.matched_run_pairs(conn)
     pair = generation.suggested_run_pair(conn)
     sites, modalities = dashboard.filter_options(conn)
 if len(runs) < 2:
@@ -36,14 +37,29 @@ if len(runs) < 2:
 
 labels = {run["run_id"]: run["label"] for run in runs}
 ids = list(labels)
+choices = ["Runs matched per task", "Two runs I choose"] if matched else ["Two runs I choose"]
+pairing = st.radio("Compare", choices, horizontal=True,
+                   help="Matched: for each task, the newest fine-tuned run that generated it with the newest base "
+                        "run of the same model, split part and prompt format that generated it too.")
 left, right = st.columns(2)
-base_run = left.selectbox("Base run", ids, index=ids.index(pair[0]), format_func=labels.get)
-finetuned_run = right.selectbox("Fine-tuned run", ids, index=ids.index(pair[1]), format_func=labels.get)
+named = None
+if pairing == "Two runs I choose":
+    base_run = left.selectbox("Base run", ids, index=ids.index(pair[0]), format_func=labels.get)
+    finetuned_run = right.selectbox("Fine-tuned run", ids, index=ids.index(pair[1]), format_func=labels.get)
+    named = [(base_run, finetuned_run)]
 chosen_sites = left.multiselect("Disease site", sites, placeholder="all sites")
 chosen_modalities = right.multiselect("Gold modality", modalities, placeholder="all modalities")
 filters = dashboard.Filters(tuple(chosen_sites), tuple(chosen_modalities))
-with opened(DB) as conn:
-    studies = dashboard.studies_for(conn, base_run, finetuned_run)
+try:
+    with opened(DB) as conn:
+        compared = run_pairs(conn, named)
+        studies = dashboard.studies_for(conn, compared)
+except EvaluationInputError as exc:
+    st.error(str(exc))
+    st.stop()
+if named is None:
+    st.caption("Compared: " + "; ".join(f"{', '.join(tasks)}: {labels[base]} against {labels[tuned]}"
+                                        for (base, tuned), tasks in compared.distinct().items()))
 study_id = None
 if len(studies) > 1:
     names = {s["study_id"]: f"{s['name']} (study {s['study_id']})" for s in studies}
@@ -93,10 +109,10 @@ def show_reviews(reviews: dashboard.Reviews | None) -> None:
 
 
 @st.fragment(run_every=dashboard.REFRESH_S)
-def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id: int | None) -> None:
+def live(compared: RunPairs, filters: dashboard.Filters, study_id: int | None) -> None:
     try:
         with opened(DB) as conn:
-            view = dashboard.compute(conn, score_cache(), base_run, finetuned_run, filters, study_id)
+            view = dashboard.compute(conn, score_cache(), compared, filters, study_id)
     except EvaluationInputError as exc:
         st.error(str(exc))
         return
@@ -116,7 +132,7 @@ def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id
                 show_task(task, view.report["tasks"][task], view)
     st.subheader("Clinical acceptability")
     show_reviews(view.reviews)
-    name = f"runs-{base_run}-{finetuned_run}"
+    name = "runs-" + "-".join(map(str, compared.run_ids()))
     left, right = st.columns(2)
     left.download_button("Per-case results (CSV)", lambda: report.per_case_csv(view.scores),
                          file_name=f"{name}-per-case.csv", mime="text/csv", on_click="ignore",
@@ -138,4 +154,4 @@ def live(base_run: int, finetuned_run: int, filters: dashboard.Filters, study_id
             st.markdown("**Notes.**\n" + "\n".join(f"- {note}" for note in notes))
 
 
-live(base_run, finetuned_run, filters, study_id)
+live(compared, filters, study_id)

@@ -110,7 +110,7 @@ def cmd_regimen(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rocore.evaluation.dashboard import ScoreCache, compute, declare_primary, from_outputs
-    from rocore.evaluation.outputs import EvaluationInputError, chosen_run_pair, read_outputs_file
+    from rocore.evaluation.outputs import EvaluationInputError, read_outputs_file, run_pairs
     from rocore.evaluation.report import html_report, json_figures, per_case_csv, text_report
 
     try:
@@ -118,9 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             view = from_outputs(read_outputs_file(args.file, args.extracted), {"file": str(args.file)})
         else:
             with opened(args.db) as conn:
-                base_run, finetuned_run = chosen_run_pair(conn, args.runs)
-                view = compute(conn, ScoreCache(), base_run, finetuned_run)
-            view.source = {"db": str(args.db), "base_run": base_run, "finetuned_run": finetuned_run}
+                compared = run_pairs(conn, args.runs)
+                view = compute(conn, ScoreCache(), compared)
+            view.source = {"db": str(args.db), "runs": compared.as_source()}
+            print(f"comparing {compared.describe()}", file=sys.stderr)
         if view.report is None:
             raise ValueError(view.message)
         if args.primary:
@@ -432,8 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, nargs="?",
                    help="CSV with columns case_id, task, gold, base, finetuned (else: stored runs in --db)")
     _db_arg(p)
-    p.add_argument("--runs", type=int, nargs=2, metavar=("BASE_RUN", "FINETUNED_RUN"),
-                   help="generation runs to compare (default: the latest base and fine-tuned pair)")
+    p.add_argument("--runs", type=int, nargs=2, action="append", metavar=("BASE_RUN", "FINETUNED_RUN"),
+                   help="generation runs to compare, for the tasks both generated; repeat for tasks generated in "
+                        "other runs (default: for each task, the newest fine-tuned run with the newest base run of "
+                        "the same model, split part and prompt format)")
     held = p.add_mutually_exclusive_group()
     held.add_argument("--raw", dest="extracted", action="store_false", default=False,
                       help="FILE's base and finetuned columns hold the models' raw text; answers are read out "

@@ -16,6 +16,7 @@ from test_dashboard import add_study, cases_of, make_runs, rate
 
 from rocore.cli import main
 from rocore.evaluation.acceptability import case_verdicts, likert_comparison, unblind
+from rocore.evaluation.outputs import run_pairs
 from rocore.evaluation.dashboard import ScoreCache, compute
 from rocore.evaluation.pipeline import MODEL_NAMES
 from rocore.evaluation.report import html_report
@@ -52,7 +53,7 @@ def test_dashboard_and_study_summary_agree(store):
     for i, case_id in enumerate(cases):
         rate(store, study_id, "ana", case_id, 1, 1)
         rate(store, study_id, "ben", case_id, i % 3 == 0, 1 if i % 2 else 0)
-    shown = compute(store, ScoreCache(), base_run, finetuned_run).reviews.acceptability
+    shown = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)])).reviews.acceptability
     summary = study_summary(store, study_id, actor_id=None)
     for number, model in ((1, "base"), (2, "finetuned")):
         assert summary["runs"][number]["acceptable"] == shown[model]["acceptable"]
@@ -83,7 +84,7 @@ def _demo_shaped_study(conn) -> tuple[int, int, int]:
 
 def test_the_demo_shaped_study_has_fleiss_and_krippendorff_per_model(store):
     study_id, base_run, finetuned_run = _demo_shaped_study(store)
-    reviews = compute(store, ScoreCache(), base_run, finetuned_run).reviews
+    reviews = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)])).reviews
     verdicts = pd.DataFrame(study_summary_rows(store, study_id, base_run))
     for model in ("base", "finetuned"):
         agreement = reviews.agreement["by_model"][model]
@@ -113,7 +114,7 @@ def study_summary_rows(conn, study_id: int, base_run: int) -> list[dict]:
 
 def test_rating_level_share_and_order_checks(store):
     study_id, base_run, finetuned_run = _demo_shaped_study(store)
-    reviews = compute(store, ScoreCache(), base_run, finetuned_run).reviews
+    reviews = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)])).reviews
     verdicts = pd.DataFrame(study_summary_rows(store, study_id, base_run))
     figures = reviews.acceptability
     assert figures["primary"] == "per_case_majority"
@@ -142,7 +143,7 @@ def test_rating_level_share_and_order_checks(store):
 def test_admin_dashboard_report_and_cli_state_the_same_acceptability(store, open_page, capsys):
     study_id, base_run, finetuned_run = _demo_shaped_study(store)
     db_path = store.execute("PRAGMA database_list").fetchone()[2]
-    view = compute(store, ScoreCache(), base_run, finetuned_run)
+    view = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]))
     expected = view.reviews.acceptability
     summary = study_summary(store, study_id, actor_id=None)
 

@@ -116,10 +116,49 @@ def test_generate_resumes_and_evaluate_reads_the_stored_runs(split_db, tiny_mode
     result = rocore("evaluate", "--db", db_path, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["source"] == {"db": str(db_path), "base_run": 1, "finetuned_run": 2}
+    assert report["source"] == {"db": str(db_path), "runs": {task: {"base_run": 1, "finetuned_run": 2}
+                                                             for task in ("modality", "icd10")}}
+    assert "comparing modality, icd10: base run 1, fine-tuned run 2" in result.stderr
     assert set(report["tasks"]) == {"modality", "icd10"}
     assert report["tasks"]["modality"]["base"]["n"] == report["tasks"]["modality"]["paired"]["n_pairs"] > 0
     assert "modality" in rocore("evaluate", "--db", db_path, "--runs", 1, 2).stdout
+
+
+def test_evaluate_pairs_runs_per_task_and_says_which(split_db):
+    """A regimen run and a modality/ICD-10 run per model, as a user who generated them apart has."""
+    from rocore.generation.runs import get_or_create_run
+    from rocore.store.db import transaction
+    from rocore.store.registry import register_model
+
+    db_path, split_id = split_db
+    with opened(db_path) as conn:
+        base_id = register_model(conn, "/models/base", "base")
+        adapter_id = register_model(conn, "/models/adapter", "adapter", base_id)
+        cases = conn.execute("SELECT c.* FROM split_cases s JOIN cases c USING (case_id) WHERE s.split_id = ? "
+                             "AND s.part = 'test'", (split_id,)).fetchall()
+        for adapter, tasks in ((None, ["modality", "icd10"]), (None, ["regimen"]),
+                               (adapter_id, ["regimen"]), (adapter_id, ["modality", "icd10"])):
+            run_id, _ = get_or_create_run(conn, base_id, adapter, split_id, "test", tasks, "fp32", {}, "chat")
+            with transaction(conn):
+                conn.executemany(
+                    "INSERT INTO generations (run_id, case_id, task, template_id, raw_text, answer, prompt_tokens, "
+                    "output_tokens, seconds) VALUES (?, ?, ?, 't', ?, ?, 1, 1, 0)",
+                    [(run_id, c["case_id"], task, c[task] if adapter else "?", c[task] if adapter else None)
+                     for task in tasks for c in cases])
+    result = rocore("evaluate", "--db", db_path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "comparing regimen: base run 2, fine-tuned run 3; modality, icd10: base run 1, fine-tuned run 4" in \
+        result.stderr
+    report = json.loads(result.stdout)
+    assert list(report["tasks"]) == ["regimen", "modality", "icd10"]
+    assert report["source"]["runs"]["regimen"] == {"base_run": 2, "finetuned_run": 3}
+    assert all(report["tasks"][task]["paired"]["n_pairs"] == len(cases) for task in report["tasks"])
+    named = rocore("evaluate", "--db", db_path, "--json", "--runs", 1, 4, "--runs", 2, 3)
+    assert json.loads(named.stdout)["tasks"] == report["tasks"]
+    twice = rocore("evaluate", "--db", db_path, "--runs", 1, 4, "--runs", 1, 4)
+    assert twice.returncode == 1 and "task modality is in two of the pairs named" in twice.stderr
+    apart = rocore("evaluate", "--db", db_path, "--runs", 1, 3)
+    assert apart.returncode == 1 and "runs 1 and 3 have no task in common" in apart.stderr
 
 
 def test_generate_limit_tries_a_few_outputs_and_the_same_run_finishes_later(split_db, tiny_model_dir):

@@ -11,7 +11,7 @@ import pytest
 
 from rocore.evaluation.dashboard import compute, Filters, from_outputs, ScoreCache
 from rocore.store.db import opened, transaction
-from rocore.evaluation.outputs import EvaluationInputError, outputs_from_runs
+from rocore.evaluation.outputs import EvaluationInputError, outputs_from_runs, run_pairs
 from rocore.evaluation.pipeline import evaluate_outputs
 from rocore.generation.runs import get_or_create_run
 from rocore.store.registry import register_model
@@ -117,7 +117,7 @@ def store(split_db):
 
 def test_figures_are_the_evaluation_report(store):
     base_run, finetuned_run = make_runs(store)
-    view = compute(store, ScoreCache(), base_run, finetuned_run)
+    view = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]))
     assert view.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
     assert view.n_cases == len(cases_of(store))
     assert set(view.scores["model"]) == {"base", "finetuned"} and len(view.scores) == 6 * view.n_cases
@@ -130,10 +130,10 @@ def test_figures_are_the_evaluation_report(store):
 def test_a_refresh_without_new_rows_scores_nothing_and_reuses_everything(store):
     base_run, finetuned_run = make_runs(store)
     cache = ScoreCache()
-    first = compute(store, cache, base_run, finetuned_run)
+    first = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     scored = cache.rows_scored
     assert scored == len(first.scores)
-    again = compute(store, cache, base_run, finetuned_run)
+    again = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     assert cache.rows_scored == scored
     assert again.report is first.report and again.scores is first.scores
     assert cache.run_scores(store, base_run).frame is cache.run_scores(store, base_run).frame
@@ -141,9 +141,11 @@ def test_a_refresh_without_new_rows_scores_nothing_and_reuses_everything(store):
 
 def test_new_outputs_are_scored_alone_and_appended(store):
     cases = cases_of(store)
-    base_run, finetuned_run = make_runs(store, finetuned_tasks=("modality", "icd10"))
+    base_run, finetuned_run = make_runs(store)
+    with transaction(store):  # the fine-tuned run has not reached its regimen outputs yet
+        store.execute("DELETE FROM generations WHERE run_id = ? AND task = 'regimen'", (finetuned_run,))
     cache = ScoreCache()
-    before = compute(store, cache, base_run, finetuned_run)
+    before = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     assert before.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
     assert "regimen" not in before.report["tasks"]
     scored = cache.rows_scored
@@ -154,7 +156,7 @@ def test_new_outputs_are_scored_alone_and_appended(store):
                                        for i, c in enumerate(cases[:3])], created_at=newest)
     add_outputs(store, finetuned_run, [(c["case_id"], "regimen", output(c, "regimen", "finetuned", i))
                                        for i, c in enumerate(cases) if i >= 3])
-    after = compute(store, cache, base_run, finetuned_run)
+    after = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     assert cache.rows_scored == scored + len(cases)
     assert after.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
     assert after.report["tasks"]["regimen"]["paired"]["n_pairs"] == len(cases)
@@ -166,13 +168,13 @@ def test_new_outputs_are_scored_alone_and_appended(store):
 def test_a_changed_gold_answer_rescores_the_runs(store):
     base_run, finetuned_run = make_runs(store)
     cache = ScoreCache()
-    before = compute(store, cache, base_run, finetuned_run)
+    before = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     case_id = cases_of(store)[1]["case_id"]  # the fine-tuned modality answer of case 1 is right
     with transaction(store):
         store.execute("UPDATE cases SET modality = CASE modality WHEN 'photon' THEN 'proton' "
                       "ELSE 'photon' END, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                       "WHERE case_id = ?", (case_id,))
-    after = compute(store, cache, base_run, finetuned_run)
+    after = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     accuracy = [view.report["tasks"]["modality"]["finetuned"]["accuracy"] for view in (before, after)]
     assert accuracy[1] == pytest.approx(accuracy[0] - 1 / before.n_cases)
     assert after.report == evaluate_outputs(outputs_from_runs(store, base_run, finetuned_run))
@@ -182,42 +184,46 @@ def test_filters_keep_the_cases_of_the_chosen_sites_and_modalities(store):
     base_run, finetuned_run = make_runs(store)
     cases = cases_of(store)
     site = max({c["site"] for c in cases}, key=[c["site"] for c in cases].count)
-    view = compute(store, ScoreCache(), base_run, finetuned_run, Filters(sites=(site,)))
+    view = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]), Filters(sites=(site,)))
     kept = {c["case_id"] for c in cases if c["site"] == site}
     assert view.n_cases == len(kept) < len(cases)
     outputs = outputs_from_runs(store, base_run, finetuned_run)
     assert view.report == evaluate_outputs(outputs[outputs["case_id"].isin(kept)].reset_index(drop=True))
-    photon = compute(store, ScoreCache(), base_run, finetuned_run, Filters(modalities=("photon",)))
+    photon = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]), Filters(modalities=("photon",)))
     assert photon.n_cases == sum(c["modality"] == "photon" for c in cases)
-    nothing = compute(store, ScoreCache(), base_run, finetuned_run, Filters(sites=("nowhere",)))
+    nothing = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]), Filters(sites=("nowhere",)))
     assert nothing.report is None and nothing.message == "No case matches the filters."
 
 
-def test_runs_without_overlapping_cases_or_outputs(store):
+def test_runs_without_overlapping_tasks_cases_or_outputs(store):
     base_run, finetuned_run = make_runs(store, base_tasks=("modality",), finetuned_tasks=("icd10",))
-    view = compute(store, ScoreCache(), base_run, finetuned_run)
+    with pytest.raises(EvaluationInputError, match=f"runs {base_run} and {finetuned_run} have no task in common "
+                                                   f"\\(run {base_run}: modality; run {finetuned_run}: icd10\\)"):
+        run_pairs(store, [(base_run, finetuned_run)])
+    base_run = add_run(store, "base", ("icd10",))  # no output yet
+    view = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]))
     assert view.report is None and "no case and task in common" in view.message
     assert view.rouge_histogram is None and view.icd10_codes is None
     empty = [add_run(store, model, ("regimen",), "validation") for model in ("base", "finetuned")]
-    assert compute(store, ScoreCache(), *empty).message == "These runs have no outputs yet."
+    assert compute(store, ScoreCache(), run_pairs(store, [empty])).message == "These runs have no outputs yet."
 
 
 def test_pairs_that_cannot_be_compared_are_refused(store):
     base_run, _ = make_runs(store)
     other = add_run(store, "finetuned", part="validation")
     with pytest.raises(EvaluationInputError, match="cover different split parts"):
-        compute(store, ScoreCache(), base_run, other)
+        compute(store, ScoreCache(), run_pairs(store, [(base_run, other)]))
     with pytest.raises(EvaluationInputError, match="has no generation run 99"):
-        compute(store, ScoreCache(), base_run, 99)
+        compute(store, ScoreCache(), run_pairs(store, [(base_run, 99)]))
     with pytest.raises(EvaluationInputError, match="chosen twice"):
-        compute(store, ScoreCache(), base_run, base_run)
+        compute(store, ScoreCache(), run_pairs(store, [(base_run, base_run)]))
 
 
 def test_acceptability_from_blinded_ratings(store):
     base_run, finetuned_run = make_runs(store)
     study_id = add_study(store, base_run, finetuned_run)
     cache = ScoreCache()
-    view = compute(store, cache, base_run, finetuned_run)
+    view = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     assert view.reviews.acceptability is None and view.reviews.message == "No ratings yet."
     assert view.reviews.progress["assigned"].tolist() == [len(cases_of(store))] * 3
     cases = [c["case_id"] for c in cases_of(store)][:8]
@@ -228,7 +234,7 @@ def test_acceptability_from_blinded_ratings(store):
     rate(store, study_id, "cem", cases[0], 0, 0)  # a revision replaces the first verdict
     rate(store, study_id, "cem", cases[1], None, None, unratable="no diagnosis")
     scored = cache.rows_scored
-    view = compute(store, cache, base_run, finetuned_run)
+    view = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]))
     assert cache.rows_scored == scored  # new ratings score nothing
     reviews = view.reviews
     # The majority of current verdicts: fine-tuned outputs of odd cases (ana and ben say yes); of even
@@ -239,7 +245,7 @@ def test_acceptability_from_blinded_ratings(store):
     assert reviews.progress.loc["cem", ["rated", "unratable"]].tolist() == [2, 1]
     assert reviews.n_rated == 18 and reviews.agreement["n_raters"] == 3
     assert "Acceptability" in view.methods and "Inter-rater agreement" in view.methods
-    filtered = compute(store, cache, base_run, finetuned_run, Filters(sites=("nowhere",)))
+    filtered = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]), Filters(sites=("nowhere",)))
     assert filtered.reviews.acceptability is None and "No rated case matches" in filtered.reviews.message
 
 

@@ -5,7 +5,15 @@ import json
 import pytest
 
 from rocore.store.db import opened
-from rocore.generation.runs import decoding_settings, generate_batch, get_or_create_run, pending_items, run_generation
+from rocore.generation.runs import (
+    decoding_settings,
+    generate_batch,
+    get_or_create_run,
+    matched_run_pairs,
+    pending_items,
+    run_generation,
+    suggested_run_pair,
+)
 from rocore.store.registry import register_model
 from rocore.model.loading import attach_adapter, load_model
 from rocore.model.prompts import TASKS, build_prompt, template_id
@@ -100,6 +108,35 @@ def test_base_and_finetuned_runs_pair_up_case_by_case(split_db, loaded, tiny_ada
         n_test = len(split_case_ids(conn, split_id, "test"))
     assert len(pairs) == n_test * 3
     assert sum(p["base"] != p["tuned"] for p in pairs) > len(pairs) / 2
+
+
+def test_runs_are_matched_per_task_with_a_base_run_of_the_same_model_part_and_format(split_db):
+    """The real CLI case: a regimen-only fine-tuned run and a modality/ICD-10 one, each needing its own base run."""
+    db_path, split_id = split_db
+    with opened(db_path) as conn:
+        base_id = register_model(conn, "/models/base", "base")
+        other_base = register_model(conn, "/models/other", "base")
+        adapter = register_model(conn, "/models/adapter", "adapter", base_id)
+        older_adapter = register_model(conn, "/models/adapter-1", "adapter", base_id)
+
+        def run(model, tuned, tasks, prompt_format="chat", part="test"):
+            return get_or_create_run(conn, model, tuned, split_id, part, tasks, "fp32", {}, prompt_format)[0]
+
+        assert matched_run_pairs(conn) == {} and suggested_run_pair(conn) is None
+        base_classes = run(base_id, None, ["modality", "icd10"])
+        base_regimen = run(base_id, None, ["regimen"])
+        run(base_id, None, ["regimen"], "plain")  # newer, but in another format
+        run(other_base, None, list(TASKS))  # another base model
+        run(base_id, None, list(TASKS), part="validation")  # another part
+        assert matched_run_pairs(conn) == {}
+        run(base_id, older_adapter, list(TASKS))  # an older fine-tune is not mixed in
+        tuned_regimen = run(base_id, adapter, ["regimen"])
+        assert matched_run_pairs(conn) == {"regimen": (base_regimen, tuned_regimen)}
+        tuned_classes = run(base_id, adapter, ["modality", "icd10"])
+        assert matched_run_pairs(conn) == {"regimen": (base_regimen, tuned_regimen),
+                                           "modality": (base_classes, tuned_classes),
+                                           "icd10": (base_classes, tuned_classes)}
+        assert suggested_run_pair(conn) == (base_regimen, tuned_regimen)
 
 
 def test_other_decoding_settings_make_a_new_run(split_db, loaded):

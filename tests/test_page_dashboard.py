@@ -86,12 +86,29 @@ def test_filters_change_the_cases(page_for, runs):
     assert at.metric[0].value == str(sum(c["site"] == site and c["modality"] == modality for c in cases))
 
 
-def test_runs_without_common_cases(page_for, split_db):
+def test_runs_without_a_common_task(page_for, split_db):
     db_path, _ = split_db
     with opened(db_path) as conn:
         make_runs(conn, base_tasks=("modality",), finetuned_tasks=("icd10",))
     at = page_for(db_path)
-    assert "no case and task in common" in at.warning[0].value and not at.tabs
+    assert [radio.options for radio in at.radio] == [["Two runs I choose"]]  # nothing to match
+    assert "runs 1 and 2 have no task in common" in at.error[0].value and not at.tabs
+
+
+def test_runs_generated_apart_are_matched_per_task(page_for, split_db):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        base_regimen, tuned_regimen = make_runs(conn, base_tasks=("regimen",), finetuned_tasks=("regimen",))
+        base_classes, tuned_classes = make_runs(conn, base_tasks=("modality", "icd10"),
+                                                finetuned_tasks=("modality", "icd10"))
+    at = page_for(db_path)
+    assert at.radio[0].value == "Runs matched per task"
+    assert [tab.label for tab in at.tabs] == [TASK_NAMES[t] for t in ("regimen", "modality", "icd10")]
+    compared = next(c.value for c in at.caption if c.value.startswith("Compared: "))
+    assert f"regimen: run {base_regimen}:" in compared and f"modality, icd10: run {base_classes}:" in compared
+    at.radio[0].set_value("Two runs I choose").run()
+    assert at.selectbox[0].value == base_regimen and at.selectbox[1].value == tuned_regimen
+    assert [tab.label for tab in at.tabs] == [TASK_NAMES["regimen"]]
 
 
 def test_acceptability_follows_the_ratings(page_for, runs):

@@ -138,6 +138,7 @@ def new_run(db_path, split_id, loaded, adapter_dir=None, prompt_format="plain", 
 def test_each_output_stores_its_finish_reason_and_prompt_and_the_dashboard_counts_the_cut_ones(
         split_db, tiny_model_dir, tiny_adapter_dir, monkeypatch):
     from rocore.evaluation.dashboard import ScoreCache, compute
+    from rocore.evaluation.outputs import run_pairs
     from rocore.evaluation.report import html_report
 
     db_path, split_id = split_db
@@ -161,7 +162,7 @@ def test_each_output_stores_its_finish_reason_and_prompt_and_the_dashboard_count
                    r["template_id"] == template_id(loaded.tokenizer, r["task"], "plain") for r in rows)
         cut = sum(r["finish_reason"] == "length" for r in base_rows)
         assert cut > 0
-        view = compute(conn, ScoreCache(), base_run, finetuned_run)
+        view = compute(conn, ScoreCache(), run_pairs(conn, [(base_run, finetuned_run)]))
         assert view.run_notes == [f"outputs cut at the new-token limit: run {base_run} (base) {cut} of "
                                   f"{len(base_rows)} (modality {sum(r['finish_reason'] == 'length' and r['task'] == 'modality' for r in base_rows)}"
                                   f", icd10 {sum(r['finish_reason'] == 'length' and r['task'] == 'icd10' for r in base_rows)}); "
@@ -169,7 +170,7 @@ def test_each_output_stores_its_finish_reason_and_prompt_and_the_dashboard_count
         assert view.run_notes[0] in html_report(view)
         with transaction(conn):
             conn.execute("UPDATE generation_runs SET prompt_format = 'chat' WHERE run_id = ?", (finetuned_run,))
-        notes = compute(conn, ScoreCache(), base_run, finetuned_run).run_notes
+        notes = compute(conn, ScoreCache(), run_pairs(conn, [(base_run, finetuned_run)])).run_notes
         assert notes[-1].startswith(f"the runs use different prompt formats (run {base_run}: plain, run "
                                     f"{finetuned_run}: chat)")
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT
 from test_dashboard import add_study, cases_of, make_runs, rate
 
+from rocore.evaluation.outputs import run_pairs
 from rocore.evaluation.dashboard import ScoreCache, compute, from_outputs
 from rocore.evaluation.pipeline import MODEL_NAMES
 from rocore.evaluation.report import (
@@ -93,7 +94,7 @@ def rated_view(split_db):
         for i, case in enumerate(cases_of(conn)):
             rate(conn, study_id, "ana", case["case_id"], i % 3 == 0, 1)
             rate(conn, study_id, "ben", case["case_id"], 0, i % 4 != 0)
-        return compute(conn, ScoreCache(), base_run, finetuned_run), cases_of(conn)
+        return compute(conn, ScoreCache(), run_pairs(conn, [(base_run, finetuned_run)])), cases_of(conn)
 
 
 def test_html_report_is_self_contained_and_holds_every_table(rated_view):
@@ -140,7 +141,7 @@ def test_cli_writes_both_files_from_a_file_of_outputs(tmp_path):
 def test_cli_writes_the_report_of_stored_runs_with_their_ratings(rated_view, split_db, tmp_path):
     db_path, _ = split_db
     view, _ = rated_view
-    runs = view.source["base_run"], view.source["finetuned_run"]
+    runs = view.source["runs"]["regimen"]["base_run"], view.source["runs"]["regimen"]["finetuned_run"]
     result = rocore("evaluate", "--db", db_path, "--runs", *runs, "--html", tmp_path / "report.html",
                     "--csv", tmp_path / "missing" / "cases.csv")
     assert result.returncode == 1 and "cannot write" in result.stderr and "Traceback" not in result.stderr

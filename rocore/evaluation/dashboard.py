@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rocore.evaluation.acceptability import RATING_LEVEL, RULE, acceptability_figures, order_checks, unblind
-from rocore.evaluation.outputs import MODELS, check_run_pair, run_outputs
+from rocore.evaluation.outputs import MODELS, RunPairs, check_run_pair, run_outputs
 from rocore.evaluation.pipeline import (
     MODEL_NAMES,
     evaluate_scores,
@@ -124,12 +124,15 @@ def filter_options(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
     return sites, modalities
 
 
-def studies_for(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> list[dict]:
-    """Review studies that compare exactly these two runs, newest first."""
-    return [dict(r) for r in conn.execute(
-        "SELECT study_id, name, task, overlap, created_at FROM studies WHERE (run_1_id = ? AND run_2_id = ?) "
-        "OR (run_1_id = ? AND run_2_id = ?) ORDER BY study_id DESC",
-        (base_run, finetuned_run, finetuned_run, base_run))]
+def studies_for(conn: sqlite3.Connection, runs: RunPairs) -> list[dict]:
+    """Review studies that compare exactly the two runs paired for the study's task, newest first."""
+    studies = []
+    for task, base_run, finetuned_run in runs.pairs:
+        studies += [dict(r) for r in conn.execute(
+            "SELECT study_id, name, task, overlap, created_at FROM studies WHERE task = ? AND "
+            "((run_1_id = ? AND run_2_id = ?) OR (run_1_id = ? AND run_2_id = ?))",
+            (task, base_run, finetuned_run, finetuned_run, base_run))]
+    return sorted(studies, key=lambda study: -study["study_id"])
 
 
 @contextlib.contextmanager
@@ -449,39 +452,49 @@ def _run_notes(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> l
 # --------------------------------------------------------------------------- entry points
 
 
-def compute(conn: sqlite3.Connection, cache: ScoreCache, base_run: int, finetuned_run: int,
+def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
             filters: Filters = Filters(), study_id: int | None = None) -> Dashboard:
-    """Every figure of the dashboard for two runs; what did not change since the last call is reused.
+    """Every figure of the dashboard for the paired runs; what did not change since the last call is reused.
 
     Raises EvaluationInputError for a pair that cannot be compared (a missing run, different
     split parts). study_id: the review study to show (default: the newest on these runs).
     """
     with _snapshot(conn):
-        check_run_pair(conn, base_run, finetuned_run)
+        for base_run, finetuned_run in runs.distinct():
+            check_run_pair(conn, base_run, finetuned_run)
         db = _db_key(conn)
-        base, finetuned = cache.run_scores(conn, base_run), cache.run_scores(conn, finetuned_run)
-        view = (db, base_run, finetuned_run, filters)
-        cases_version = base.fingerprint[2]
+        scored = {run_id: cache.run_scores(conn, run_id) for run_id in runs.run_ids()}
+        view = (db, runs, filters)
+        cases_version = next(iter(scored.values())).fingerprint[2]
 
         def task_figures(task: str, rows: pd.DataFrame) -> dict:
-            counts = (base.task_counts.get(task), finetuned.task_counts.get(task), cases_version)
+            base_run, finetuned_run = runs.for_task(task)
+            counts = (scored[base_run].task_counts.get(task), scored[finetuned_run].task_counts.get(task),
+                      cases_version)
             return cache.figures(("task", task, *view), counts, lambda: _task_figures(rows, task))
 
-        figures = cache.figures(
-            ("scores", *view), (base.fingerprint, finetuned.fingerprint),
-            lambda: _score_figures(pd.concat([base.frame.assign(model="base"),
-                                              finetuned.frame.assign(model="finetuned")], ignore_index=True),
-                                   filters, task_figures))
-        studies = studies_for(conn, base_run, finetuned_run)
+        def paired_scores() -> pd.DataFrame:
+            """Each task's rows from the two runs paired for it, ordered as the runs' frames are."""
+            frames = []
+            for model in MODELS:
+                for task in sorted(runs.tasks):
+                    frame = scored[runs.for_task(task)[MODELS.index(model)]].frame
+                    frames.append(frame[frame["task"] == task].assign(model=model))
+            return pd.concat(frames, ignore_index=True)
+
+        figures = cache.figures(("scores", *view), tuple(scored[run_id].fingerprint for run_id in scored),
+                                lambda: _score_figures(paired_scores(), filters, task_figures))
+        studies = studies_for(conn, runs)
         study = next((s for s in studies if study_id in (None, s["study_id"])), None)
         reviews = None
         if study is not None:
+            base_run, finetuned_run = runs.for_task(study["task"])
             reviews = cache.figures(
                 ("reviews", study["study_id"], *view), (_ratings_fingerprint(conn), cases_version),
                 lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
                                  base_run, finetuned_run, filters))
-        run_notes = _run_notes(conn, base_run, finetuned_run)
-    view = Dashboard(source={"db": db, "base_run": base_run, "finetuned_run": finetuned_run}, filters=filters,
+        run_notes = [note for pair in runs.distinct() for note in _run_notes(conn, *pair)]
+    view = Dashboard(source={"db": db, "runs": runs.as_source()}, filters=filters,
                      **figures, reviews=reviews, methods=_methods(figures["report"], reviews), run_notes=run_notes)
     return declare_primary(view)
 

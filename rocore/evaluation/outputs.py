@@ -11,15 +11,18 @@ could be read (a wrong answer, not a missing one); a file of raw outputs is read
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from rocore.data.tables import ImportRefused, Problem, format_problems, read_table
 from rocore.data.labels import LabelError, icd10_status, normalise_icd10, normalise_modality
-from rocore.generation.runs import latest_run_pair
+from rocore.generation.runs import matched_run_pairs
 from rocore.model.answers import extract_answer
 from rocore.model.prompts import TASKS
 
@@ -175,14 +178,77 @@ def run_outputs(conn: sqlite3.Connection, run_id: int, created_since: str | None
     return rows
 
 
-def chosen_run_pair(conn: sqlite3.Connection, runs: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The (base, fine-tuned) runs to compare: the ones named, else the latest pair, checked."""
-    pair = runs or latest_run_pair(conn)
-    if pair is None:
-        raise EvaluationInputError([Problem("database", "has no base and fine-tuned generation runs over "
-                                            "the same split part; generate both first")])
-    check_run_pair(conn, *pair)
-    return pair
+@dataclass(frozen=True)
+class RunPairs:
+    """Which base run is compared with which fine-tuned run, task by task: a task may have been
+    generated in runs of its own. `pairs` holds (task, base run, fine-tuned run) in TASKS order."""
+
+    pairs: tuple[tuple[str, int, int], ...]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(task for task, _, _ in self.pairs)
+
+    def for_task(self, task: str) -> tuple[int, int] | None:
+        return next(((base, tuned) for t, base, tuned in self.pairs if t == task), None)
+
+    def distinct(self) -> dict[tuple[int, int], list[str]]:
+        """{(base run, fine-tuned run): its tasks}, in the order of their first task."""
+        grouped: dict[tuple[int, int], list[str]] = {}
+        for task, base, tuned in self.pairs:
+            grouped.setdefault((base, tuned), []).append(task)
+        return grouped
+
+    def run_ids(self) -> list[int]:
+        return list(dict.fromkeys(run for pair in self.distinct() for run in pair))
+
+    def describe(self) -> str:
+        """The pairs in words, for a report and for the terminal."""
+        return "; ".join(f"{', '.join(tasks)}: base run {base}, fine-tuned run {tuned}"
+                         for (base, tuned), tasks in self.distinct().items())
+
+    def as_source(self) -> dict[str, dict[str, int]]:
+        """The pairs as a report's JSON names them: {task: {"base_run": ..., "finetuned_run": ...}}."""
+        return {task: {"base_run": base, "finetuned_run": tuned} for task, base, tuned in self.pairs}
+
+    @classmethod
+    def from_source(cls, source: Mapping[str, Mapping[str, int]]) -> RunPairs:
+        return cls(tuple((task, runs["base_run"], runs["finetuned_run"]) for task, runs in source.items()))
+
+
+def _run_tasks(conn: sqlite3.Connection, run_id: int) -> list[str]:
+    return json.loads(conn.execute("SELECT tasks FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()[0])
+
+
+def run_pairs(conn: sqlite3.Connection, named: list[tuple[int, int]] | None = None) -> RunPairs:
+    """The runs to compare: each named (base, fine-tuned) pair for the tasks both its runs generated,
+    else the pairs matched per task (rocore.generation.runs.matched_run_pairs), checked."""
+    if not named:
+        matched = matched_run_pairs(conn)
+        if not matched:
+            raise EvaluationInputError([Problem("database", (
+                "has no base and fine-tuned generation runs to pair: a fine-tuned run needs a base-only run of "
+                "the same base model over the same split part, with the same prompt format and task; generate "
+                "both first, or name the runs to compare"))])
+        return RunPairs(tuple((task, *matched[task]) for task in TASKS if task in matched))
+    problems, by_task = [], {}
+    for base, tuned in named:
+        check_run_pair(conn, base, tuned)
+        base_tasks, tuned_tasks = _run_tasks(conn, base), _run_tasks(conn, tuned)
+        common = [task for task in TASKS if task in base_tasks and task in tuned_tasks]
+        if not common:
+            problems.append(Problem("database", (
+                f"runs {base} and {tuned} have no task in common (run {base}: {', '.join(base_tasks)}; "
+                f"run {tuned}: {', '.join(tuned_tasks)})")))
+        for task in common:
+            if task in by_task:
+                problems.append(Problem("database", (
+                    f"task {task} is in two of the pairs named (runs {by_task[task][0]} and {by_task[task][1]}, "
+                    f"runs {base} and {tuned}); name one pair per task")))
+            by_task.setdefault(task, (base, tuned))
+    if problems:
+        raise EvaluationInputError(problems)
+    return RunPairs(tuple((task, *by_task[task]) for task in TASKS if task in by_task))
 
 
 def outputs_from_runs(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> pd.DataFrame:

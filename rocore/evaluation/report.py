@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from rocore.evaluation.dashboard import Dashboard
-from rocore.evaluation.outputs import MODELS
+from rocore.evaluation.outputs import MODELS, RunPairs
 from rocore.evaluation.pipeline import METRIC_NAMES, MODEL_NAMES
-from rocore.evaluation.scoring import ALL_LABEL_COLUMNS, ALL_SCORE_COLUMNS, SCORE_COLUMNS, TASKS
+from rocore.evaluation.scoring import ALL_LABEL_COLUMNS, ALL_SCORE_COLUMNS, TASKS
 
 __all__ = [
     "TASK_NAMES",
@@ -439,7 +439,8 @@ def _reviews_html(view: Dashboard) -> list[str]:
 def html_report(view: Dashboard, *, title: str = "Base against fine-tuned: study report") -> str:
     """The whole report as one HTML page: every table and chart of the dashboard, methods and notes."""
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    source = "; ".join(f"{key}: {value}" for key, value in view.source.items())
+    source = "; ".join(f"{key}: {RunPairs.from_source(value).describe() if key == 'runs' else value}"
+                       for key, value in view.source.items())
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>",

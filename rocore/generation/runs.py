@@ -19,7 +19,7 @@ from rocore.store.db import NOW, opened, transaction
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.model.loading import LoadedModel, using_adapter
 from rocore.model.answers import extract_answer
-from rocore.model.prompts import build_prompt, check_tasks, end_of_turn, resolve_prompt_format, template_id
+from rocore.model.prompts import TASKS, build_prompt, check_tasks, end_of_turn, resolve_prompt_format, template_id
 
 # Per-task limits on new tokens, from real chat answers (SmolLM2-135M-Instruct, docs/real-models.md:
 # p99 of the answers that ended on their own was 140 regimen, 72 modality, 129 ICD-10 tokens) plus a
@@ -114,24 +114,42 @@ def list_runs(conn: sqlite3.Connection) -> list[dict]:
     return runs
 
 
-def latest_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
-    """(base run, fine-tuned run): the newest fine-tuned run and the newest base-only run of the same
-    base model over the same split part, or None."""
-    pair = conn.execute(
-        "SELECT b.run_id, f.run_id FROM generation_runs f JOIN generation_runs b "
-        "ON b.base_model_id = f.base_model_id AND b.split_id = f.split_id AND b.part = f.part "
-        "WHERE f.adapter_model_id IS NOT NULL AND b.adapter_model_id IS NULL "
-        "ORDER BY f.run_id DESC, b.run_id DESC LIMIT 1").fetchone()
-    return None if pair is None else (pair[0], pair[1])
+def matched_run_pairs(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """{task: (base run, fine-tuned run)}: what a comparison should pair when none is named.
+
+    The newest fine-tuned run sets the model, adapter, split and part. For each task, the newest of
+    that adapter's runs over them which generated the task is paired with the newest base-only run
+    of the same base model, split, part and prompt format which generated it too, so that a task
+    generated in a run of its own is still paired, and the difference measures the fine-tune, not
+    the prompt layout. A task with no such base run is left out.
+    """
+    anchor = conn.execute("SELECT base_model_id, adapter_model_id, split_id, part FROM generation_runs "
+                          "WHERE adapter_model_id IS NOT NULL ORDER BY run_id DESC LIMIT 1").fetchone()
+    if anchor is None:
+        return {}
+    runs = conn.execute(
+        "SELECT run_id, adapter_model_id, tasks, prompt_format FROM generation_runs WHERE base_model_id = ? "
+        "AND (adapter_model_id = ? OR adapter_model_id IS NULL) AND split_id = ? AND part = ? "
+        "ORDER BY run_id DESC", tuple(anchor)).fetchall()
+    pairs = {}
+    for task in TASKS:
+        with_task = [r for r in runs if task in json.loads(r["tasks"])]
+        tuned = next((r for r in with_task if r["adapter_model_id"] is not None), None)
+        base = tuned and next((r for r in with_task if r["adapter_model_id"] is None
+                               and r["prompt_format"] == tuned["prompt_format"]), None)
+        if base is not None:
+            pairs[task] = (base["run_id"], tuned["run_id"])
+    return pairs
 
 
 def suggested_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
-    """The pair a page offers first: the latest base and fine-tuned pair, else the two newest runs."""
-    pair = latest_run_pair(conn)
-    if pair is None:
-        newest = [r[0] for r in conn.execute("SELECT run_id FROM generation_runs ORDER BY run_id DESC LIMIT 2")]
-        pair = (newest[1], newest[0]) if len(newest) == 2 else None
-    return pair
+    """The pair a page offers first: the matched pair of the first task that has one (regimen before
+    the others), else the two newest runs."""
+    matched = matched_run_pairs(conn)
+    if matched:
+        return next(iter(matched.values()))
+    newest = [r[0] for r in conn.execute("SELECT run_id FROM generation_runs ORDER BY run_id DESC LIMIT 2")]
+    return (newest[1], newest[0]) if len(newest) == 2 else None
 
 
 def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size: int, prompt_format: str):

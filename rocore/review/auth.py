@@ -13,7 +13,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
-import json
 import secrets
 import sqlite3
 from dataclasses import asdict, dataclass
