@@ -50,6 +50,9 @@ checkpointing = c1.selectbox("Gradient checkpointing", ["auto", True, False])
 eval_steps = c2.number_input("Evaluate every N steps (0: each epoch)", 0, 100000, 0)
 patience = c3.number_input("Early-stopping patience (0: off)", 0, 100, DEFAULTS.early_stopping_patience)
 seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed)
+eval_max = c1.number_input("Validation examples per evaluation (0: all)", 0, 10**7, 0,
+                           help="A seeded sample of the validation examples, the same at every evaluation: "
+                                "a full pass over a large validation part can take as long as training.")
 device = left.selectbox("Device", models.DEVICES)
 prompt_format = right.selectbox("Prompt format", ["auto", *prompts.PROMPT_FORMATS],
                                 help="chat: the model's chat template; plain: the '### Patient' layout. auto: chat "
@@ -61,7 +64,8 @@ config = dataclasses.replace(
     lora_dropout=float(lora_dropout), learning_rate=float(learning_rate), epochs=float(epochs),
     batch_size=int(batch_size), gradient_accumulation_steps=int(accumulation), max_length=int(max_length),
     gradient_checkpointing=checkpointing, eval_steps=int(eval_steps) or None,
-    early_stopping_patience=int(patience) or None, seed=int(seed), prompt_format=prompt_format)
+    early_stopping_patience=int(patience) or None, seed=int(seed), prompt_format=prompt_format,
+    eval_max_examples=int(eval_max) or None)
 overrides = [f"{f.name}={json.dumps(getattr(config, f.name))}" for f in dataclasses.fields(config)
              if getattr(config, f.name) != getattr(DEFAULTS, f.name) and f.name != "tasks"]
 cli = ["--db", str(DB), "--base-model", str(base_model or "BASE_MODEL"), "--split", split_name, "--device", device]

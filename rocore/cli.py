@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             with opened(args.db) as conn:
                 compared = run_pairs(conn, args.runs)
                 view = compute(conn, ScoreCache(), compared)
-            view.source = {"db": str(args.db), "runs": compared.as_source()}
+            view.source = {"db": str(args.db), **compared.as_source()}
             print(f"comparing {compared.describe()}", file=sys.stderr)
         if view.report is None:
             raise ValueError(view.message)

@@ -116,8 +116,8 @@ def test_generate_resumes_and_evaluate_reads_the_stored_runs(split_db, tiny_mode
     result = rocore("evaluate", "--db", db_path, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["source"] == {"db": str(db_path), "runs": {task: {"base_run": 1, "finetuned_run": 2}
-                                                             for task in ("modality", "icd10")}}
+    assert report["source"] == {"db": str(db_path), "base_run": 1, "finetuned_run": 2,
+                                "runs": {task: {"base_run": 1, "finetuned_run": 2} for task in ("modality", "icd10")}}
     assert "comparing modality, icd10: base run 1, fine-tuned run 2" in result.stderr
     assert set(report["tasks"]) == {"modality", "icd10"}
     assert report["tasks"]["modality"]["base"]["n"] == report["tasks"]["modality"]["paired"]["n_pairs"] > 0
@@ -152,6 +152,7 @@ def test_evaluate_pairs_runs_per_task_and_says_which(split_db):
     report = json.loads(result.stdout)
     assert list(report["tasks"]) == ["regimen", "modality", "icd10"]
     assert report["source"]["runs"]["regimen"] == {"base_run": 2, "finetuned_run": 3}
+    assert "base_run" not in report["source"]  # no one pair covers every task
     assert all(report["tasks"][task]["paired"]["n_pairs"] == len(cases) for task in report["tasks"])
     named = rocore("evaluate", "--db", db_path, "--json", "--runs", 1, 4, "--runs", 2, 3)
     assert json.loads(named.stdout)["tasks"] == report["tasks"]

@@ -28,9 +28,11 @@ def test_command_line_equivalent_follows_the_form(split_db, tiny_model_dir, open
         register_model(conn, tiny_model_dir, "base")
     at = open_page(PAGE, db_path)
     at.number_input[0].set_value(8)
+    next(n for n in at.number_input if n.label.startswith("Validation examples")).set_value(500)
     at.run()
     command = at.code[0].value
     assert command.startswith("python -m train --db") and "--set lora_r=8" in command
+    assert "--set eval_max_examples=500" in command
     assert str(tiny_model_dir) in command
 
 

@@ -110,6 +110,8 @@ def test_html_report_is_self_contained_and_holds_every_table(rated_view):
     assert page.count("<svg") >= 6 and "Confusion matrix, fine-tuned" in page
     assert "Clinical review" in page and "Wilson" in page and "Cohen&#x27;s kappa" in page
     assert "Methods" in page and "Wilcoxon" in page and "versions" in page
+    base_run, finetuned_run = view.source["base_run"], view.source["finetuned_run"]
+    assert f"runs: regimen, modality, icd10: base run {base_run}, fine-tuned run {finetuned_run}." in page
     assert not any(case["diagnosis"] in page or case["regimen"] in page for case in cases)  # no case text
 
 
@@ -141,7 +143,7 @@ def test_cli_writes_both_files_from_a_file_of_outputs(tmp_path):
 def test_cli_writes_the_report_of_stored_runs_with_their_ratings(rated_view, split_db, tmp_path):
     db_path, _ = split_db
     view, _ = rated_view
-    runs = view.source["runs"]["regimen"]["base_run"], view.source["runs"]["regimen"]["finetuned_run"]
+    runs = view.source["base_run"], view.source["finetuned_run"]
     result = rocore("evaluate", "--db", db_path, "--runs", *runs, "--html", tmp_path / "report.html",
                     "--csv", tmp_path / "missing" / "cases.csv")
     assert result.returncode == 1 and "cannot write" in result.stderr and "Traceback" not in result.stderr

@@ -7,7 +7,15 @@ import pytest
 
 from rocore.model.loading import ModelError, attach_adapter, load_model
 from rocore.model.prompts import build_example
-from rocore.training.trainer import IGNORE_INDEX, TrainingConfig, load_for_training, sft_examples, train_adapter
+from rocore.training.trainer import (
+    IGNORE_INDEX,
+    TrainingConfig,
+    check_config,
+    load_for_training,
+    sft_examples,
+    train_adapter,
+    validation_subsample,
+)
 
 
 def test_sft_examples_train_on_the_answer_only(tiny_tokenizer, synthetic_cases):
@@ -51,3 +59,32 @@ def test_qlora_on_a_4bit_base_lowers_the_loss_and_saves_a_loadable_adapter(tmp_p
     loaded = load_model(tiny_model_dir, "nf4")
     attach_adapter(loaded, adapter_dir)
     assert "finetuned" in loaded.adapters
+
+
+def test_a_validation_sample_is_seeded_ordered_and_the_same_each_time():
+    examples = [{"i": i} for i in range(40)]
+    sample = validation_subsample(examples, 10, seed=3)
+    assert sample == validation_subsample(examples, 10, seed=3) != validation_subsample(examples, 10, seed=4)
+    assert len(sample) == 10 and sample == sorted(sample, key=lambda e: e["i"])
+    assert validation_subsample(examples, None, 3) is examples and validation_subsample(examples, 40, 3) is examples
+    assert check_config(TrainingConfig(eval_max_examples=0)) == [
+        "eval_max_examples: 0 must be a whole number of at least 1, or empty"]
+
+
+def test_each_evaluation_runs_on_the_validation_sample_only(tmp_path, tiny_model_dir, synthetic_cases):
+    from transformers import TrainerCallback
+
+    class CountEvalBatches(TrainerCallback):
+        batches = 0
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            CountEvalBatches.batches += 1
+
+    config = TrainingConfig(quantization="fp32", tasks=["modality", "icd10"], max_steps=2, batch_size=2,
+                            eval_steps=1, early_stopping_patience=None, eval_max_examples=5)
+    adapter_dir = train_adapter(tiny_model_dir, synthetic_cases[:4], synthetic_cases[4:16], tmp_path / "run",
+                                config, device="cpu", callbacks=[CountEvalBatches()])
+    info = json.loads((adapter_dir / "rocore_adapter.json").read_text())
+    assert (info["n_eval_examples"], info["n_validation_examples"]) == (5, 24)
+    assert info["config"]["eval_max_examples"] == 5
+    assert CountEvalBatches.batches == 2 * 3  # two evaluations of ceil(5 / 2) batches, not of 12

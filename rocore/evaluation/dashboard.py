@@ -494,7 +494,7 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
                 lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
                                  base_run, finetuned_run, filters))
         run_notes = [note for pair in runs.distinct() for note in _run_notes(conn, *pair)]
-    view = Dashboard(source={"db": db, "runs": runs.as_source()}, filters=filters,
+    view = Dashboard(source={"db": db, **runs.as_source()}, filters=filters,
                      **figures, reviews=reviews, methods=_methods(figures["report"], reviews), run_notes=run_notes)
     return declare_primary(view)
 

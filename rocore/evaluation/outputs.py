@@ -207,13 +207,16 @@ class RunPairs:
         return "; ".join(f"{', '.join(tasks)}: base run {base}, fine-tuned run {tuned}"
                          for (base, tuned), tasks in self.distinct().items())
 
-    def as_source(self) -> dict[str, dict[str, int]]:
-        """The pairs as a report's JSON names them: {task: {"base_run": ..., "finetuned_run": ...}}."""
-        return {task: {"base_run": base, "finetuned_run": tuned} for task, base, tuned in self.pairs}
+    def as_source(self) -> dict:
+        """The pairs as a report's JSON `source` names them: `runs` {task: {"base_run", "finetuned_run"}},
+        and where one pair covers every task, `base_run` and `finetuned_run` as before per-task pairing."""
+        single = self.distinct()
+        one = {"base_run": next(iter(single))[0], "finetuned_run": next(iter(single))[1]} if len(single) == 1 else {}
+        return {**one, "runs": {task: {"base_run": base, "finetuned_run": tuned} for task, base, tuned in self.pairs}}
 
     @classmethod
-    def from_source(cls, source: Mapping[str, Mapping[str, int]]) -> RunPairs:
-        return cls(tuple((task, runs["base_run"], runs["finetuned_run"]) for task, runs in source.items()))
+    def from_source(cls, source: Mapping) -> RunPairs:
+        return cls(tuple((task, runs["base_run"], runs["finetuned_run"]) for task, runs in source["runs"].items()))
 
 
 def _run_tasks(conn: sqlite3.Connection, run_id: int) -> list[str]:

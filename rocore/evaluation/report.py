@@ -439,8 +439,9 @@ def _reviews_html(view: Dashboard) -> list[str]:
 def html_report(view: Dashboard, *, title: str = "Base against fine-tuned: study report") -> str:
     """The whole report as one HTML page: every table and chart of the dashboard, methods and notes."""
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    source = "; ".join(f"{key}: {RunPairs.from_source(value).describe() if key == 'runs' else value}"
-                       for key, value in view.source.items())
+    source = "; ".join([f"{key}: {value}" for key, value in view.source.items()
+                        if key not in ("runs", "base_run", "finetuned_run")]
+                       + ([f"runs: {RunPairs.from_source(view.source).describe()}"] if "runs" in view.source else []))
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
            f"<h1>{html.escape(title)}</h1>",

@@ -44,6 +44,9 @@ class TrainingConfig:
     eval_steps: int | None = None
     # Stop after this many evaluations without a lower validation loss (None: never stop early).
     early_stopping_patience: int | None = 3
+    # Evaluate on this many validation examples (case x task), drawn once with `seed` (None: all). A
+    # full pass over a large validation part can take as long as a short training run.
+    eval_max_examples: int | None = None
     seed: int = 0
     # "chat" (the tokenizer's chat template) or "plain"; "auto": chat for an instruction-tuned model
     # with a chat template (rocore.model.prompts.default_prompt_format). Generation must use the same.
@@ -76,7 +79,7 @@ def check_config(config: TrainingConfig) -> list[str]:
         problems.append(f"prompt_format: {config.prompt_format!r} must be auto, {' or '.join(PROMPT_FORMATS)}")
     if config.gradient_checkpointing not in (True, False, "auto"):
         problems.append(f"gradient_checkpointing: {config.gradient_checkpointing!r} must be true, false or auto")
-    for name in ("eval_steps", "early_stopping_patience"):
+    for name in ("eval_steps", "early_stopping_patience", "eval_max_examples"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             problems.append(f"{name}: {value!r} must be a whole number of at least 1, or empty")
@@ -126,6 +129,15 @@ def sft_examples(tokenizer, cases: Sequence[dict], tasks: Sequence[str], max_len
     return examples
 
 
+def validation_subsample(examples: list[dict], max_examples: int | None, seed: int) -> list[dict]:
+    """At most `max_examples` of the validation examples, drawn with `seed` and kept in their order.
+    Every evaluation of a run sees the same ones, so its validation losses (and early stopping on
+    them) compare like with like."""
+    if max_examples is None or len(examples) <= max_examples:
+        return examples
+    return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), max_examples))]
+
+
 def load_for_training(base_path: str | Path, config: TrainingConfig, device: str = "auto"):
     """The base in the configured precision (right-padded for training) with a fresh LoRA adapter on
     all linear layers; a base that cannot be loaded raises ModelError. Checkpointing is left to the
@@ -160,8 +172,8 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     check_prompt_format(tokenizer, prompt_format)
     train_set = sft_examples(tokenizer, train_cases, config.tasks, config.max_length, prompt_format)
     random.Random(config.seed).shuffle(train_set)
-    eval_set = (sft_examples(tokenizer, eval_cases, config.tasks, config.max_length, prompt_format)
-                if eval_cases else None)
+    validation = sft_examples(tokenizer, eval_cases or (), config.tasks, config.max_length, prompt_format)
+    eval_set = validation_subsample(validation, config.eval_max_examples, config.seed) or None
     longest = max((len(example["input_ids"]) for example in train_set), default=1)
     checkpointing = needs_gradient_checkpointing(config, model.config, device, longest)
     precision = device_precision(device)
@@ -214,6 +226,7 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         "chat_template": chat_template_id(tokenizer) if prompt_format == "chat" else None,
         "templates": {t: template_id(tokenizer, t, prompt_format) for t in config.tasks},
         "n_train_examples": len(train_set),
+        "n_eval_examples": len(eval_set or []), "n_validation_examples": len(validation),
         "final_train_loss": _last(trainer.state.log_history, "loss"),
         "final_eval_loss": _last(trainer.state.log_history, "eval_loss"),
     })
