@@ -40,9 +40,14 @@ if "last-import" in st.session_state:
         )
 
 with tab_import:
+    limits = tables.LIMITS
     upload = st.file_uploader(
         "Case file: CSV, TSV, Excel (.xlsx) or JSON lines, one case per row",
         type=["csv", "tsv", "txt", "tab", "xlsx", "jsonl", "ndjson", "json"],
+        max_upload_size=limits.file_mb,
+        help=f"At most {limits.file_mb} MB ({limits.unzipped_mb} MB unzipped for .xlsx), {limits.rows:,} rows "
+             f"and {limits.columns} columns; {limits.cell_chars:,} characters a cell and "
+             f"{limits.case_chars:,} a case.",
     )
     if upload is not None:
         data = upload.getvalue()

@@ -1,13 +1,15 @@
+import csv
 import hashlib
+import io
 import json
 import sqlite3
 
 import pytest
 
-from conftest import csv_bytes, row
+from conftest import HEADER, csv_bytes, row
 from rocore.data.case_import import guess_column_map, import_cases, rejected_rows_csv
 from rocore.data.tables import ImportRefused, format_problems
-from test_tables import xlsx_bytes
+from test_tables import CASE, FIELDS, file_in, xlsx_bytes
 
 
 def snapshot(conn: sqlite3.Connection) -> str:
@@ -224,3 +226,32 @@ def test_skip_invalid_still_refuses_a_file_without_required_columns(conn):
 def test_skip_invalid_with_no_valid_row_imports_nothing(conn):
     errors = refused(conn, csv_bytes(row("P1", icd10="C99.9")), skip_invalid=True)
     assert errors[-1] == "cases.csv: has no valid rows to import"
+
+
+def test_the_rejected_rows_file_neutralises_cells_a_spreadsheet_would_run(conn):
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([
+        [*FIELDS, '=HYPERLINK("http://example.org","notes")'],
+        [*CASE, "fine"],
+        ['=HYPERLINK("http://example.org","P2")', "d", "r", "photon", "C99.9", "+cmd|' /C calc'!A0"],
+        ["P3", "-2+3", "r", "@SUM(1)", "C61", "\t=1"],
+    ])
+    result = import_cases(conn, out.getvalue().encode(), "f.csv", skip_invalid=True)
+    lines = list(csv.reader(io.StringIO(rejected_rows_csv(result.rejected))))
+    assert lines[0][-1] == '\'=HYPERLINK("http://example.org","notes")'
+    assert lines[1][2] == '\'=HYPERLINK("http://example.org","P2")' and lines[1][-1] == "'+cmd|' /C calc'!A0"
+    assert lines[2][3:] == ["'-2+3", "r", "'@SUM(1)", "C61", "'\t=1"]
+    assert not [cell for line in lines for cell in line if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx", "jsonl"])
+def test_a_case_over_a_size_limit_refuses_the_whole_file_even_when_skipping_invalid_rows(conn, fmt):
+    data, name = file_in(fmt, FIELDS, CASE, ["P2", "x" * 60_000, "r", "photon", "C61"])
+    assert refused(conn, data, name, skip_invalid=True) == [
+        f"{name}: row 2: column 'diagnosis': is 60,000 characters long, more than the limit of 50,000 per cell"]
+
+
+def test_thousands_of_extra_columns_are_refused_not_stored(conn):
+    header = HEADER + "".join(f",extra {i}" for i in range(5_000))
+    assert refused(conn, csv_bytes(row("P1") + ",x" * 5_000, header=header)) == [
+        "cases.csv: has 5,005 columns, more than the limit of 50; delete the columns the cases do not need"]

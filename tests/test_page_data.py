@@ -2,8 +2,9 @@
 
 import pytest
 
-from conftest import csv_bytes, row, signed_in_staff
+from conftest import HEADER, csv_bytes, row, signed_in_staff
 from rocore.data.case_import import import_cases
+from rocore.data.tables import LIMITS
 from rocore.store.db import opened
 
 
@@ -76,6 +77,17 @@ def test_unreadable_file(page):
     page.run()
     assert page.error[0].value == "This file cannot be read."
     assert page.code[0].value == "empty.csv: is empty; expected a header row and at least one case"
+
+
+def test_a_file_over_a_limit_is_refused_with_the_limit_named(page, db_path):
+    assert page.file_uploader[0].proto.max_upload_size_mb == LIMITS.file_mb
+    header = HEADER + "".join(f",extra {i}" for i in range(46))
+    page.file_uploader[0].set_value(("wide.csv", csv_bytes(row("P1") + ",x" * 46, header=header), "text/csv"))
+    page.run()
+    assert page.error[0].value == "This file cannot be read."
+    assert page.code[0].value == ("wide.csv: has 51 columns, more than the limit of 50; "
+                                  "delete the columns the cases do not need")
+    assert not page.selectbox and case_count(db_path) == 0
 
 
 def test_create_split_from_the_form(page, db_path):

@@ -22,7 +22,7 @@ from rocore.data.labels import (
     normalise_icd10,
     normalise_modality,
 )
-from rocore.data.tables import ImportRefused, Problem, Table, read_table, shorten
+from rocore.data.tables import ImportRefused, Problem, Table, neutralise, read_table, shorten
 from rocore.store.audit import audit
 from rocore.store.db import NOW, transaction
 
@@ -280,13 +280,14 @@ def import_cases(conn: sqlite3.Connection, data: bytes, name: str,
 
 
 def rejected_rows_csv(rejected: list[tuple[int, dict[str, str], list[str]]]) -> str:
-    """The rejected rows with their reasons, as CSV text for a file beside the input."""
+    """The rejected rows with their reasons, as CSV text for a file beside the input; the cells and
+    column names came from the user's file, so any a spreadsheet would run as a formula are neutralised."""
     columns: list[str] = []
     for _, values, _ in rejected:
         columns.extend(c for c in values if c not in columns)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "reasons", *columns])
+    writer.writerow(["row", "reasons", *map(neutralise, columns)])
     for number, values, reasons in rejected:
-        writer.writerow([number, "; ".join(reasons), *(values.get(c, "") for c in columns)])
+        writer.writerow([number, "; ".join(reasons), *(neutralise(values.get(c, "")) for c in columns)])
     return out.getvalue()

@@ -3,6 +3,10 @@
 Every file a user hands the product (a case export, a table of paired outputs) is read here, one
 way, so that a file that cannot be read is refused with every reason at once, and each reason is
 located (file, row, column, value) in words the user can act on.
+
+One set of limits (`LIMITS`) holds for every format and is checked while the file is read, so that
+a file built to exhaust memory or time (a zip bomb, a sheet that claims a million rows of 16,384
+columns, a 60 MB cell) is stopped early, named, and costs the server little.
 """
 
 from __future__ import annotations
@@ -10,14 +14,62 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
+import re
+import time
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 MAX_LISTED_PROBLEMS = 100
+MB = 1024 * 1024  # a megabyte as Streamlit counts an upload's size
 _DELIMITERS = ",\t;|"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one file may hold, the same for every format; a file over any of them is refused."""
+
+    file_mb: int = 50  # the file as uploaded
+    unzipped_mb: int = 200  # an .xlsx workbook's parts, unzipped
+    rows: int = 100_000  # rows of the file, the header and blank rows included
+    columns: int = 50  # columns (JSON: different keys), or cells in any one row
+    cell_chars: int = 50_000  # one cell; below the csv module's own 131,072
+    case_chars: int = 200_000  # one row's cells together
+    # All cells together: what a CSV at file_mb holds (an .xlsx can repeat one shared text in every row).
+    text_chars: int = 50_000_000
+    seconds: float = 60.0  # reading, from the first byte to the last row
+
+
+LIMITS = Limits()
+
+# The XML inside an .xlsx, counted before openpyxl parses any of it: openpyxl builds Python objects
+# for every element (a style costs it about 40 us and 600 bytes), and it parses whole, on opening,
+# everything but the rows of the worksheets (and those too where a sheet has no <dimension>), where
+# no row limit or clock can stop it.
+XLSX_PARTS = 1_000  # files in the zip; a workbook has a few dozen
+XML_ELEMENTS = 5_000_000  # in all parts together: some 100,000 rows of 20 cells
+XML_ELEMENTS_OPENED_WHOLE = 500_000  # shared strings, styles, workbook, the worksheets outside their rows
+XML_ELEMENTS_PER_ROW = 65_536  # Excel writes at most 16,384 cells a row
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, made inert with a leading quote; every
+    CSV the product writes from cells it did not make itself passes them through here.
+
+    Every such cell is changed, even one that reads as a harmless number ("-5") or regimen ("-"):
+    telling harmless from harmful is what the spreadsheet gets wrong.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
@@ -82,21 +134,28 @@ def format_problems(problems: list[Problem], cap: int = MAX_LISTED_PROBLEMS) -> 
     return "\n".join(lines)
 
 
-def read_table(data: bytes, name: str) -> Table:
-    """Read CSV/TSV, .xlsx or JSON lines by extension (and content); raise ImportRefused if unreadable."""
+def read_table(data: bytes, name: str, limits: Limits = LIMITS) -> Table:
+    """Read CSV/TSV, .xlsx or JSON lines by extension (and content) within `limits`; raise
+    ImportRefused if the file is unreadable or over a limit."""
+    reading = _Reading(name, limits)
+    if len(data) > limits.file_mb * MB:
+        reading.stop(f"is {len(data):,} bytes, more than the limit of {limits.file_mb} MB "
+                     f"({limits.file_mb * MB:,} bytes) per file; split it")
     suffix = Path(name).suffix.lower()
     if not data.strip():
         raise ImportRefused([Problem(name, "is empty; expected a header row and at least one case")])
     if suffix in (".xlsx", ".xlsm"):
-        table = _read_xlsx(data, name)
+        table = _read_xlsx(data, reading)
     elif suffix == ".xls":
         raise ImportRefused([Problem(name, "is an old Excel .xls workbook; save it as .xlsx or CSV")])
     else:
         text = _decode_text(data, name)
-        if suffix in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith(("{", "[")):
-            table = _read_json(text, name)
+        if suffix in (".jsonl", ".ndjson", ".json") or _first_character(text) in ("{", "["):
+            table = _read_json(text, reading)
         else:
-            table = _read_delimited(text, name, "\t" if suffix in (".tsv", ".tab") else None)
+            table = _read_delimited(text, reading, "\t" if suffix in (".tsv", ".tab") else None)
+    if reading.oversized:
+        raise ImportRefused(reading.oversized)
     if not table.rows and not table.problems:
         raise ImportRefused([Problem(name, "has a header but no data rows")])
     duplicate_columns = [c for i, c in enumerate(table.columns) if c in table.columns[:i]]
@@ -107,25 +166,131 @@ def read_table(data: bytes, name: str) -> Table:
     return table
 
 
+class _Reading:
+    """One file being read against `limits`. Past the row, column, text or time limit the read stops
+    at once; cells and cases over their limits are all listed (their rows not kept), and the file
+    refused, once it is read."""
+
+    def __init__(self, name: str, limits: Limits):
+        self.name, self.limits = name, limits
+        self.deadline = time.monotonic() + limits.seconds
+        self.text = 0
+        self.oversized: list[Problem] = []
+
+    def stop(self, message: str, row: int | None = None) -> NoReturn:
+        raise ImportRefused([*self.oversized, Problem(self.name, message, row)])
+
+    def clock(self, row: int | None = None) -> None:
+        if time.monotonic() > self.deadline:
+            self.stop(f"took longer than the limit of {self.limits.seconds:g} seconds to read; "
+                      "the rest was not read", row)
+
+    def record(self, index: int, row: int | None = None) -> None:
+        """Before the file's `index`th row (the header and blank rows included) is used."""
+        if index > self.limits.rows:
+            self.stop(f"is past the limit of {self.limits.rows:,} rows per file (the header and blank "
+                      "rows count); split the file", row)
+        self.clock(row)
+
+    def header(self, names: Sequence[str]) -> None:
+        if len(names) > self.limits.columns:
+            self.stop(f"has {len(names):,} columns, more than the limit of {self.limits.columns:,}; "
+                      "delete the columns the cases do not need")
+        for name in names:
+            self.column_name(name)
+
+    def column_name(self, text: str, row: int | None = None) -> None:
+        if len(text) > self.limits.cell_chars:
+            self.oversized.append(Problem(self.name, f"has a column name {len(text):,} characters long, "
+                                          f"more than the limit of {self.limits.cell_chars:,} per cell", row))
+
+    def cells(self, row: int, names: Sequence[str], texts: Sequence[str]) -> bool:
+        """Whether one data row fits the cell and case limits (each cell over its limit is listed,
+        else a case over its); `names` name its columns, a cell beyond them is "column N"."""
+        limits = self.limits
+        if len(texts) > limits.columns:
+            self.stop(f"has {len(texts):,} cells, more than the limit of {limits.columns:,} columns", row)
+        fits = True
+        total = 0
+        for i, text in enumerate(texts):
+            total += len(text)
+            if len(text) > limits.cell_chars:
+                column = names[i] if i < len(names) and names[i] else f"column {i + 1}"
+                self.oversized.append(Problem(self.name, f"is {len(text):,} characters long, more than the "
+                                              f"limit of {limits.cell_chars:,} per cell", row, column))
+                fits = False
+        if fits and total > limits.case_chars:
+            self.oversized.append(Problem(self.name, f"holds {total:,} characters in its cells together, more "
+                                          f"than the limit of {limits.case_chars:,} per case", row))
+            fits = False
+        self.text += total
+        if self.text > limits.text_chars:
+            self.stop(f"brings the file's text past the limit of {limits.text_chars:,} characters; "
+                      "split the file", row)
+        if len(self.oversized) >= MAX_LISTED_PROBLEMS:
+            raise ImportRefused(self.oversized)
+        return fits
+
+
+class _CellTooLong(Exception):
+    """A parser refused a cell before the row loop saw it; the loop locates it."""
+
+
+# ------------------------------------------------------------------------------------------ text
+
+_SPACE = re.compile(r"\s*")
+
+
 def _decode_text(data: bytes, name: str) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    if b"\x00" in data[:8192] or data.startswith(b"PK\x03\x04"):
+    """UTF-8 (with or without a byte-order mark) or UTF-16. UTF-16 without a byte-order mark (SQL
+    Server's `bcp -w`, some 'Unicode text' exports) is decoded too, not refused: its zero bytes on
+    every other byte tell it from binary data, it must decode strictly, and the text must be
+    printable, so a file misread as UTF-16 is refused, never stored."""
+    utf16 = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else _utf16_without_bom(data[:8192])
+    if utf16:
+        try:
+            text = data.decode(utf16)
+        except UnicodeDecodeError as exc:
+            why = "it starts with a UTF-16 byte-order mark" if utf16 == "utf-16" else (
+                "every other byte is zero, though it has no byte-order mark")
+            raise ImportRefused([Problem(
+                name, f"looks like UTF-16 text ({why}) but does not decode as UTF-16 at byte {exc.start:,} "
+                f"({exc.reason}); save it as UTF-8",
+            )]) from None
+    elif b"\x00" in data[:8192] or data.startswith(b"PK\x03\x04"):
         raise ImportRefused([Problem(
             name, "is not a text file (it holds binary data); expected CSV, TSV, JSON lines or .xlsx"
         )])
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ImportRefused([Problem(
-            name,
-            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-            "save it as UTF-8 (in Excel: 'CSV UTF-8')",
-        )]) from None
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ImportRefused([Problem(
+                name,
+                f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                "save it as UTF-8 (in Excel: 'CSV UTF-8')",
+            )]) from None
     if sum(ch.isprintable() or ch in "\r\n\t" for ch in text[:4096]) < 0.95 * len(text[:4096]):
         raise ImportRefused([Problem(name, "is not a text file (mostly unprintable characters)")])
     return text
+
+
+def _first_character(text: str) -> str:
+    """The first character that is not white space, without copying the text as str.lstrip would."""
+    at = _SPACE.match(text).end()
+    return text[at:at + 1]
+
+
+def _utf16_without_bom(sample: bytes) -> str | None:
+    """The UTF-16 byte order of text whose zero bytes fall on every other byte (the high bytes of
+    Latin letters, digits and delimiters); None for anything else."""
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    if odd >= max(1, len(sample) // 32) and odd > 16 * even:
+        return "utf-16-le"
+    if even >= max(1, len(sample) // 32) and even > 16 * odd:
+        return "utf-16-be"
+    return None
 
 
 # ------------------------------------------------------------------- rows of cells: delimited text, sheets
@@ -141,15 +306,35 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def _header_and_rows(records: Iterable[Sequence[object]], name: str,
+def _header_and_rows(records: Iterator[Sequence[object]], reading: _Reading,
                      empty: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The first row with any text as the header, and the rows below it numbered from 1, all as text;
-    refused with `empty` when no row has text."""
-    rows = iter([_cell_text(value) for value in record] for record in records)
-    for header in rows:
-        if any(cell.strip() for cell in header):
-            return [cell.strip() for cell in header], list(enumerate(rows, start=1))
-    raise ImportRefused([Problem(name, empty)])
+    """The first row with any text as the header, and the rows below it numbered from 1, all as text,
+    each checked against the limits as it is read; refused with `empty` when no row has text."""
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    index = number = 0
+    while True:
+        index += 1
+        row = None if header is None else number + 1
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except _CellTooLong as exc:
+            reading.stop(str(exc), row)
+        reading.record(index, row)
+        cells = [_cell_text(value) for value in record]
+        if header is None:
+            if any(cell.strip() for cell in cells):
+                header = [cell.strip() for cell in cells]
+                reading.header(header)
+            continue
+        number += 1
+        if reading.cells(number, header, cells):
+            rows.append((number, cells))
+    if header is None:
+        raise ImportRefused([Problem(reading.name, empty)])
+    return header, rows
 
 
 def _table(name: str, header: list[str], rows: list[tuple[int, list[str]]],
@@ -185,6 +370,16 @@ def _drop_empty_unnamed(columns, header, rows) -> list[str]:
     return keep
 
 
+_FIRST_LINE = re.compile(r"[\r\n]*([^\r\n]{0,65536})")  # enough of the header to tell its delimiter
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of a text with their endings, as io.StringIO(text, newline="") gives them, without
+    its copy of the whole text at four bytes a character."""
+    return (match.group() for match in _LINE.finditer(text))
+
+
 def _sniff_delimiter(header_line: str) -> str:
     try:
         return csv.Sniffer().sniff(header_line, delimiters=_DELIMITERS).delimiter
@@ -202,17 +397,29 @@ def _field_count_differs(record: list[str], width: int) -> str | None:
     return None
 
 
-def _read_delimited(text: str, name: str, delimiter: str | None) -> Table:
-    header_line = text.lstrip("\r\n").splitlines()[0]
-    delimiter = delimiter or _sniff_delimiter(header_line)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    try:
-        records = list(reader)
-    except csv.Error as exc:
-        raise ImportRefused([Problem(name, f"is not readable as delimited text: {exc} (near line {reader.line_num})")]) from None
-    header, rows = _header_and_rows(
-        records, name, "has only empty rows; expected a header row and at least one case")
-    return _table(name, header, rows, _field_count_differs, [])
+def _read_delimited(text: str, reading: _Reading, delimiter: str | None) -> Table:
+    delimiter = delimiter or _sniff_delimiter(_FIRST_LINE.match(text).group(1))
+    header, rows = _header_and_rows(_delimited_records(text, delimiter, reading), reading,
+                                    "has only empty rows; expected a header row and at least one case")
+    return _table(reading.name, header, rows, _field_count_differs, [])
+
+
+def _delimited_records(text: str, delimiter: str, reading: _Reading) -> Iterator[list[str]]:
+    reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if str(exc).startswith("field larger than field limit"):
+                # Past the csv module's own limit nothing after it can be trusted (a quote may be open).
+                raise _CellTooLong(f"has a cell longer than {csv.field_size_limit():,} characters, more than "
+                                   f"the limit of {reading.limits.cell_chars:,} per cell") from None
+            raise ImportRefused([Problem(
+                reading.name, f"is not readable as delimited text: {exc} (near line {reader.line_num})"
+            )]) from None
+        yield record
 
 
 def _value_beyond_header(record: list[str], width: int) -> str | None:
@@ -223,64 +430,238 @@ def _value_beyond_header(record: list[str], width: int) -> str | None:
     return None
 
 
-def _read_xlsx(data: bytes, name: str) -> Table:
+# ------------------------------------------------------------------------------------------ .xlsx
+
+# What openpyxl and zipfile raise on a damaged workbook (SyntaxError: XML that does not parse).
+_XLSX_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, IndexError, TypeError,
+                ValueError, SyntaxError, RuntimeError, NotImplementedError)
+_ROOT_TAG = re.compile(rb"<(?![?!])([\w.-]+:)?([\w.-]+)")
+
+
+def _read_xlsx(data: bytes, reading: _Reading) -> Table:
     import openpyxl
 
+    _check_workbook(data, reading)
     try:
-        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise ImportRefused([Problem(name, f"is not a readable .xlsx workbook ({exc})")]) from None
+        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True, keep_links=False)
+    except _XLSX_ERRORS as exc:
+        _unreadable_workbook(reading, exc)
+    if not book.worksheets:
+        raise ImportRefused([Problem(reading.name, "has no worksheet; expected a sheet of cases")])
     sheet = book.worksheets[0]
-    records = list(sheet.iter_rows(values_only=True))
-    book.close()
-    header, rows = _header_and_rows(
-        records, name, f"sheet '{sheet.title}' is empty; expected a header row and cases")
+    # Rows as the file has them: read-only mode otherwise pads every row, and the sheet, to the size
+    # the file's <dimension> claims (A1:XFD1048576 is 17 billion cells).
+    sheet.reset_dimensions()
+    try:
+        header, rows = _header_and_rows(
+            _sheet_records(sheet, reading), reading, f"sheet '{sheet.title}' is empty; expected a header row and cases")
+    finally:
+        book.close()
     while header and not header[-1]:
         header.pop()
     problems = []
     if len(book.sheetnames) > 1:
-        problems.append(Problem(name, f"has {len(book.sheetnames)} sheets; only the first, "
+        problems.append(Problem(reading.name, f"has {len(book.sheetnames)} sheets; only the first, "
                                 f"'{sheet.title}', was read", severity="warning"))
-    return _table(name, header, rows, _value_beyond_header, problems)
+    return _table(reading.name, header, rows, _value_beyond_header, problems)
+
+
+def _unreadable_workbook(reading: _Reading, exc: Exception) -> NoReturn:
+    cause = exc.__cause__ or exc
+    raise ImportRefused([Problem(reading.name, f"is not a readable .xlsx workbook ({cause})")]) from None
+
+
+def _sheet_records(sheet, reading: _Reading) -> Iterator[tuple]:
+    """The sheet's rows of values, less their trailing empty cells."""
+    rows = sheet.iter_rows(values_only=True)
+    while True:
+        try:
+            record = next(rows)
+        except StopIteration:
+            return
+        except _XLSX_ERRORS as exc:
+            _unreadable_workbook(reading, exc)
+        end = len(record)
+        while end and record[end - 1] is None:
+            end -= 1
+        yield record[:end]
+
+
+def _check_workbook(data: bytes, reading: _Reading) -> None:
+    """Refuse, before openpyxl parses any of it, a workbook that would cost it memory or time without
+    bound: too many parts, too large unzipped, or more XML elements than XML_* allow."""
+    if data.count(b"PK\x01\x02") > XLSX_PARTS:  # zip directory entries, before ZipFile reads each
+        reading.stop(f"holds more than {XLSX_PARTS:,} files; a spreadsheet program writes a few dozen")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except _XLSX_ERRORS as exc:
+        _unreadable_workbook(reading, exc)
+    parts = archive.infolist()
+    unzipped = sum(part.file_size for part in parts)
+    if unzipped > reading.limits.unzipped_mb * MB:
+        reading.stop(f"unzips to {unzipped / MB:,.1f} MB, more than the limit of {reading.limits.unzipped_mb} MB "
+                     "per workbook; save it as CSV, or split it")
+    elements = opened_whole = 0
+    for part in parts:
+        try:  # zipfile unzips no part past its declared size, so `unzipped` bounds this loop too
+            with archive.open(part) as stream:
+                in_part, outside_rows = _xml_elements(stream, part.filename, reading)
+        except _XLSX_ERRORS as exc:
+            _unreadable_workbook(reading, exc)
+        elements += in_part
+        opened_whole += outside_rows
+        if elements > XML_ELEMENTS:
+            reading.stop(f"holds more than {XML_ELEMENTS:,} XML elements; save it as CSV, or split it")
+        if opened_whole > XML_ELEMENTS_OPENED_WHOLE:
+            reading.stop(f"holds more than {XML_ELEMENTS_OPENED_WHOLE:,} XML elements outside its worksheet "
+                         f"rows ('{part.filename}' alone {outside_rows:,}): it is damaged or made to exhaust "
+                         "the reader; save it again from Excel, or as CSV")
+
+
+def _xml_elements(stream, part: str, reading: _Reading) -> tuple[int, int]:
+    """(elements, elements outside <row>s) of one part, counted by its tags; a part that is not XML
+    counts nothing. In a worksheet (where what follows the last row counts with it), a row of more
+    than XML_ELEMENTS_PER_ROW elements, or more rows than the row limit, stops the read."""
+    blocks = (block for block in _xml_blocks(stream) if block)
+    first = next(blocks, b"")
+    root = _ROOT_TAG.search(first) if first.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else None
+    if root is None:
+        return 0, 0
+    # Rows written with another prefix than the root's are not found, and so count as parsed whole.
+    row_tag = re.compile(b"<" + re.escape(root.group(1) or b"") + rb"row[\s/>]") if root.group(2) == b"worksheet" else None
+    total = outside = rows = in_row = 0
+    for block in itertools.chain([first], blocks):
+        reading.clock()
+        for i, piece in enumerate(row_tag.split(block) if row_tag else [block]):
+            count = piece.count(b"<") - piece.count(b"</") - piece.count(b"<?") - piece.count(b"<!")
+            total += count + (i > 0)
+            if i:
+                rows += 1
+                in_row = 1 + count
+            elif rows:
+                in_row += count
+            else:
+                outside += count
+            if in_row > XML_ELEMENTS_PER_ROW:
+                reading.stop(f"has a row (<row> {rows:,} of '{part}') of more than {XML_ELEMENTS_PER_ROW:,} XML "
+                             "elements, where Excel writes at most 16,384 cells: it is damaged or made to exhaust "
+                             "the reader; save it again from Excel, or as CSV")
+        if rows > reading.limits.rows:
+            reading.stop(f"has more rows in '{part}' than the limit of {reading.limits.rows:,} rows per file; "
+                         "split it")
+    return total, outside
+
+
+def _xml_blocks(stream) -> Iterator[bytes]:
+    """A part's bytes, a megabyte at a time, each block cut before a '<' near its end so that no tag's
+    name is split between blocks."""
+    carry = b""
+    while block := stream.read(MB):
+        block = carry + block
+        cut = block.rfind(b"<", max(0, len(block) - 64))
+        cut = len(block) if cut < 0 else cut
+        carry = block[cut:]
+        yield block[:cut]
+    yield carry
 
 
 # ------------------------------------------------------------------------------------------ JSON
 
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
-def _read_json(text: str, name: str) -> Table:
+
+def _read_json(text: str, reading: _Reading) -> Table:
     """JSON lines (row N is line N), or one JSON array of objects (row N is its Nth element)."""
+    name = reading.name
     problems: list[Problem] = []
     unreadable: dict[int, dict[str, str]] = {}
-    items: list[tuple[int, object]] = []
-    if text.lstrip().startswith("["):
-        try:
-            items = list(enumerate(json.loads(text), start=1))
-        except json.JSONDecodeError as exc:
-            raise ImportRefused([Problem(name, f"is not valid JSON: {exc.msg} (line {exc.lineno})")]) from None
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(Problem(name, f"is not valid JSON: {exc.msg} (character {exc.colno})", row=number))
-                unreadable[number] = {"line": line}
-    columns: list[str] = []
+    columns: dict[str, None] = {}
     rows = []
+    seen = False
+    items = _json_array(text, reading) if _first_character(text) == "[" else _json_lines(text, reading)
     for number, item in items:
+        seen = True
+        if isinstance(item, _NotJson):
+            problems.append(Problem(name, item.message, row=number))
+            if reading.cells(number, ["line"], [item.line]):
+                unreadable[number] = {"line": item.line}
+            continue
         if not isinstance(item, dict):
             problems.append(Problem(name, f"is a JSON {type(item).__name__}, expected an object "
                                     "with one key per column", row=number))
-            unreadable[number] = {"line": json.dumps(item, ensure_ascii=False)}
+            line = json.dumps(item, ensure_ascii=False)
+            if reading.cells(number, ["line"], [line]):
+                unreadable[number] = {"line": line}
             continue
-        values = {}
-        for key, value in item.items():
+        for key in item:
             if key not in columns:
-                columns.append(key)
-            values[key] = (json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list))
-                           else _cell_text(value) if not isinstance(value, bool) else str(value).lower())
-        rows.append((number, values))
-    if not items and not problems:
+                columns[key] = None
+                reading.column_name(key, number)
+        if len(columns) > reading.limits.columns:
+            reading.stop(f"brings the file's different keys (its columns) to {len(columns):,}, more than "
+                         f"the limit of {reading.limits.columns:,}; delete the columns the cases do not need", number)
+        values = {key: _json_cell(value) for key, value in item.items()}
+        if reading.cells(number, list(values), list(values.values())):
+            rows.append((number, values))
+    if not seen:
         raise ImportRefused([Problem(name, "has no JSON objects; expected one case per line")])
-    return Table(name, columns, rows, problems, unreadable)
+    return Table(name, list(columns), rows, problems, unreadable)
+
+
+def _json_cell(value: object) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).lower() if isinstance(value, bool) else _cell_text(value)
+
+
+@dataclass(frozen=True)
+class _NotJson:
+    """A line of JSON lines that does not parse: its problem, and the line for the rejects file."""
+
+    message: str
+    line: str
+
+
+def _json_lines(text: str, reading: _Reading) -> Iterator[tuple[int, object]]:
+    """Each line's JSON value (or _NotJson), numbered by line, parsed only when reached."""
+    for number, line in enumerate(_lines(text), start=1):
+        reading.record(number, number)
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, _NotJson(f"is not valid JSON: {exc.msg} (character {exc.colno})", line)
+        except RecursionError:
+            yield number, _NotJson("is not valid JSON: nested too deeply", line)
+
+
+def _json_array(text: str, reading: _Reading) -> Iterator[tuple[int, object]]:
+    """The elements of one JSON array, numbered, each parsed only when reached."""
+    decoder = json.JSONDecoder()
+    at = _JSON_SPACE.match(text, _SPACE.match(text).end() + 1).end()
+    number = 0
+    try:
+        if text.startswith("]", at):
+            at += 1
+        else:
+            while True:
+                number += 1
+                reading.record(number, number)
+                item, at = decoder.raw_decode(text, at)
+                yield number, item
+                at = _JSON_SPACE.match(text, at).end()
+                if text.startswith(",", at):
+                    at = _JSON_SPACE.match(text, at + 1).end()
+                elif text.startswith("]", at):
+                    at += 1
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter or ']'", text, at)
+        if _JSON_SPACE.match(text, at).end() != len(text):
+            raise json.JSONDecodeError("Extra data after the array", text, at)
+    except json.JSONDecodeError as exc:
+        raise ImportRefused([Problem(reading.name, f"is not valid JSON: {exc.msg} (line {exc.lineno})")]) from None
+    except RecursionError:
+        raise ImportRefused([Problem(reading.name, "is not valid JSON: nested too deeply", number)]) from None

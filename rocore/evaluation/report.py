@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from rocore.data.tables import neutralise
 from rocore.evaluation.dashboard import Dashboard
 from rocore.evaluation.outputs import MODELS, RunPairs
 from rocore.evaluation.pipeline import METRIC_NAMES, MODEL_NAMES
@@ -31,7 +32,6 @@ __all__ = [
     "html_report",
     "json_figures",
     "metric_table",
-    "neutralise",
     "order_checks_table",
     "per_case_csv",
     "per_class_table",
@@ -43,23 +43,8 @@ __all__ = [
 TASK_NAMES = {"regimen": "Task 1: treatment regimen", "modality": "Task 2: treatment modality",
               "icd10": "Task 3: ICD-10-CM code"}
 
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
 
 # --------------------------------------------------------------------------- per-case results
-
-
-def neutralise(value: object) -> object:
-    """A text cell that a spreadsheet would run as a formula, made inert with a leading quote.
-
-    Every such cell is changed, even one that reads as a harmless number ("-5") or regimen ("-"):
-    telling harmless from harmful is what the spreadsheet gets wrong.
-    """
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def per_case_csv(scores: pd.DataFrame) -> bytes:
