@@ -21,7 +21,8 @@ $(DEMO_DB): | $(STAMP)
 
 demo: $(DEMO_DB)
 
-# The demo's access codes are stored only as hashes, so each `make run` issues fresh ones and prints them.
+# The demo's access codes are stored only as hashes, so each `make run` issues fresh ones and prints them
+# (which also signs out the browser sessions signed in with the old ones).
 run: $(STAMP) $(DEMO_DB)
 	@echo "Demo sign-ins (new codes, valid until the next make run):"
 	@for name in admin reviewer1 reviewer2 reviewer3; do $(PY) -m rocore reviewer reset-code $$name --db $(DEMO_DB); done

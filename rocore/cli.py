@@ -1,6 +1,10 @@
 """`python -m rocore ...`: everything the pages do, headless, for a GPU server or a script.
 
 Exit status: 0 done, 1 refused (bad input, with located errors on stderr), 2 wrong usage.
+
+Only `init` (an empty store), `demo` (the demo store) and `import` (a store for the cases it brings, and
+it says so) create a database; every other command refuses a `--db` that does not exist, so a mistyped
+path is reported instead of becoming a new, empty store.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import sys
 from pathlib import Path
 
 from rocore.review.auth import ROLES
-from rocore.store.db import SchemaError, default_db_path, opened
+from rocore.store.db import SCHEMA_VERSION, SchemaError, create_database, default_db_path, opened
 from rocore.model.loading import DEVICES, QUANTIZATIONS
 from rocore.model.prompts import PROMPT_FORMATS, TASKS
 from rocore.data.splits import PARTS
@@ -30,6 +34,14 @@ def _map_item(item: str) -> tuple[str, str]:
     return field.strip(), column.strip()
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    path = create_database(args.db)
+    print(f"created an empty database at {path} (schema version {SCHEMA_VERSION})")
+    print(f"Add its first administrator with 'python -m rocore reviewer add NAME --role admin --db {path}', "
+          "or let the first person to open the app create one.")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from rocore.review.auth import operator_name
     from rocore.data.case_import import import_cases, rejected_rows_csv
@@ -41,6 +53,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{path}: cannot be read ({exc.strerror})", file=sys.stderr)
         return 1
+    new = not args.db.exists()
     try:
         with opened(args.db) as conn:
             result = import_cases(conn, data, str(path), dict(args.map), update=args.update,
@@ -52,6 +65,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     if result.warnings:
         print(format_problems(result.warnings), file=sys.stderr)
+    if new:
+        print(f"created a new database at {args.db}")
     print(f"{path}: imported {result.n_inserted} new and {result.n_updated} updated cases "
           f"into {args.db} (import {result.import_id})")
     if result.rejected:
@@ -117,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.file is not None:
             view = from_outputs(read_outputs_file(args.file, args.extracted), {"file": str(args.file)})
         else:
-            with opened(args.db) as conn:
+            with opened(args.db, create=False) as conn:
                 compared = run_pairs(conn, args.runs)
                 view = compute(conn, ScoreCache(), compared)
             view.source = {"db": str(args.db), **compared.as_source()}
@@ -180,7 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         unknown = [task for task, _ in args.max_new_tokens if task not in tasks]
         if unknown:
             raise TaskError(f"--max-new-tokens names {', '.join(unknown)}, which is not among --tasks")
-        with opened(args.db) as conn:
+        with opened(args.db, create=False) as conn:
             splits = list_splits(conn)
             if not splits:
                 raise SplitError("the database has no split yet; create one with 'python -m rocore split create'")
@@ -189,7 +204,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.adapter:
             attach_adapter(loaded, args.adapter, "finetuned")
         prompt_format = resolve_prompt_format(loaded.tokenizer, args.model, args.prompt_format, args.adapter)
-        with opened(args.db) as conn:
+        with opened(args.db, create=False) as conn:
             base_id = register_model(conn, args.model, "base")
             adapter_id = register_model(conn, args.adapter, "adapter", base_id) if args.adapter else None
             run_id, resumed = get_or_create_run(conn, base_id, adapter_id, split_id, args.split, tasks,
@@ -241,7 +256,7 @@ def _fractions(text: str) -> dict[str, float]:
 def cmd_split(args: argparse.Namespace) -> int:
     from rocore.data.splits import SplitError, create_split, find_leaks, list_splits, split_counts, split_id_by_name
 
-    with opened(args.db) as conn:
+    with opened(args.db, create=False) as conn:
         try:
             if args.action == "create":
                 split_id = create_split(conn, args.name, args.seed, args.fractions)
@@ -268,7 +283,7 @@ def cmd_reviewer(args: argparse.Namespace) -> int:
     from rocore.review.auth import AuthError, add_user, list_users, reset_code, set_active
 
     client = "cli"
-    with opened(args.db) as conn:
+    with opened(args.db, create=False) as conn:
         try:
             if args.action == "add":
                 user, code = add_user(conn, args.name, args.role, actor_id=None, client=client)
@@ -326,7 +341,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if args.action == "plan":
         return cmd_study_plan(args)
-    with opened(args.db) as conn:
+    with opened(args.db, create=False) as conn:
         try:
             if args.action == "create":
                 if not (args.name and args.runs and args.reviewers):
@@ -374,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rocore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("import", help="import cases from CSV, TSV, .xlsx or JSON lines")
+    p = commands.add_parser("init", help="create an empty database (refused if the file exists)")
+    p.add_argument("--db", type=Path, required=True, help="the new SQLite database")
+    p.set_defaults(func=cmd_init)
+
+    p = commands.add_parser("import", help="import cases from CSV, TSV, .xlsx or JSON lines "
+                                           "(creates the database if it does not exist)")
     p.add_argument("file", type=Path)
     _db_arg(p)
     p.add_argument("--map", action="append", default=[], type=_map_item, metavar="FIELD=COLUMN",

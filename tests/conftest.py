@@ -120,14 +120,19 @@ def split_db(db_path, synthetic_cases, tmp_path):
 
 
 def signed_in_staff(db_path: Path) -> dict:
-    """The session entry of an administrator of this database (created on first use)."""
+    """The session entry of an administrator of this database (created on first use), as app.py
+    makes it at sign-in: app.py ends a session without the credential and a recent click."""
+    import time
+
     from rocore.review import auth
 
     with opened(db_path) as conn:
         admin = next((u for u in auth.list_users(conn) if u["role"] == "admin" and u["active"]), None)
         if admin is None:
-            return auth.add_user(conn, "test-admin", "admin", actor_id=None)[0].as_session()
-        return {"id": admin["reviewer_id"], "name": admin["name"], "role": "admin"}
+            user = auth.add_user(conn, "test-admin", "admin", actor_id=None)[0]
+        else:
+            user = auth.user_by_name(conn, admin["name"])
+        return auth.new_session(user, time.time())
 
 
 @pytest.fixture

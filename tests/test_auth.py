@@ -146,3 +146,30 @@ def test_a_reset_code_replaces_the_old_one(conn, admin):
         auth.sign_in(conn, "Ada", old)
     assert auth.sign_in(conn, "Ada", new).name == "Ada"
     assert conn.execute("SELECT count(*) FROM audit_log WHERE action = 'reset-code'").fetchone()[0] == 1
+
+
+def test_a_session_ends_on_a_code_reset_a_deactivation_or_idleness(conn, admin):
+    _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
+    now = 1_000_000.0
+    session = auth.new_session(auth.sign_in(conn, "Ada", code), now)
+    salt = conn.execute("SELECT code_salt FROM reviewers WHERE name = 'Ada'").fetchone()[0]
+    assert session["credential"] and salt.hex() not in session["credential"], "a fingerprint, not the salt"
+
+    assert auth.session_user(conn, session, now + auth.IDLE_TIMEOUT_S)[0].name == "Ada"
+    assert auth.session_user(conn, session, now + auth.IDLE_TIMEOUT_S + 1) == (None, "idle")
+    assert auth.session_user(conn, {k: v for k, v in session.items() if k != "credential"}, now) == (
+        None, "code-reset"), "a session made by hand, not by sign-in, does not hold"
+
+    auth.reset_code(conn, "Ada", actor_id=admin.id)
+    assert auth.session_user(conn, session, now) == (None, "code-reset")
+    renewed = auth.new_session(auth.user_by_name(conn, "Ada"), now)
+    assert auth.session_user(conn, renewed, now)[0].name == "Ada"
+
+    auth.set_active(conn, "Ada", False, actor_id=admin.id)
+    assert auth.session_user(conn, renewed, now) == (None, "inactive")
+
+
+def test_a_sign_out_the_app_makes_says_why(conn, admin):
+    auth.sign_out(conn, admin.id, "web localhost", reason="idle")
+    detail = conn.execute("SELECT detail FROM audit_log WHERE action = 'sign-out'").fetchone()[0]
+    assert json.loads(detail) == {"reviewer_id": admin.id, "reason": "idle"}

@@ -29,11 +29,12 @@ def test_import_then_refuse_a_bad_file_leaving_the_database_unchanged(tmp_path):
     done = rocore("import", good, "--db", db)
     assert done.returncode == 0, done.stderr
     assert "imported 2 new and 0 updated cases" in done.stdout
+    assert f"created a new database at {db}" in done.stdout, "import may create its store, but says so"
 
     bad = tmp_path / "bad.csv"
     bad.write_bytes(csv_bytes(row("P3"), row("P4", icd10="C99.9")))
     refused = rocore("import", bad, "--db", db)
-    assert refused.returncode == 1
+    assert refused.returncode == 1 and "created" not in refused.stdout
     assert f"{bad}: row 2: column 'icd10': 'C99.9' is not a valid ICD-10-CM code" in refused.stderr.splitlines()
     assert "the database is unchanged" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -68,6 +69,34 @@ def test_bad_usage_and_unreadable_paths(tmp_path):
         f"{tmp_path / 'missing.csv'}: cannot be read")
     bad_map = rocore("import", tmp_path / "x.csv", "--db", tmp_path / "r.db", "--map", "nonsense")
     assert bad_map.returncode != 0 and "expected FIELD=COLUMN" in bad_map.stderr
+
+
+def test_init_creates_an_empty_database_and_refuses_an_existing_one(tmp_path):
+    db = tmp_path / "new" / "reviews.db"
+    done = rocore("init", "--db", db)
+    assert done.returncode == 0, done.stderr
+    assert f"created an empty database at {db}" in done.stdout
+    assert count(db, "reviewers") == 0 and count(db, "schema_migrations") >= 1
+    assert rocore("reviewer", "add", "Boss", "--role", "admin", "--db", db).returncode == 0
+    again = rocore("init", "--db", db)
+    assert again.returncode == 1 and f"{db}: already exists" in again.stderr and "Traceback" not in again.stderr
+    assert count(db, "reviewers") == 1
+    assert rocore("init").returncode == 2, "init names its database: it never falls back to $ROCORE_DB"
+
+
+def test_commands_that_need_a_store_refuse_a_missing_one(tmp_path):
+    db = tmp_path / "typo" / "reviwes.db"
+    for command in (["reviewer", "list"], ["reviewer", "add", "Ada"], ["study", "list"], ["split", "list"],
+                    ["evaluate"], ["generate", "--model", tmp_path]):
+        refused = rocore(*command, "--db", db)
+        assert refused.returncode == 1, command
+        assert refused.stderr.startswith(f"{db}: no database here. Create an empty one with "
+                                          f"'python -m rocore init --db {db}'"), (command, refused.stderr)
+        assert "Traceback" not in refused.stderr
+    train = subprocess.run([sys.executable, "-m", "train", "--db", str(db), "--base-model", str(tmp_path)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert train.returncode == 1 and train.stderr.startswith(f"not started: {db}: no database here."), train.stderr
+    assert not db.parent.exists()
 
 
 def test_split_create_show_list(tmp_path):

@@ -1,3 +1,4 @@
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -92,8 +93,103 @@ def test_an_older_database_is_migrated_and_the_step_recorded(db_path, monkeypatc
 def test_a_file_that_is_not_sqlite_gives_a_clear_error(tmp_path):
     bogus = tmp_path / "notes.db"
     bogus.write_text("this is not a database " * 100)
-    with pytest.raises(db.SchemaError, match="not a usable SQLite database"):
-        db.connect(bogus)
+    for create in (True, False):
+        with pytest.raises(db.SchemaError, match=f"^{bogus}: the file is not an SQLite database "):
+            db.connect(bogus, create=create)
+
+
+def test_a_missing_database_is_refused_unless_asked_for(tmp_path):
+    missing = tmp_path / "typo" / "reviwes.db"
+    with pytest.raises(db.DatabaseMissing, match=f"init --db {missing}"):
+        db.connect(missing, create=False)
+    assert not missing.parent.exists()
+    with db.opened(missing):  # the library's default: tests and the demo build make theirs this way
+        pass
+    with db.opened(missing, create=False) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION
+
+
+def test_an_existing_database_opens_by_any_path_name(tmp_path):
+    """create=False opens the file by URI, where '?', '#' and '%' would otherwise name another file."""
+    odd = tmp_path / "a ?#%20 b" / "x?.db"
+    db.create_database(odd)
+    with db.opened(odd, create=False) as conn:
+        conn.execute("INSERT INTO audit_log (actor, action, entity) VALUES ('me', 'a', 'x')")
+    with db.opened(odd) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["a ?#%20 b"]
+
+
+def test_create_database_makes_an_empty_store_and_never_touches_an_existing_one(tmp_path):
+    path = db.create_database(tmp_path / "new" / "reviews.db")
+    with db.opened(path, create=False) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM reviewers").fetchone()[0] == 0
+        conn.execute("INSERT INTO audit_log (actor, action, entity) VALUES ('me', 'a', 'x')")
+    with pytest.raises(db.SchemaError, match="already exists"):
+        db.create_database(path)
+    with db.opened(path, create=False) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 1
+
+
+def test_a_read_only_database_is_named_as_such(db_path):
+    with db.opened(db_path):
+        pass
+    reader = sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        reader.execute("INSERT INTO audit_log (actor, action, entity) VALUES ('me', 'a', 'x')")
+    reader.close()
+    assert str(db.unusable(db_path, raised.value)).startswith(
+        f"{db_path}: the database cannot be written: the file, or the folder holding it, is read-only")
+
+
+def test_a_write_refused_as_read_only_inside_a_transaction_names_the_file(conn, db_path):
+    conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(db.SchemaError, match=f"^{db_path}: the database cannot be written: .* read-only"):
+        with db.transaction(conn):
+            conn.execute("INSERT INTO audit_log (actor, action, entity) VALUES ('me', 'a', 'x')")
+    assert not conn.in_transaction
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_a_read_only_folder_or_file_is_named_as_such(tmp_path):
+    folder = tmp_path / "ro"
+    path = db.create_database(folder / "reviews.db")
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(db.SchemaError, match="the database cannot be created: its folder is read-only"):
+            db.connect(folder / "new.db")
+        with pytest.raises(db.SchemaError, match="the database cannot be written: the file, or the folder"):
+            db.connect(path, create=False)  # no -wal and -shm yet, and the folder refuses them
+    finally:
+        folder.chmod(0o755)
+    path.chmod(0o444)
+    with db.opened(path, create=False) as conn, pytest.raises(db.SchemaError, match="read-only"):
+        with db.transaction(conn):
+            conn.execute("INSERT INTO audit_log (actor, action, entity) VALUES ('me', 'a', 'x')")
+
+
+def test_a_full_disk_is_named_as_such(conn, db_path):
+    """SQLite's max_page_count caps the file as a full disk would, with the same error."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(db.SchemaError, match=f"^{db_path}: the database cannot be written: the disk holding it is "
+                                             "full.*database or disk is full"):
+        with db.transaction(conn):
+            conn.executemany("INSERT INTO audit_log (actor, action, entity) VALUES (?, 'a', 'x')",
+                             [("x" * 1000,)] * 100)
+    assert not conn.in_transaction
+
+
+def test_a_lock_held_too_long_is_named_as_such(db_path):
+    with db.opened(db_path) as holder, db.opened(db_path) as waiter:
+        waiter.execute("PRAGMA busy_timeout = 0")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            waiter.execute("BEGIN IMMEDIATE")
+        holder.execute("ROLLBACK")
+    assert str(db.unusable(db_path, raised.value)).startswith(
+        f"{db_path}: the database stayed locked by another process")
 
 
 def test_many_threads_opening_a_new_database_at_once_create_the_schema_once(tmp_path):

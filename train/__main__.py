@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from rocore.store.db import default_db_path, opened
+from rocore.store.db import SchemaError, default_db_path, opened
 
 JOB_KEYS = ("base_model", "split", "output_root", "device")
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = read_settings(args)
     try:
-        with opened(args.db) as conn:
+        with opened(args.db, create=False) as conn:
             if args.resume is not None or args.run is not None:
                 run_id = args.resume if args.resume is not None else args.run
             else:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                     settings.get("output_root") or Path(args.db).resolve().parent / "runs")
         print(f"training run {run_id}: {'resuming' if args.resume is not None else 'starting'}", flush=True)
         status = run_training(args.db, run_id, resume=args.resume is not None, device=settings.get("device", "auto"))
-    except (TrainingConfigError, RunBusy, TypeError) as exc:
+    except (TrainingConfigError, RunBusy, TypeError, SchemaError) as exc:
         print(f"not started: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,6 +6,10 @@ and after a few in a row the next attempt for that name must wait, doubling each
 codes through the form is slow. Every function that changes something takes the acting user's id
 and checks the role here, so a page that forgets a check still cannot do more than its user may;
 `actor_id=None` means the command line on the server, whose user already holds the database file.
+
+A browser session keeps the credential it signed in with and the time of its last click, and is
+re-checked against the store on every run (`session_user`): a deactivation or a code reset ends it,
+and so does IDLE_TIMEOUT_S without a click.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from rocore.store import audit as audit_log
@@ -36,6 +40,8 @@ MIN_CHOSEN_CODE_LENGTH = 10
 FREE_FAILURES = 3  # failed attempts in a row before sign-in for that name is slowed
 FAILURE_WINDOW_S = 15 * 60  # failures older than this are forgotten
 BASE_DELAY_S, MAX_DELAY_S = 2.0, 300.0
+
+IDLE_TIMEOUT_S = 30 * 60  # a browser session with no click for this long is signed out
 
 _DUMMY_SALT = b"\0" * SALT_BYTES
 
@@ -64,14 +70,17 @@ class User:
     id: int
     name: str
     role: str
+    # A fingerprint of the stored code's salt, which every code reset replaces: a session that signed
+    # in with an older code no longer matches it.
+    credential: str = field(default="", repr=False, compare=False)
 
     @property
     def is_staff(self) -> bool:
         return self.role in STAFF_ROLES
 
     def as_session(self) -> dict:
-        """What a page keeps in its session: id, name and role only."""
-        return asdict(self)
+        """Who is signed in, as a page hands it around: id, name and role only."""
+        return {"id": self.id, "name": self.name, "role": self.role}
 
 
 def normalise_code(code: str) -> str:
@@ -108,14 +117,51 @@ def operator_name() -> str:
         return "cli"
 
 
+def _credential(salt: bytes) -> str:
+    """A hash of the salt rather than the salt itself, so the session holds nothing of the code hash's inputs."""
+    return hashlib.sha256(b"rocore-session\0" + salt).hexdigest()[:32]
+
+
 def _user(row: sqlite3.Row) -> User:
-    return User(row["reviewer_id"], row["name"], row["role"])
+    return User(row["reviewer_id"], row["name"], row["role"], _credential(row["code_salt"]))
 
 
 def active_user(conn: sqlite3.Connection, user_id: int) -> User | None:
     """The user as stored now, or None if deactivated or gone: pages re-check on every run."""
     row = conn.execute("SELECT * FROM reviewers WHERE reviewer_id = ? AND active = 1", (user_id,)).fetchone()
     return _user(row) if row else None
+
+
+def new_session(user: User, now: float) -> dict:
+    """What a browser session keeps of a sign-in: who, the credential they signed in with, and the
+    time (epoch seconds) of their last click."""
+    return {**user.as_session(), "credential": user.credential, "active_at": now}
+
+
+# Why `session_user` ended a session, as the sign-in form says it.
+SESSION_ENDED = {
+    "inactive": "This account is no longer active.",
+    "code-reset": "Your access code was changed: sign in with the new one.",
+    "idle": f"You were signed out after {IDLE_TIMEOUT_S // 60} minutes without activity.",
+}
+
+
+def session_user(conn: sqlite3.Connection, session: dict, now: float) -> tuple[User | None, str]:
+    """(the session's user as stored now, "") while the session holds; (None, a key of SESSION_ENDED)
+    once it has ended.
+
+    It ends when the account is deactivated or gone, when its code was reset since this session
+    signed in (the credential differs), or after IDLE_TIMEOUT_S without a click (`active_at`). A
+    session without those keys ends too: it was not made by `new_session`.
+    """
+    user = active_user(conn, session["id"])
+    if user is None:
+        return None, "inactive"
+    if not hmac.compare_digest(str(session.get("credential", "")), user.credential):
+        return None, "code-reset"
+    if now - float(session.get("active_at", float("-inf"))) > IDLE_TIMEOUT_S:
+        return None, "idle"
+    return user, ""
 
 
 def require_role(conn: sqlite3.Connection, actor_id: int | None, roles=STAFF_ROLES) -> str:
@@ -149,7 +195,7 @@ def _insert_user(conn: sqlite3.Connection, name: str, role: str, code: str) -> U
     code_hash, salt = hash_code(code)
     user_id = conn.execute("INSERT INTO reviewers (name, role, code_hash, code_salt) VALUES (?, ?, ?, ?)",
                            (name, role, code_hash, salt)).lastrowid
-    return User(user_id, name, role)
+    return User(user_id, name, role, _credential(salt))
 
 
 def create_first_admin(conn: sqlite3.Connection, name: str, code: str, client: str | None = None) -> User:
@@ -191,7 +237,8 @@ def reset_code(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
     """A new access code for `name`; the old one stops working. Only admins reset an admin's code.
 
     The code hash is the one column of `reviewers` that changes after creation; the audit log keeps
-    the fact that it changed.
+    the fact that it changed. The new salt also ends every browser session signed in with the old
+    code, at its next run (`session_user`).
     """
     code = new_access_code()
     code_hash, salt = hash_code(code)
@@ -277,12 +324,13 @@ def sign_in(conn: sqlite3.Connection, name: str, code: str, client: str | None =
     return _user(row)
 
 
-def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None) -> None:
+def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None, reason: str | None = None) -> None:
+    """Logs a sign-out; `reason` (a key of SESSION_ENDED) marks one the app made, not the user."""
     user = active_user(conn, user_id)
     if user is not None:
+        detail = {"reviewer_id": user.id, **({"reason": reason} if reason else {})}
         with transaction(conn):
-            audit(conn, user.name, "sign-out", "sign-in", user.name.casefold(), {"reviewer_id": user.id},
-                  client)
+            audit(conn, user.name, "sign-out", "sign-in", user.name.casefold(), detail, client)
 
 
 def audit_entries(conn: sqlite3.Connection, *, actor_id: int | None, limit: int = 500) -> list[dict]:

@@ -51,7 +51,46 @@ NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 class SchemaError(RuntimeError):
-    """The database cannot be used by this version of rocore."""
+    """The database cannot be used: missing, unreadable, unwritable, or of a schema this rocore does not know."""
+
+
+class DatabaseMissing(SchemaError):
+    """No database at the path, and the caller did not ask for a new one: a mistyped path must not
+    quietly become an empty store that offers its first visitor the administrator's account."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: no database here. Create an empty one with 'python -m rocore init --db {path}', or the "
+            f"demo with 'python -m rocore demo --db {path}' ('make run' builds it at demo/reviews.db); "
+            "or point $ROCORE_DB (or --db) at an existing database."
+        )
+
+
+# What each SQLite error class means for the store, by primary result code: a read-only file, a full
+# disk and a lock each need a different remedy, and none of them is "not a database".
+_CAUSES = {
+    sqlite3.SQLITE_READONLY: "the database cannot be written: the file, or the folder holding it, is read-only for "
+                             "this user or on a read-only disk (rocore writes the file and its -wal and -shm "
+                             "files beside it)",
+    sqlite3.SQLITE_CANTOPEN: "the database cannot be opened: check that it is a file, not a folder, and that this "
+                             "user may read and write it and its folder",
+    sqlite3.SQLITE_FULL: "the database cannot be written: the disk holding it is full; free some space and try again",
+    sqlite3.SQLITE_BUSY: f"the database stayed locked by another process for more than {BUSY_TIMEOUT_S:.0f} s; "
+                         "try again when it is done",
+    sqlite3.SQLITE_LOCKED: "the database is locked by another connection of this process",
+    sqlite3.SQLITE_NOTADB: "the file is not an SQLite database",
+    sqlite3.SQLITE_CORRUPT: "the database file is damaged; restore it from a backup",
+    sqlite3.SQLITE_IOERR: "the database could not be read or written: the disk reported an input/output error",
+}
+# Errors that `transaction` names with their file: they say nothing about the statement that met them.
+_STORE_ERRORS = (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT)
+
+
+def unusable(path: str | Path, exc: sqlite3.Error) -> SchemaError:
+    """The error that says why the store at `path` failed, from SQLite's result code."""
+    cause = _CAUSES.get((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF, "not a usable SQLite database")
+    return SchemaError(f"{path}: {cause} (SQLite: {exc})")
 
 
 def _stored_version(conn: sqlite3.Connection) -> int:
@@ -155,11 +194,32 @@ def _switch_to_wal(conn: sqlite3.Connection) -> str:
             delay = min(2 * delay, 0.1)
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A new connection with WAL, a busy timeout and foreign keys on, and the schema up to date."""
+def connect(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """A new connection with WAL, a busy timeout and foreign keys on, and the schema up to date.
+
+    With `create=False` (the app, and the commands that need what a store already holds) a missing
+    file is refused with DatabaseMissing instead of becoming a new, empty store; the file is opened
+    in SQLite's `mode=rw`, so it is not created even if it disappears after the check.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=True)
+        else:
+            if not path.exists():
+                raise DatabaseMissing(path)
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S,
+                                   isolation_level=None, check_same_thread=True)
+    except sqlite3.Error as exc:
+        if not path.exists():
+            if not create:
+                raise DatabaseMissing(path) from exc
+            raise SchemaError(f"{path}: the database cannot be created: its folder is read-only for this user or "
+                              f"on a read-only disk (SQLite: {exc})") from exc
+        raise unusable(path, exc) from exc
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot create its folder {path.parent} ({exc.strerror})") from exc
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -171,17 +231,41 @@ def connect(path: str | Path) -> sqlite3.Connection:
         ensure_schema(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise SchemaError(f"{path}: not a usable SQLite database ({exc})") from exc
+        raise unusable(path, exc) from exc
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+def create_database(path: str | Path) -> Path:
+    """A new, empty store at `path`, with the schema applied; refused if anything is there already.
+
+    The file is created exclusively (O_EXCL), so two callers racing, or a store that appears in the
+    meantime, cannot both succeed; a store left half-made by an error is removed again.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise SchemaError(f"{path}: already exists; 'init' makes only new databases") from None
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot be created ({exc.strerror})") from exc
+    try:
+        with opened(path, create=False):
+            pass
+    except BaseException:
+        for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            leftover.unlink(missing_ok=True)
+        raise
+    return path
+
+
 @contextlib.contextmanager
-def opened(path: str | Path) -> Iterator[sqlite3.Connection]:
+def opened(path: str | Path, *, create: bool = True) -> Iterator[sqlite3.Connection]:
     """`connect`, closed on exit: the usual way to run one operation."""
-    conn = connect(path)
+    conn = connect(path, create=create)
     try:
         yield conn
     finally:
@@ -190,17 +274,36 @@ def opened(path: str | Path) -> Iterator[sqlite3.Connection]:
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that takes the write lock up front, so it cannot deadlock half-way."""
-    conn.execute("BEGIN IMMEDIATE")
+    """A write transaction that takes the write lock up front, so it cannot deadlock half-way.
+
+    A read-only file, a full disk or a disk error met in it becomes a SchemaError naming the file
+    and the cause, whichever statement met it; other errors (constraints, a lock) pass unchanged.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        _raise_if_store_error(conn, exc)
+        raise
     try:
         yield conn
         conn.execute("COMMIT")
-    except BaseException:
+    except BaseException as exc:
         # A failed COMMIT (a deferred constraint) leaves the transaction open, and some errors have
         # already rolled it back: end it either way, so the next statement does not join it.
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        _raise_if_store_error(conn, exc)
         raise
+
+
+def _raise_if_store_error(conn: sqlite3.Connection, exc: BaseException) -> None:
+    if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _STORE_ERRORS:
+        raise unusable(database_file(conn), exc) from exc
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file of a connection's main database ('' for an in-memory one)."""
+    return conn.execute("PRAGMA database_list").fetchone()[2]
 
 
 def default_db_path() -> Path:
