@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_pages.access import require_staff
 from rocore.generation import runs as generation
-from rocore.review import auth
+from rocore.review import auth, blinding
 from rocore.review import studies as review
 from rocore.store.db import default_db_path, opened
 from rocore.model.prompts import TASKS
@@ -71,7 +71,11 @@ with tab_studies:
             reviewers = right.multiselect("Reviewers", list(active), format_func=lambda r: active[r]["name"])
             sample_n = left.number_input("Cases to sample (0: every case with both outputs)", min_value=0,
                                          step=1)
-            seed = right.number_input("Seed of the sample and assignment", value=0, step=1)
+            seed = right.number_input("Seed of the sample and assignment (empty: a random one)", value=None,
+                                      min_value=0, max_value=2**53 - 1, step=1,
+                                      help="Stored with the study. Leave it empty unless you must reproduce "
+                                           "a study: anyone who knows the seed and the case ids can tell "
+                                           "which run each reviewer sees as A.")
             overlap = left.number_input("Reviewers per case", min_value=1, value=1, step=1)
             right.caption("Each output is rated Acceptable or Not acceptable; the form can also ask")
             likert = right.checkbox("a score from 1 to 5 per output")
@@ -83,7 +87,8 @@ with tab_studies:
                 with opened(DB) as conn:
                     study_id = review.create_study(
                         conn, actor_id=user["id"], name=name, run_1_id=run_1, run_2_id=run_2,
-                        reviewer_ids=reviewers, task=task, sample_n=int(sample_n) or None, seed=int(seed),
+                        reviewer_ids=reviewers, task=task, sample_n=int(sample_n) or None,
+                        seed=None if seed is None else int(seed),
                         overlap=int(overlap), form=review.Form(likert, preference, comment), client=client)
                 st.success(f"Created study '{' '.join(name.split())}' (id {study_id}).")
                 for advice in review.creation_advice(len(reviewers), int(overlap)):
@@ -98,10 +103,10 @@ with tab_studies:
             summary = review.study_summary(conn, study["study_id"], actor_id=user["id"])
             with st.expander(f"{study['name']}: {study['n_done']} of {study['n_assignments']} ratings done",
                              expanded=study is studies[0]):
-                sampled = f" (sample, seed {study['seed']})" if study["sample_n"] else ""
+                sampled = " (sample)" if study["sample_n"] else ""
                 st.caption(f"Task {study['task']}; runs {study['run_1_id']} and {study['run_2_id']}; "
                            f"{study['n_cases']} cases{sampled}; {study['overlap']} reviewers per case; "
-                           f"created {study['created_at']}")
+                           f"seed {study['seed']}; created {study['created_at']}")
                 metrics = st.columns(3)
                 for column, number in zip(metrics, (1, 2)):
                     result = summary["runs"][number]
@@ -120,6 +125,9 @@ with tab_studies:
                                f"{likert['base_mean']:.2f}, run 2 {likert['finetuned_mean']:.2f}; one-sided "
                                f"Wilcoxon (run 2 > run 1) p = {likert['wilcoxon_p_one_sided']:.3g}")
                 st.dataframe(pd.DataFrame(progress), hide_index=True)
+                given_away, check = blinding.describe(
+                    blinding.study_blinding(conn, study["study_id"], actor_id=user["id"]))
+                (st.warning if given_away else st.caption)(check)
     if not studies:
         st.caption("No studies yet.")
 

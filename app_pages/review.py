@@ -5,6 +5,8 @@ the texts as "A" and "B", and the reviewer's own answers. It keeps the study id,
 and widget values in the session, never which run is which. Without a chosen position it opens the
 first case without a rating, so a refresh, a new browser or a server restart resumes there.
 Keyboard: Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the previous and next case.
+Imported fields, model outputs and reviewers' own text are shown with `st.text`, never as Markdown:
+an import must not be able to put links, remote images or LaTeX on a reviewer's screen.
 """
 
 import streamlit as st
@@ -79,14 +81,15 @@ st.subheader(f"Case {item.position} of {item.total}")
 
 facts = [f"{field.capitalize() if field != 'ecog' else 'ECOG'}: {item.patient[field]}"
          for field in review.PATIENT_FIELDS if item.patient[field] not in (None, "")]
-if facts:
-    st.caption(" · ".join(facts))
 with st.container(border=True):
+    if facts:
+        st.text(" · ".join(facts))
     st.text(item.patient["diagnosis"])
 
 current = item.current or review.Rating()
 if current.unratable:
-    st.warning(f"You flagged this case as unratable: {current.unratable_reason}")
+    st.warning("You flagged this case as unratable.")
+    st.text(f"Your reason: {current.unratable_reason}")
 elif item.revision:
     st.caption(f"You rated this case before (revision {item.revision}). Submitting again adds a revision; "
                "the earlier rating is kept.")
@@ -143,10 +146,10 @@ first_open.button("First unrated case", on_click=go_to, args=(None,), key="revie
 
 
 def save(rating: review.Rating) -> None:
-    """Store the rating and move on to the first unrated case; a refusal stays on this case."""
+    """Store the rating and move on to the first unrated case; a refusal (also by the store: locked,
+    read-only, full) stays on this case, whose widgets keep the reviewer's answers for a retry."""
     try:
-        with opened(DB) as conn:
-            saved = review.submit_rating(conn, user["id"], item.assignment_id, rating, item.revision, client)
+        saved = review.save_rating(DB, user["id"], item.assignment_id, rating, item.revision, client)
     except review.StaleRating as exc:
         st.session_state["review-notice"] = ("warning", str(exc))
         go_to(item.position)

@@ -7,7 +7,7 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_review_studies import RUN_1, RUN_2, make_review_db
 
-from rocore.review import auth
+from rocore.review import auth, blinding
 from rocore.review import studies as review
 from rocore.store.db import opened
 
@@ -134,3 +134,29 @@ def test_the_study_size_is_planned_before_creating(info):
     next(n for n in at.number_input if n.key == "plan-finetuned").set_value(0.5)
     at.run()
     assert "must differ" in at.warning[0].value
+
+
+def test_a_study_created_without_a_seed_gets_a_random_one(info, db_path):
+    """The seed field starts empty: a fixed default would let anyone who knows it predict the sides."""
+    at = open_page(info)
+    assert next(n for n in at.number_input if n.label.startswith("Seed")).value is None
+    at.text_input(key="study-name").set_value("Unseeded")
+    next(m for m in at.multiselect if m.label == "Reviewers").set_value([info["ids"]["ada"]])
+    button(at, "Create study").click()
+    at.run()
+    assert at.success[0].value.startswith("Created study 'Unseeded'")
+    with opened(db_path) as conn:
+        seed = conn.execute("SELECT seed FROM studies WHERE name = 'Unseeded'").fetchone()[0]
+    assert seed.bit_length() > 32
+    assert any(f"seed {seed};" in c.value for c in at.caption)
+
+
+def test_each_study_shows_its_blinding_check(info, db_path):
+    """The fixture's fine-tuned regimens always end "to the prostate": length gives its side away."""
+    at = open_page(info)
+    with opened(db_path) as conn:
+        check = blinding.study_blinding(conn, info["study_id"], actor_id=info["admin_id"])
+    assert check["shown"]["best_rule"]["rule"] == "the shorter text is run 1"
+    given_away, text = blinding.describe(check)
+    assert given_away and [w.value for w in at.warning] == [text]
+    assert "the shorter text is run 1 in 12 of 12 cases" in text

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
-from test_review_studies import RUN_1, RUN_2, SECRETS, good_rating, make_review_db
+from test_review_studies import REFUSALS, RUN_1, RUN_2, SECRETS, good_rating, make_review_db, store_refusing
 
+from rocore.data.case_import import import_cases
 from rocore.review import studies as review
+from rocore.store import db
 from rocore.store.db import opened
 
 PAGE = str(ROOT / "app_pages" / "review.py")
@@ -66,8 +71,8 @@ def test_shows_the_case_both_outputs_and_progress(study, db_path):
         texts = {run: conn.execute("SELECT answer FROM generations WHERE run_id = ? AND case_id = ?",
                                    (run, case_id)).fetchone()[0] for run in (RUN_1, RUN_2)}
     shown = [t.value for t in at.text]
-    assert shown == [diagnosis, texts[run_a], texts[RUN_2 if run_a == RUN_1 else RUN_1]]
-    assert at.caption[0].value.startswith("Site: prostate · Age: ")
+    assert shown[1:] == [diagnosis, texts[run_a], texts[RUN_2 if run_a == RUN_1 else RUN_1]]
+    assert shown[0].startswith("Site: prostate · Age: ")
     assert [r.label for r in at.radio] == [
         "Is Regimen A clinically acceptable?", "Score of Regimen A (1 poor, 5 excellent)",
         "Is Regimen B clinically acceptable?", "Score of Regimen B (1 poor, 5 excellent)",
@@ -93,6 +98,27 @@ def test_an_incomplete_form_is_refused_and_nothing_stored(study, db_path):
     assert stored(db_path) == []
 
 
+def answers_on_form(at: AppTest) -> dict:
+    return {r.key.rsplit("-", 2)[0]: r.value for r in at.radio} | {"comment": at.text_area[0].value}
+
+
+@pytest.mark.parametrize("cause", list(REFUSALS))
+def test_a_save_the_store_refuses_keeps_the_answers_for_a_retry(study, db_path, cause, monkeypatch):
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.3)  # how long a write waits for a lock (30 s in use)
+    at = open_page(study)
+    with store_refusing(db_path, cause):
+        at = rate(at, comment="dose too high for the rectum")
+    assert at.error[0].value == REFUSALS[cause]
+    assert at.subheader[0].value == "Case 1 of 8" and stored(db_path) == []
+    answers = {"acceptable-a": "Acceptable", "likert-a": 4, "acceptable-b": "Not acceptable", "likert-b": 2,
+               "preference": "A", "comment": "dose too high for the rectum"}
+    assert answers_on_form(at) == answers
+    at = submit(at)  # the cause is gone: the same form, not filled in again
+    assert at.success[0].value == "Saved case 1." and at.subheader[0].value == "Case 2 of 8"
+    [saved] = stored(db_path)
+    assert (saved["acceptable_a"], saved["likert_b"], saved["comment"]) == (1, 2, "dose too high for the rectum")
+
+
 def test_resume_after_a_new_session_at_the_first_unrated_case(study, db_path):
     at = open_page(study)
     for _ in range(3):
@@ -109,7 +135,7 @@ def test_revise_an_earlier_case_keeps_the_old_rating(study, db_path):
     next(b for b in at.button if b.label == "Previous case").click()
     at.run()
     assert at.subheader[0].value == "Case 1 of 8"
-    assert "You rated this case before (revision 1)" in at.caption[1].value
+    assert "You rated this case before (revision 1)" in at.caption[0].value
     b_key = next(r.key for r in at.radio if r.key.startswith("acceptable-b"))
     assert at.radio(key=b_key).value == "Not acceptable"
     at = rate(at, b="Acceptable", preference="none")
@@ -226,3 +252,33 @@ def test_nothing_sent_to_the_reviewer_reveals_runs_models_or_sides(study, db_pat
     assert {tuple(m) for m in mapping} == {(RUN_1, RUN_2), (RUN_2, RUN_1)}
     for key in at.session_state:
         assert not isinstance(at.session_state[key], (tuple, list, dict)) or key in ("user", "review-notice")
+
+
+MARKDOWN = "[x](http://e.vil) ![i](http://e.vil/p.png) $x^2$"
+
+
+def test_imported_fields_are_shown_as_plain_text(study, db_path):
+    """An import can hold Markdown (links, remote images the browser would fetch, LaTeX): shown literally."""
+    with opened(db_path) as conn:
+        case = conn.execute("SELECT c.* FROM assignments a JOIN cases c USING (case_id) "
+                            "WHERE a.reviewer_id = ? AND a.position = 1", (study["ids"]["ada"],)).fetchone()
+        table = io.StringIO()
+        csv.writer(table).writerows([
+            ["case_id", "diagnosis", "regimen", "modality", "icd10", "site", "stage", "histology"],
+            [case["case_id"], f"{case['diagnosis']} {MARKDOWN}", case["regimen"], case["modality"], case["icd10"],
+             f"prostate {MARKDOWN}", f"T2 {MARKDOWN}", f"adenocarcinoma {MARKDOWN}"]])
+        import_cases(conn, table.getvalue().encode(), "cases.csv", update=True)
+    at = open_page(study)
+    facts, diagnosis = at.text[0].value, at.text[1].value
+    assert facts == (f"Site: prostate {MARKDOWN} · Stage: T2 {MARKDOWN} · Histology: adenocarcinoma {MARKDOWN}")
+    assert diagnosis.endswith(MARKDOWN)
+    rendered = []
+
+    def walk(node):
+        if getattr(node, "proto", None) is not None and "e.vil" in str(node.proto):
+            rendered.append(node.type)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    assert rendered == ["text", "text"], "only plain text elements carry the imported fields"

@@ -6,21 +6,28 @@ distinctive ids and model paths, so a blinding test can search for them in whate
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import HEADER, ROOT, csv_bytes, row
+from scipy.stats import binomtest
 from statsmodels.stats.proportion import proportion_confint
 
+from rocore.model.answers import extract_answer
 from rocore.review import auth
 from rocore.review import studies as review
 from rocore.data.case_import import import_cases
+from rocore.store import db
 from rocore.store.db import connect, opened
 from rocore.review.studies import Form, Rating, ReviewError, StaleRating
 from rocore.data.splits import create_split
@@ -42,13 +49,16 @@ def finetuned_answer(i: int) -> str:
 
 def make_review_db(db_path: Path, n_cases: int = 12, reviewers: tuple[str, ...] = ("ada", "ben", "cleo"),
                    form: Form = Form(likert=True, preference=True, comment=True), overlap: int = 2,
-                   study_name: str = "Prostate pilot") -> dict:
+                   study_name: str = "Prostate pilot",
+                   raw_outputs: Callable[[int], tuple[str, str]] | None = None) -> dict:
     """Cases, two runs with outputs for every case, an admin and reviewers, and one study (if any reviewers).
 
+    raw_outputs(i) gives case i's raw texts of run 1 and run 2, stored with the answer generation would
+    read from them; without it the outputs are "Answer: " and base_answer(i) or finetuned_answer(i).
     Returns codes (name -> access code), ids (name -> reviewer id), the study id and the admin id.
     """
     rows = [row(f"P{i:03d}", diagnosis=f"{60 + i}-year-old man, prostate adenocarcinoma, Gleason {6 + i % 4}")
-            + f",prostate,{60 + i}" for i in range(n_cases)]
+            + f",prostate,{60 + i % 40}" for i in range(n_cases)]
     with opened(db_path) as conn:
         import_cases(conn, csv_bytes(*rows, header=HEADER + ",site,age"), "cases.csv")
         split_id = create_split(conn, "main", seed=0)
@@ -61,11 +71,12 @@ def make_review_db(db_path: Path, n_cases: int = 12, reviewers: tuple[str, ...] 
                          "part, tasks, quantization, status) VALUES (?, 1, ?, ?, 'test', '[\"regimen\"]', "
                          "'nf4', 'finished')", (run_id, adapter, split_id))
         for i in range(n_cases):
-            for run_id, text in ((RUN_1, base_answer(i)), (RUN_2, finetuned_answer(i))):
+            raws = raw_outputs(i) if raw_outputs else (f"Answer: {base_answer(i)}", f"Answer: {finetuned_answer(i)}")
+            for run_id, raw in zip((RUN_1, RUN_2), raws):
                 conn.execute("INSERT INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
                              "prompt_tokens, output_tokens, seconds) "
                              "VALUES (?, ?, 'regimen', 'regimen-v1', ?, ?, 10, 10, 0.1)",
-                             (run_id, f"P{i:03d}", f"Answer: {text}", text))
+                             (run_id, f"P{i:03d}", raw, extract_answer("regimen", raw)))
         admin = auth.create_first_admin(conn, "boss", "correct horse battery")
         codes, ids = {"boss": "correct horse battery"}, {"boss": admin.id}
         for name in reviewers:
@@ -138,6 +149,47 @@ def test_sample_is_drawn_with_the_stored_seed():
         review.sample_cases(cases, 101, 0)
     with pytest.raises(ReviewError, match="Overlap must be between 1 and the number of reviewers"):
         review.plan_assignments(cases, [1, 2], 3, 0)
+
+
+def stored_sides(conn, study_id: int) -> dict[tuple[int, int], bool]:
+    """(reviewer id, position) -> whether run 1 is "A", as stored."""
+    return {(r["reviewer_id"], r["position"]): r["run_a_id"] == RUN_1 for r in conn.execute(
+        "SELECT reviewer_id, position, run_a_id FROM assignments WHERE study_id = ?", (study_id,))}
+
+
+def test_sides_cannot_be_predicted_from_the_seed_without_the_case_ids(db_path):
+    """Knowing a study's seed, name, reviewers, overlap and number of cases, but not its case ids, one
+    predicts the side at each reviewer's position no better than a coin (the demo's 60 assignments each)."""
+    info = make_review_db(db_path, n_cases=30, overlap=2)
+    reviewers = [info["ids"][name] for name in ("ada", "ben", "cleo")]
+    right = total = 0
+    with opened(db_path) as conn:
+        for seed in range(20):
+            name = f"Seed {seed}"
+            study_id = review.create_study(conn, actor_id=info["admin_id"], name=name, run_1_id=RUN_1,
+                                           run_2_id=RUN_2, reviewer_ids=reviewers, seed=seed, overlap=2)
+            sides = stored_sides(conn, study_id)
+            guessed = review.plan_assignments([f"X{i:03d}" for i in range(30)], reviewers, 2, seed, study=name)
+            right += sum(sides[(p.reviewer_id, p.position)] == p.run_1_is_a for p in guessed)
+            total += len(guessed)
+    assert total == 20 * 60
+    assert binomtest(right, total, 0.5).pvalue > 0.01 and abs(right / total - 0.5) < 0.05, (right, total)
+
+
+def test_the_stored_seed_and_case_ids_reproduce_every_assignment(db_path, study):
+    with opened(db_path) as conn:
+        seed, name = conn.execute("SELECT seed, name FROM studies WHERE study_id = ?",
+                                  (study["study_id"],)).fetchone()
+        rows = conn.execute("SELECT reviewer_id, case_id, position, run_a_id FROM assignments "
+                            "WHERE study_id = ? ORDER BY assignment_id", (study["study_id"],)).fetchall()
+    cases = sorted({r["case_id"] for r in rows})
+    planned = review.plan_assignments(cases, [study["ids"][n] for n in ("ada", "ben", "cleo")], 2, seed, study=name)
+    assert sorted(planned, key=lambda p: (p.reviewer_id, p.position)) == sorted(
+        (review.Planned(r["reviewer_id"], r["case_id"], r["position"], r["run_a_id"] == RUN_1) for r in rows),
+        key=lambda p: (p.reviewer_id, p.position))
+    other_study = review.plan_assignments(cases, [study["ids"][n] for n in ("ada", "ben", "cleo")], 2, seed,
+                                          study="Another study")
+    assert [p.run_1_is_a for p in other_study] != [p.run_1_is_a for p in planned], "the study is in the key"
 
 
 def test_create_study_stores_assignments_and_audits(db_path, study):
@@ -272,6 +324,65 @@ def test_stale_form_is_refused_and_a_repeat_is_not_duplicated(db_path, study):
         assert conn.execute("SELECT max(revision), count(*) FROM ratings").fetchone()[:] == (2, 2)
 
 
+@contextlib.contextmanager
+def store_refusing(db_path: Path, cause: str):
+    """The store really refusing writes: "locked" (another connection holds BEGIN EXCLUSIVE) or
+    "read-only" (the file is; root, whom file modes do not stop, makes it immutable)."""
+    if cause == "locked":
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    os.chmod(db_path, 0o444)
+    immutable = os.access(db_path, os.W_OK)
+    if immutable and subprocess.run(["chattr", "+i", str(db_path)], capture_output=True, check=False).returncode:
+        os.chmod(db_path, 0o644)
+        pytest.skip("cannot make the database file read-only here")
+    try:
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db_path)], check=True)
+        os.chmod(db_path, 0o644)
+
+
+REFUSALS = {"locked": "Your rating was not saved: the database is locked: another program is writing to it. "
+                      "Your answers are still on the form: submit again in a moment.",
+            "read-only": "Your rating was not saved: the database is read-only for the app (its file, folder "
+                         "or disk does not allow writing). Your answers are still on the form: submit again "
+                         "once a study administrator has fixed this."}
+
+
+@pytest.mark.parametrize("cause", list(REFUSALS))
+def test_a_rating_the_store_refuses_says_why_and_a_retry_stores_it(db_path, study, cause, monkeypatch):
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.3)  # how long a write waits for a lock (30 s in use)
+    ada = study["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, study["study_id"])
+    with store_refusing(db_path, cause), pytest.raises(review.NotSaved) as refused:
+        review.save_rating(db_path, ada, item.assignment_id, good_rating(), 0)
+    assert str(refused.value) == REFUSALS[cause]
+    saved = review.save_rating(db_path, ada, item.assignment_id, good_rating(), 0)
+    assert (saved.revision, saved.duplicate) == (1, False)
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == 1
+
+
+def test_reviewers_see_the_answer_without_its_run_on():
+    assert review.reviewer_text("50 Gy in 25 fractions", " 50 Gy in 25 fractions. Modality: photon. "
+                                                          "ICD-10-CM C61.") == "50 Gy in 25 fractions"
+    # Nothing readable: the raw text up to where it runs on into the other tasks, written as answers are.
+    assert review.reviewer_text(None, " 50. Modality: photon. ICD-10-CM C61.") == "50"
+    assert review.reviewer_text(None, "20 fractions with a\nmicroscphoton therapy). Diagnosis code C67.0.") == (
+        "20 fractions with a microscphoton therapy)")
+    assert review.reviewer_text(None, "Modality: photon. ICD-10-CM C61.") == review.NO_ANSWER
+    assert review.reviewer_text(None, "") == review.NO_ANSWER
+
+
 def test_ratings_cannot_be_changed_in_place(db_path, study):
     ada = study["ids"]["ada"]
     with opened(db_path) as conn:
@@ -339,6 +450,19 @@ def test_review_item_carries_no_run_or_model_identity(db_path, study):
         item = review.open_item(conn, study["ids"]["ada"], study["study_id"])
     text = repr(item).casefold()
     assert not [s for s in SECRETS if s.casefold() in text]
+
+
+def test_a_study_without_a_seed_gets_a_random_one_stored(db_path, study):
+    """The demo and the Admin page give no seed: each study then gets its own from `secrets`."""
+    with opened(db_path) as conn:
+        conn.execute("DELETE FROM assignments")
+        conn.execute("DELETE FROM studies")
+        conn.execute("DELETE FROM reviewers WHERE name <> 'boss'")
+        review.add_demo_reviewers(conn, RUN_1, RUN_2, n_reviewers=3, sample_n=10, overlap=2)
+        review.create_study(conn, actor_id=study["admin_id"], name="Second", run_1_id=RUN_1, run_2_id=RUN_2,
+                            reviewer_ids=[study["admin_id"]])
+        seeds = [r[0] for r in conn.execute("SELECT seed FROM studies ORDER BY study_id")]
+    assert len(set(seeds)) == 2 and all(seed.bit_length() > 32 for seed in seeds), seeds
 
 
 def test_demo_reviewers_hook(db_path):

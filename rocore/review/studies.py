@@ -2,8 +2,15 @@
 
 A study pairs two generation runs over the same split part for one task. Each sampled case goes to
 `overlap` reviewers, balanced so reviewers' loads differ by at most one; for every reviewer and
-case, which run is shown as "A" is randomized (each reviewer sees each run as "A" about half the
-time) and stored in `assignments`, and each reviewer gets the cases in their own random order.
+case, which run is shown as "A" is randomized (each reviewer sees each run as "A" half the time)
+and stored in `assignments`, and each reviewer gets the cases in their own random order. The
+randomness is a keyed hash (HMAC-SHA256) of the study's seed, its name, the reviewer and the case id,
+and the seed comes from `secrets` unless given: a side cannot be worked out without both the stored
+seed and the case ids, which reviewers never see.
+
+Reviewers see each run's extracted answer (`reviewer_text`), never the raw output: a base model's
+text runs on into the other tasks ("Modality: photon. ICD-10-CM C61."), which would give its side
+away. `rocore.review.blinding` measures what such tell-tales still reveal.
 
 The side mapping stays on the server: what a reviewer's page receives (`ReviewItem`) holds the
 case, the two texts as "A" and "B" and the reviewer's own earlier answers, never run or model
@@ -19,8 +26,11 @@ rating instead of adding a row. So two tabs never silently overwrite each other.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
+import re
 import secrets
 import sqlite3
 from collections.abc import Sequence
@@ -33,7 +43,7 @@ from rocore.evaluation.acceptability import RULE, acceptability_figures, likert_
 from rocore.evaluation.statistics import plan_paired_study
 from rocore.review.auth import AccessDenied, active_user, add_user, require_role
 from rocore.store.audit import audit
-from rocore.store.db import transaction
+from rocore.store.db import SchemaError, opened, transaction
 from rocore.model.prompts import TASKS
 
 TASK_LABELS = {"regimen": "Regimen", "modality": "Modality", "icd10": "ICD-10 code"}
@@ -42,6 +52,17 @@ LIKERT = (1, 2, 3, 4, 5)
 MAX_COMMENT, MAX_REASON = 2000, 500
 PATIENT_FIELDS = ("site", "age", "sex", "laterality", "stage", "histology", "ecog")
 NOT_YOURS = "This case is not assigned to you."
+# Seeds drawn by default: 63 bits fit SQLite's INTEGER and are far too many to try one by one.
+SEED_BITS = 63
+# Shown for an output in which nothing could be read and nothing precedes its run-on.
+NO_ANSWER = "(no answer given)"
+# Where a raw output runs on past its answer: into another task's answer, the next prompt section or
+# a chat turn marker. Used only for outputs whose answer could not be read.
+_RUN_ON = re.compile(
+    r"(?:^|(?<=[.!?;,])\s+|\n)\W*(?:modality|icd[\s-]*10|(?:diagnosis\s+)?code|###)\b"
+    r"|<\||\[/?INST\]|<start_of_turn>|<end_of_turn>|</s>|<eos>",
+    re.IGNORECASE,
+)
 
 
 class ReviewError(ValueError):
@@ -54,6 +75,10 @@ class StaleRating(ReviewError):
         super().__init__("This case was rated again in another tab or window after this form was opened, "
                          "so your answer was not saved. The form now shows the stored rating: check it "
                          "and submit again to revise it.")
+
+
+class NotSaved(ReviewError):
+    """The store refused a rating (locked, read-only, full, unreadable); the reviewer's form is intact."""
 
 
 class _NotYours(Exception):
@@ -152,37 +177,52 @@ def sample_cases(case_ids: Sequence[str], sample_n: int | None, seed: int) -> li
     return sorted(random.Random(seed).sample(ordered, sample_n))
 
 
+def _keyed(seed: int, *parts: object) -> bytes:
+    """HMAC-SHA256 of `parts` under the seed: what decides sides and orders, so that they depend on the
+    case ids and cannot be predicted from the seed, the counts or the positions alone."""
+    message = "\x1f".join(str(part) for part in parts).encode()
+    return hmac.new(str(int(seed)).encode(), message, hashlib.sha256).digest()
+
+
 def plan_assignments(case_ids: Sequence[str], reviewer_ids: Sequence[int], overlap: int,
-                     seed: int) -> list[Planned]:
-    """Who rates which case, in which order, with which run as "A"; deterministic for a seed.
+                     seed: int, study: str = "") -> list[Planned]:
+    """Who rates which case, in which order, with which run as "A"; deterministic for a seed and study.
 
     Each case goes to the `overlap` least-loaded reviewers (ties broken at random), which keeps
     every reviewer's load within one of every other's. Each reviewer's sides are half run 1 as "A"
-    and half run 2 (the odd one at random), shuffled, and their case order is shuffled.
+    and half run 2 (the odd one at random), and their case order is random. Every draw is a keyed
+    hash of the seed, the study, the reviewer and the case id (`_keyed`), never a shared random
+    stream, so the same seed with other case ids gives unrelated sides.
     """
     reviewers = list(dict.fromkeys(reviewer_ids))
     if not 1 <= overlap <= len(reviewers):
         raise ReviewError(f"Overlap must be between 1 and the number of reviewers ({len(reviewers)}).")
-    rng = random.Random(f"assign-{seed}")
-    cases = sorted(case_ids)
-    rng.shuffle(cases)
+    cases = sorted(case_ids, key=lambda case_id: _keyed(seed, study, "case", case_id))
     load = dict.fromkeys(reviewers, 0)
     given: dict[int, list[str]] = {r: [] for r in reviewers}
     for case_id in cases:
-        ties = {r: rng.random() for r in reviewers}
-        for reviewer in sorted(reviewers, key=lambda r: (load[r], ties[r]))[:overlap]:
+        for reviewer in sorted(reviewers, key=lambda r: (load[r], _keyed(seed, study, "tie", case_id, r)))[:overlap]:
             load[reviewer] += 1
             given[reviewer].append(case_id)
     planned = []
     for reviewer in reviewers:
-        mine = given[reviewer]
-        rng.shuffle(mine)
-        first = rng.random() < 0.5
-        sides = [(i % 2 == 0) == first for i in range(len(mine))]
-        rng.shuffle(sides)
-        planned += [Planned(reviewer, case_id, position, side)
-                    for position, (case_id, side) in enumerate(zip(mine, sides), start=1)]
+        mine = sorted(given[reviewer], key=lambda case_id: _keyed(seed, study, "position", reviewer, case_id))
+        ranked = sorted(mine, key=lambda case_id: _keyed(seed, study, "side", reviewer, case_id))
+        first = _keyed(seed, study, "first", reviewer, *sorted(mine))[0] % 2 == 0
+        run_1_is_a = {case_id: (rank % 2 == 0) == first for rank, case_id in enumerate(ranked)}
+        planned += [Planned(reviewer, case_id, position, run_1_is_a[case_id])
+                    for position, case_id in enumerate(mine, start=1)]
     return planned
+
+
+def reviewer_text(answer: str | None, raw_text: str | None) -> str:
+    """What reviewers see of an output: its extracted answer. Where none could be read, the raw text up
+    to where it runs on into other tasks or turns, on one line and without a closing stop, as answers
+    are written; NO_ANSWER when nothing precedes that."""
+    if answer:
+        return answer
+    head = _RUN_ON.split(raw_text or "", maxsplit=1)[0]
+    return " ".join(head.split()).rstrip(" .,;:") or NO_ANSWER
 
 
 def _run(conn: sqlite3.Connection, run_id: int) -> sqlite3.Row:
@@ -218,10 +258,12 @@ def create_study(conn: sqlite3.Connection, *, actor_id: int | None, name: str, r
     """Store a study and all its assignments at once; the study id. Staff only.
 
     The name is shown to reviewers, so a name that contains a model's name or path is refused.
+    Without a seed one is drawn from `secrets`; either way it is stored, and with the case ids it
+    reproduces the sample and every assignment.
     """
     name = " ".join(name.split())
     form = check_form(form)
-    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    seed = secrets.randbits(SEED_BITS) if seed is None else int(seed)
     if not name:
         raise ReviewError("Give the study a name.")
     if task not in TASKS:
@@ -250,7 +292,7 @@ def create_study(conn: sqlite3.Connection, *, actor_id: int | None, name: str, r
         if not cases:
             raise ReviewError(f"No case has a '{task}' output in both runs.")
         cases = sample_cases(cases, sample_n, seed)
-        planned = plan_assignments(cases, reviewers, overlap, seed)
+        planned = plan_assignments(cases, reviewers, overlap, seed, study=name)
         study_id = conn.execute(
             "INSERT INTO studies (name, task, run_1_id, run_2_id, sample_n, seed, overlap, form, created_by) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -276,12 +318,13 @@ def study_id_by_name(conn: sqlite3.Connection, name: str) -> int:
 
 
 def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *, n_reviewers: int = 3,
-                       sample_n: int | None = 30, overlap: int = 2, seed: int = 0,
+                       sample_n: int | None = 30, overlap: int = 2, seed: int | None = None,
                        study_name: str = "Demo regimen review") -> dict[str, str]:
     """Demo sign-ins and a regimen study over two runs: name -> access code, shown once.
 
     Makes an admin named 'admin' and reviewers 'reviewer1'..'reviewerN', each assigned cases of the
-    study; the caller prints the codes (they are not stored in plain text anywhere).
+    study; the caller prints the codes (they are not stored in plain text anywhere). The study's
+    seed is random unless given, as for any study: a fixed one would let anyone predict the sides.
     """
     codes = {}
     user, codes["admin"] = add_user(conn, "admin", "admin", actor_id=None, client="demo")
@@ -471,9 +514,9 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
         (reviewer_id, study_id, position)).fetchone()
     case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
                         (row["case_id"],)).fetchone()
-    texts = [conn.execute("SELECT coalesce(answer, raw_text) FROM generations "
-                          "WHERE run_id = ? AND case_id = ? AND task = ?",
-                          (run_id, row["case_id"], row["task"])).fetchone()[0]
+    texts = [reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations "
+                                         "WHERE run_id = ? AND case_id = ? AND task = ?",
+                                         (run_id, row["case_id"], row["task"])).fetchone())
              for run_id in (row["run_a_id"], row["run_b_id"])]
     current = _current(conn, row["assignment_id"])
     revision = current["revision"] if current else 0
@@ -567,6 +610,47 @@ def submit_rating(conn: sqlite3.Connection, reviewer_id: int, assignment_id: int
         _deny(conn, reviewer_id, assignment_id, client)
         raise AccessDenied(NOT_YOURS) from None
     return Saved(rating_id, revision + 1, duplicate=False)
+
+
+# What a reviewer is told when the store refuses a rating, by SQLite's primary result code.
+_LOCKED = ("the database is locked: another program is writing to it", "in a moment")
+_READ_ONLY = ("the database is read-only for the app (its file, folder or disk does not allow writing)",
+              "once a study administrator has fixed this")
+_DAMAGED = ("the database file is damaged", "once a study administrator has fixed this")
+_STORE_PROBLEMS = {
+    sqlite3.SQLITE_BUSY: _LOCKED,
+    sqlite3.SQLITE_LOCKED: _LOCKED,
+    sqlite3.SQLITE_READONLY: _READ_ONLY,
+    sqlite3.SQLITE_PERM: _READ_ONLY,
+    sqlite3.SQLITE_FULL: ("the disk that holds the database is full", "once a study administrator has made room"),
+    sqlite3.SQLITE_IOERR: ("the disk that holds the database could not be written",
+                           "once a study administrator has fixed this"),
+    sqlite3.SQLITE_CANTOPEN: ("the database file could not be opened", "once a study administrator has fixed this"),
+    sqlite3.SQLITE_CORRUPT: _DAMAGED,
+    sqlite3.SQLITE_NOTADB: _DAMAGED,
+}
+
+
+def store_problem(exc: BaseException) -> str:
+    """Why the store refused a write, in words a reviewer can pass on, and when to try again."""
+    cause = exc.__cause__ if isinstance(exc, SchemaError) and exc.__cause__ is not None else exc
+    code = getattr(cause, "sqlite_errorcode", None)
+    what, when = _STORE_PROBLEMS.get(code & 0xFF if code is not None else None,
+                                     (f"the database reported '{cause}'", "once this is fixed"))
+    return f"Your rating was not saved: {what}. Your answers are still on the form: submit again {when}."
+
+
+def save_rating(path: str | Path, reviewer_id: int, assignment_id: int, rating: Rating, base_revision: int,
+                client: str | None = None) -> Saved:
+    """`submit_rating` in a connection of its own, as the Review page saves. A store that cannot take
+    the rating (locked, read-only, full, unreadable) raises NotSaved saying why, so that the page keeps
+    the reviewer's answers instead of failing with a generic error. A missing file is refused, never
+    created: a rating cannot land in a new, empty store."""
+    try:
+        with opened(path, create=False) as conn:
+            return submit_rating(conn, reviewer_id, assignment_id, rating, base_revision, client)
+    except (sqlite3.Error, SchemaError) as exc:
+        raise NotSaved(store_problem(exc)) from exc
 
 
 def rating_history(conn: sqlite3.Connection, reviewer_id: int,
