@@ -45,13 +45,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from rocore.review.auth import operator_name
     from rocore.data.case_import import import_cases, rejected_rows_csv
-    from rocore.data.tables import ImportRefused, format_problems
+    from rocore.data.tables import ImportRefused, check_file_size, format_problems
 
     path: Path = args.file
     try:
+        check_file_size(path.stat().st_size, str(path))
         data = path.read_bytes()
     except OSError as exc:
         print(f"{path}: cannot be read ({exc.strerror})", file=sys.stderr)
+        return 1
+    except ImportRefused as exc:
+        print(format_problems(exc.problems), file=sys.stderr)
         return 1
     new = not args.db.exists()
     try:

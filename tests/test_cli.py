@@ -44,6 +44,18 @@ def test_import_then_refuse_a_bad_file_leaving_the_database_unchanged(tmp_path):
     assert actor.startswith("cli") and client == "cli"
 
 
+def test_import_refuses_a_file_over_the_size_limit_without_reading_it(tmp_path):
+    """A sparse 64 GiB file: reading it into memory first would fail with MemoryError, not this message."""
+    huge = tmp_path / "huge.csv"
+    with huge.open("wb") as f:
+        f.truncate(64 * 2**30)
+    refused = rocore("import", huge, "--db", tmp_path / "r.db")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.splitlines() == [f"{huge}: is 68,719,476,736 bytes, more than the limit of 50 MB "
+                                           "(52,428,800 bytes) per file; split it"]
+    assert not (tmp_path / "r.db").exists()
+
+
 def test_map_update_and_skip_invalid(tmp_path):
     db = tmp_path / "r.db"
     first = tmp_path / "first.csv"

@@ -1,8 +1,10 @@
 """The Data page through Streamlit's AppTest, against a real database file."""
 
+import tomllib
+
 import pytest
 
-from conftest import HEADER, csv_bytes, row, signed_in_staff
+from conftest import HEADER, ROOT, csv_bytes, row, signed_in_staff
 from rocore.data.case_import import import_cases
 from rocore.data.tables import LIMITS
 from rocore.store.db import opened
@@ -101,3 +103,9 @@ def test_create_split_from_the_form(page, db_path):
     assert "Created split 'first'" in page.success[0].value
     assert any("No diagnosis text appears in two parts" in s.value for s in page.success)
     assert page.expander[0].label.startswith("first: 50 cases")
+
+
+def test_the_server_refuses_uploads_over_the_import_limit():
+    """Streamlit's own cap applies before any page code runs: it must not let through more than the reader takes."""
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == LIMITS.file_mb

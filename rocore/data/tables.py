@@ -134,13 +134,18 @@ def format_problems(problems: list[Problem], cap: int = MAX_LISTED_PROBLEMS) -> 
     return "\n".join(lines)
 
 
+def check_file_size(size: int, name: str, limits: Limits = LIMITS) -> None:
+    """Refuse a file over the size limit before anyone reads it into memory."""
+    if size > limits.file_mb * MB:
+        raise ImportRefused([Problem(name, f"is {size:,} bytes, more than the limit of {limits.file_mb} MB "
+                                           f"({limits.file_mb * MB:,} bytes) per file; split it")])
+
+
 def read_table(data: bytes, name: str, limits: Limits = LIMITS) -> Table:
     """Read CSV/TSV, .xlsx or JSON lines by extension (and content) within `limits`; raise
     ImportRefused if the file is unreadable or over a limit."""
+    check_file_size(len(data), name, limits)
     reading = _Reading(name, limits)
-    if len(data) > limits.file_mb * MB:
-        reading.stop(f"is {len(data):,} bytes, more than the limit of {limits.file_mb} MB "
-                     f"({limits.file_mb * MB:,} bytes) per file; split it")
     suffix = Path(name).suffix.lower()
     if not data.strip():
         raise ImportRefused([Problem(name, "is empty; expected a header row and at least one case")])
