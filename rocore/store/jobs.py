@@ -66,6 +66,27 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def exit_code(pid: int) -> int | None:
+    """A job this process launched: its exit status once it has ended, None while it runs or when it
+    was launched by another app process (whose children it cannot wait for)."""
+    child = _children.get(pid)
+    return None if child is None else child.poll()
+
+
+def log_tail(log_path: str | Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines of a job's log, reading only its end: a training log grows for hours.
+    Progress bars' carriage returns count as line ends, so a bar shows as its latest state."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - max_bytes))
+            text = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
 class RunBusy(RuntimeError):
     """Another live process is working on the run."""
 
