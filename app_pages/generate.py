@@ -1,5 +1,7 @@
 """Generate: answer a split part's cases with a base model, with or without its adapter, in the background."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -12,7 +14,7 @@ from rocore.data import splits
 from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
-require_staff()
+user = require_staff()
 
 st.title("Generate")
 st.caption("Base and fine-tuned models answer the same held-out cases; every output is stored as it is made. "
@@ -50,7 +52,7 @@ submitted = st.button("Start generation", type="primary")
 
 args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
         "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size),
-        "--prompt-format", prompt_format]
+        "--prompt-format", prompt_format, "--actor", user.name]
 if adapter:
     args += ["--adapter", str(adapter)]
 if limit:
@@ -58,17 +60,43 @@ if limit:
 st.caption("Command line equivalent")
 st.code(jobs.command_line("rocore", args), language="bash", wrap_lines=True)
 if submitted:
-    if not model or not tasks:
-        st.error("Choose a base model directory and at least one task.")
+    try:
+        with opened(DB) as conn:
+            generation.check_generation_request(conn, model, adapter, split_name, part, tasks, prompt_format, device)
+    except generation.GenerationRequestError as exc:
+        st.error("\n\n".join(["Not started.", *exc.problems]))
     else:
+        launched = time.time()
         job = jobs.launch("rocore", args, DB.parent / "logs")
-        st.success(f"Started (process {job.pid}); its log is {job.log_path}.")
+        st.session_state["generate-job"] = {"pid": job.pid, "log": str(job.log_path), "since": launched}
+
+
+def launched_job(runs: list[dict]) -> None:
+    """What became of the process this session launched last: a failed start shows here, with its log's end."""
+    job = st.session_state.get("generate-job")
+    if job is None:
+        return
+    pid, log = job["pid"], job["log"]
+    code = jobs.exit_code(pid)
+    with opened(DB) as conn:
+        run_id = generation.run_started_by(conn, pid, job["since"])
+    status = next((r["status"] for r in runs if r["run_id"] == run_id), None)
+    if code is None:
+        doing = f"is generating run {run_id}" if run_id else "is still starting (it loads the model first)"
+        st.info(f"Process {pid} {doing}; its log is {log}.")
+    elif code == 0:
+        st.success(f"Process {pid} is done: run {run_id} is {status}.")
+    else:
+        where = f"while generating run {run_id}" if run_id else "before starting a run"
+        st.error(f"The process ended with exit code {code} {where}. The end of its log ({log}):")
+        st.code(jobs.log_tail(log, 20), language=None, wrap_lines=True)
 
 
 @st.fragment(run_every=3)
 def runs_table():
     with opened(DB) as conn:
         runs = generation.list_runs(conn)
+    launched_job(runs)
     if not runs:
         st.info("No generation runs yet.")
         return

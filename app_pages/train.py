@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.access import require_staff
+from rocore.review import auth
 from rocore.store import jobs
 from rocore.model import loading as models
 from rocore.model import prompts
@@ -16,7 +17,8 @@ from rocore.store.db import default_db_path, opened
 from rocore.training.trainer import TrainingConfig
 
 DB = default_db_path()
-require_staff()
+user = require_staff()
+CLIENT = auth.web_client(st.context.ip_address)
 DEFAULTS = TrainingConfig()
 
 st.title("Train")
@@ -36,7 +38,9 @@ base_model = left.selectbox("Base model directory", bases, index=0 if bases else
 split_name = right.selectbox("Split", [s["name"] for s in reversed(stored_splits)])
 tasks = left.multiselect("Tasks (one adapter for all)", prompts.TASKS, default=list(prompts.TASKS))
 quantization = right.selectbox("Quantization of the base", models.QUANTIZATIONS,
-                               index=models.QUANTIZATIONS.index(DEFAULTS.quantization))
+                               index=models.QUANTIZATIONS.index(DEFAULTS.quantization),
+                               help="auto: nf4 on a GPU (QLoRA); on the CPU fp32 for a small model, where 4-bit "
+                                    "training is about 20 times slower, else nf4.")
 c1, c2, c3, c4 = st.columns(4)
 lora_r = c1.number_input("LoRA rank", 1, 512, DEFAULTS.lora_r)
 lora_alpha = c2.number_input("LoRA alpha", 1, 1024, DEFAULTS.lora_alpha)
@@ -80,8 +84,9 @@ if submitted:
         if not base_model:
             raise training_runs.TrainingConfigError("choose a base model directory")
         with opened(DB) as conn:
-            run_id = training_runs.create_run(conn, base_model, split_name, config, DB.parent / "runs")
-        job = jobs.launch("train", ["--db", str(DB), "--run", str(run_id), "--device", device], DB.parent / "logs")
+            run_id = training_runs.create_run(conn, base_model, split_name, config, DB.parent / "runs",
+                                              actor=user.name, client=CLIENT)
+        job = training_runs.start_process(DB, run_id, device=device, actor=user.name, client=CLIENT)
         st.success(f"Started training run {run_id} (process {job.pid}); its log is {job.log_path}.")
     except training_runs.TrainingConfigError as exc:
         st.error("Not started. " + str(exc).replace("; ", "\n\n"))
@@ -100,12 +105,22 @@ def live_runs():
     run = next(r for r in runs if r["run_id"] == choice)
     with opened(DB) as conn:
         metrics = pd.DataFrame(training_runs.run_metrics(conn, choice))
-    remaining = metrics["eta_s"].iloc[-1] if len(metrics) and pd.notna(metrics["eta_s"].iloc[-1]) else None
-    if run["status"] == "running":
-        epoch = metrics["epoch"].iloc[-1] if len(metrics) else 0
+    last = metrics.iloc[-1] if len(metrics) else None
+    total = run["total_steps"]
+    if run["status"] == "queued":
+        st.info(f"Starting: process {run['pid']} is loading the libraries." if run["pid"] else "Queued.")
+    elif run["status"] == "running" and last is None:
+        st.info(f"Process {run['pid']} is loading the base model and preparing the examples.")
+    elif run["status"] == "running":
         epochs = json.loads(run["config"])["epochs"]
+        remaining = last["eta_s"] if pd.notna(last["eta_s"]) else None
         eta = f", about {int(remaining // 60)} min {int(remaining % 60)} s left" if remaining is not None else ""
-        st.progress(min(float(epoch or 0) / epochs, 1.0), text=f"Epoch {epoch or 0:.2f} of {epochs:g}{eta}")
+        st.progress(min(int(last["step"]) / total, 1.0) if total else 0.0,
+                    text=f"Step {int(last['step']):,}{f' of {total:,}' if total else ''} · "
+                         f"epoch {last['epoch'] or 0:.2f} of {epochs:g}{eta}")
+    elif run["status"] == "cancelling":
+        st.warning(f"Cancelling: process {run['pid']} stops at its next step or evaluation batch and keeps a "
+                   "checkpoint; the run is cancelled, and can be resumed, once that process has exited.")
     status_line = (f"**{run['status']}** · base `{run['base_path']}` · split {run['split_name']} · "
                    f"{run['prompt_format'] or 'unrecorded'} prompt format")
     if run["adapter_path"]:
@@ -113,22 +128,32 @@ def live_runs():
     st.markdown(status_line)
     if run["error"]:
         st.error(run["error"])
-    if len(metrics):
-        losses = metrics.set_index("step")[["train_loss", "eval_loss"]].astype(float).rename(
-            columns={"train_loss": "train loss", "eval_loss": "validation loss"})
-        st.line_chart(losses.interpolate(limit_area="inside"), x_label="step", y_label="loss")
-        last = metrics.iloc[-1]
+    if last is not None:
         a, b, c = st.columns(3)
-        a.metric("Step", int(last["step"]))
+        a.metric("Step", f"{int(last['step']):,}" + (f" of {total:,}" if total else ""))
         b.metric("Tokens/s", f"{last['tokens_per_s']:.0f}" if pd.notna(last["tokens_per_s"]) else "-")
         c.metric("GPU memory", f"{last['gpu_mem_bytes'] / 1e9:.1f} GB" if pd.notna(last["gpu_mem_bytes"]) else "CPU")
+        losses = metrics.set_index("step")[["train_loss", "eval_loss"]].astype(float).rename(
+            columns={"train_loss": "train loss", "eval_loss": "validation loss"})
+        if losses.notna().any().any():
+            st.line_chart(losses.interpolate(limit_area="inside"), x_label="step", y_label="loss")
+    if run["log_path"]:
+        st.caption(f"Log `{run['log_path']}`, last lines")
+        st.code(jobs.log_tail(run["log_path"], 20) or "(nothing written yet)", language=None, height=300)
+    elif run["status"] in ("running", "cancelling"):
+        st.caption("Started from a shell: its output is in that terminal.")
     if run["status"] in ("queued", "running") and st.button("Cancel", key=f"cancel-{choice}"):
         with opened(DB) as conn:
-            training_runs.request_cancel(conn, choice)
+            training_runs.request_cancel(conn, choice, actor=user.name, client=CLIENT)
         st.rerun()
-    if run["status"] in ("failed", "cancelled") and st.button("Resume", key=f"resume-{choice}"):
-        job = jobs.launch("train", ["--db", str(DB), "--resume", str(choice)], DB.parent / "logs")
-        st.success(f"Resuming run {choice} (process {job.pid}).")
+    if run["status"] in ("failed", "cancelled", "cancelling") and st.button(
+            "Resume", key=f"resume-{choice}", disabled=run["status"] == "cancelling",
+            help="Continues from the run's last checkpoint."):
+        try:
+            job = training_runs.start_process(DB, choice, resume=True, actor=user.name, client=CLIENT)
+            st.success(f"Resuming run {choice} (process {job.pid}).")
+        except (jobs.RunBusy, training_runs.TrainingConfigError) as exc:
+            st.error(f"Not resumed: {exc}")
 
 
 live_runs()

@@ -187,39 +187,39 @@ def _max_new_tokens(item: str) -> tuple[str, int]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
+    from rocore.review.auth import operator_name
+    from rocore.generation.runs import (GenerationRequestError, check_generation_request, decoding_settings,
+                                        get_or_create_run, run_generation)
     from rocore.store.registry import register_model
     from rocore.store.jobs import RunBusy
     from rocore.model.loading import ModelError, attach_adapter, load_model
-    from rocore.model.prompts import TaskError, check_tasks, resolve_prompt_format
-    from rocore.data.splits import SplitError, list_splits, split_id_by_name
 
+    actor = args.actor or operator_name()
     try:
-        tasks = check_tasks(args.tasks)
-        unknown = [task for task, _ in args.max_new_tokens if task not in tasks]
-        if unknown:
-            raise TaskError(f"--max-new-tokens names {', '.join(unknown)}, which is not among --tasks")
         with opened(args.db, create=False) as conn:
-            splits = list_splits(conn)
-            if not splits:
-                raise SplitError("the database has no split yet; create one with 'python -m rocore split create'")
-            split_id = split_id_by_name(conn, args.split_name) if args.split_name else splits[-1]["split_id"]
+            request = check_generation_request(conn, args.model, args.adapter, args.split_name, args.split,
+                                               args.tasks, args.prompt_format, args.device,
+                                               dict(args.max_new_tokens))
+    except GenerationRequestError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 1
+    try:
         loaded = load_model(args.model, args.quantization, args.device)
         if args.adapter:
             attach_adapter(loaded, args.adapter, "finetuned")
-        prompt_format = resolve_prompt_format(loaded.tokenizer, args.model, args.prompt_format, args.adapter)
         with opened(args.db, create=False) as conn:
             base_id = register_model(conn, args.model, "base")
             adapter_id = register_model(conn, args.adapter, "adapter", base_id) if args.adapter else None
-            run_id, resumed = get_or_create_run(conn, base_id, adapter_id, split_id, args.split, tasks,
-                                                loaded.quantization, decoding_settings(dict(args.max_new_tokens)),
-                                                prompt_format)
-    except (ModelError, SplitError, TaskError) as exc:
+            run_id, resumed = get_or_create_run(conn, base_id, adapter_id, request.split_id, args.split,
+                                                request.tasks, loaded.quantization,
+                                                decoding_settings(dict(args.max_new_tokens)),
+                                                request.prompt_format, actor, "cli")
+    except ModelError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"{'resuming' if resumed else 'starting'} generation run {run_id}: {args.model}"
           f"{' + ' + str(args.adapter) if args.adapter else ''} ({loaded.quantization}, {loaded.device}), "
-          f"split part '{args.split}', tasks {', '.join(tasks)}, {prompt_format} prompt format")
+          f"split part '{args.split}', tasks {', '.join(request.tasks)}, {request.prompt_format} prompt format")
     bar = tqdm(unit="output", dynamic_ncols=True)
 
     def show(progress) -> None:
@@ -229,7 +229,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
-                               batch_size=args.batch_size, progress=show, limit=args.limit)
+                               batch_size=args.batch_size, progress=show, limit=args.limit, actor=actor,
+                               client="cli")
     except RunBusy as exc:
         bar.close()
         print(exc, file=sys.stderr)
@@ -258,12 +259,14 @@ def _fractions(text: str) -> dict[str, float]:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from rocore.review.auth import operator_name
     from rocore.data.splits import SplitError, create_split, find_leaks, list_splits, split_counts, split_id_by_name
 
     with opened(args.db, create=False) as conn:
         try:
             if args.action == "create":
-                split_id = create_split(conn, args.name, args.seed, args.fractions)
+                split_id = create_split(conn, args.name, args.seed, args.fractions, actor=operator_name(),
+                                        client="cli")
                 print(f"created split '{args.name}' (id {split_id})")
             if args.action in ("create", "show"):
                 split_id = split_id_by_name(conn, args.name)
@@ -451,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-format", default="auto", choices=("auto", *PROMPT_FORMATS),
                    help="chat: the tokenizer's chat template; plain: the '### Patient' layout; auto (default): "
                         "an adapter's own format, else chat for an instruction-tuned model with a chat template")
+    p.add_argument("--actor", help="who the audit log names as running the generation (default: cli:USER, the "
+                                   "operating-system user; the Generate page passes the signed-in person)")
     p.set_defaults(func=cmd_generate)
 
     p = commands.add_parser("evaluate", help="metrics and paired tests of fine-tuned against base outputs")

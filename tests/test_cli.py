@@ -1,5 +1,6 @@
 """The command line as a user runs it: a real process, real files, exit codes and messages."""
 
+import getpass
 import json
 import sqlite3
 import subprocess
@@ -121,6 +122,9 @@ def test_split_create_show_list(tmp_path):
     assert "created split 's1'" in created.stdout
     assert sum(int(line.split()[-1]) for line in created.stdout.splitlines()[1:]) == 100
     assert "s1" in rocore("split", "list", "--db", db).stdout
+    with sqlite3.connect(db) as conn:
+        audited = conn.execute("SELECT actor, action, client FROM audit_log WHERE entity = 'splits'").fetchall()
+    assert audited == [(f"cli:{getpass.getuser()}", "create-split", "cli")]
     assert rocore("split", "create", "--db", db, "--name", "s1").returncode == 1
     assert "no split named" in rocore("split", "show", "--db", db, "--name", "zz").stderr
     assert rocore("split", "create", "--db", db, "--fractions", "1,2").returncode == 2
@@ -207,7 +211,7 @@ def test_generate_limit_tries_a_few_outputs_and_the_same_run_finishes_later(spli
     db_path, _ = split_db
     common = ("--db", db_path, "--model", tiny_model_dir, "--quantization", "fp32", "--tasks", "modality",
               "--max-new-tokens", "modality=3")
-    tried = rocore("generate", *common, "--limit", 3)
+    tried = rocore("generate", *common, "--limit", 3, "--actor", "alice")
     assert tried.returncode == 0, tried.stderr
     assert "run 1: generated 3 outputs" in tried.stdout and "without --limit" in tried.stdout
     with opened(db_path) as conn:
@@ -215,6 +219,13 @@ def test_generate_limit_tries_a_few_outputs_and_the_same_run_finishes_later(spli
         test_cases = conn.execute("SELECT count(*) FROM split_cases WHERE part = 'test'").fetchone()[0]
     rest = rocore("generate", *common)
     assert "resuming generation run 1" in rest.stdout and f"generated {test_cases - 3} outputs" in rest.stdout
+    with sqlite3.connect(db_path) as conn:
+        audited = conn.execute("SELECT actor, action, client FROM audit_log WHERE entity = 'generation_runs'"
+                               ).fetchall()
+    me = f"cli:{getpass.getuser()}"
+    assert audited == [("alice", "create-generation-run", "cli"), ("alice", "start-generation-run", "cli"),
+                       ("alice", "pause-generation-run", "cli"), (me, "resume-generation-run", "cli"),
+                       (me, "finish-generation-run", "cli")]
     assert rocore("generate", *common, "--limit", 0).returncode == 2
 
 
@@ -224,6 +235,11 @@ def test_generate_and_evaluate_errors(tmp_path, split_db):
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     bad_task = rocore("generate", "--db", db_path, "--model", tmp_path, "--tasks", "dose")
     assert bad_task.returncode == 1 and "unknown task 'dose'" in bad_task.stderr
+    refused = rocore("generate", "--db", db_path, "--model", tmp_path / "nope", "--split-name", "zz",
+                     "--tasks", "regimen", "--max-new-tokens", "icd10=5")
+    assert refused.returncode == 1 and refused.stderr.splitlines() == [
+        "Max new tokens: icd10 is not among the tasks", "Split: no split named 'zz' (splits: main)",
+        f"Base model directory: model directory {tmp_path / 'nope'} does not exist"]
     nothing = rocore("evaluate", "--db", db_path)
     assert nothing.returncode == 1 and "has no base and fine-tuned generation runs" in nothing.stderr
     outputs = tmp_path / "outputs.csv"

@@ -4,14 +4,18 @@ import json
 
 import pytest
 
+from conftest import save_tiny_llama
 from rocore.store.db import opened
 from rocore.generation.runs import (
+    GenerationRequestError,
+    check_generation_request,
     decoding_settings,
     generate_batch,
     get_or_create_run,
     matched_run_pairs,
     pending_items,
     run_generation,
+    run_started_by,
     suggested_run_pair,
 )
 from rocore.store.registry import register_model
@@ -187,3 +191,113 @@ def test_jobs_registering_one_model_at_once_get_one_id(db_path, tmp_path):
         for thread in threads:
             thread.join()
         assert errors == [] and len(set(ids)) == 1, f"model {attempt}"
+
+
+def audit_rows(db_path, entity="generation_runs"):
+    with opened(db_path) as conn:
+        return [{**dict(r), "detail": json.loads(r["detail"])} for r in conn.execute(
+            "SELECT actor, action, entity_id, detail, client FROM audit_log WHERE entity = ? ORDER BY audit_id",
+            (entity,))]
+
+
+def assert_no_case_text(db_path):
+    with opened(db_path) as conn:
+        texts = [r[0] for r in conn.execute("SELECT diagnosis FROM cases UNION SELECT regimen FROM cases")]
+        log = " ".join(r[0] for r in conn.execute("SELECT detail FROM audit_log"))
+    assert not [t for t in texts if t in log]
+
+
+def test_a_run_is_audited_from_creation_through_each_start_to_its_end(split_db, loaded):
+    import os
+    import time
+
+    db_path, split_id = split_db
+    since = time.time()
+    run_id, _ = new_run(db_path, split_id, loaded)
+    created = audit_rows(db_path)
+    assert [(r["action"], r["entity_id"], r["actor"]) for r in created] == [
+        ("create-generation-run", str(run_id), "cli")]
+    assert created[0]["detail"] == {"base_model_id": 1, "adapter_model_id": None, "split_id": split_id, "part": "test",
+                                    "tasks": list(TASKS), "quantization": "fp32", "decoding": DECODING,
+                                    "prompt_format": "plain"}
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(db_path, run_id, loaded, batch_size=4, progress=interrupt, actor="alice", client="web x")
+    run_generation(db_path, run_id, loaded, batch_size=4, limit=4, actor="alice", client="web x")
+    final = run_generation(db_path, run_id, loaded, batch_size=8, actor="alice", client="web x")
+    rows = audit_rows(db_path)[1:]
+    assert [r["action"] for r in rows] == ["start-generation-run", "cancel-generation-run", "resume-generation-run",
+                                           "pause-generation-run", "resume-generation-run", "finish-generation-run"]
+    assert {(r["actor"], r["client"], r["entity_id"]) for r in rows} == {("alice", "web x", str(run_id))}
+    start, cancel, _, pause, resume, finish = (r["detail"] for r in rows)
+    assert start == {"outputs_to_generate": final.total + 8, "batch_size": 4, "device": "cpu", "pid": os.getpid()}
+    assert cancel["generated"] == 4 and pause == {**pause, "generated": 4, "pending": final.total}
+    assert resume["outputs_to_generate"] == final.total
+    assert finish["generated"] == final.done == final.total and finish["pending"] == 0 and finish["new_tokens"] > 0
+    with opened(db_path) as conn:
+        assert run_started_by(conn, os.getpid(), since) == run_id
+        assert run_started_by(conn, os.getpid(), time.time() + 1) is None, "an older process with the same id"
+    assert_no_case_text(db_path)
+
+
+def test_a_failed_run_is_audited_with_the_type_of_its_error(split_db, loaded):
+    db_path, split_id = split_db
+    run_id, _ = new_run(db_path, split_id, loaded)
+
+    def fail(progress):
+        raise RuntimeError("a message that could quote a prompt")
+
+    with pytest.raises(RuntimeError):
+        run_generation(db_path, run_id, loaded, batch_size=4, progress=fail)
+    failed = audit_rows(db_path)[-1]
+    assert (failed["action"], failed["detail"]["error"], failed["detail"]["generated"]) == \
+        ("fail-generation-run", "RuntimeError", 4)
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT error FROM generation_runs").fetchone()[0] == \
+            "RuntimeError: a message that could quote a prompt"
+
+
+def test_a_request_resolves_to_the_split_tasks_and_prompt_format_it_will_use(split_db, tiny_model_dir,
+                                                                             tiny_adapter_dir):
+    db_path, split_id = split_db
+    with opened(db_path) as conn:
+        request = check_generation_request(conn, tiny_model_dir, tiny_adapter_dir, None, "test", "icd10,modality")
+    assert (request.split_id, request.tasks, request.prompt_format) == (split_id, ["modality", "icd10"], "plain")
+
+
+def test_a_request_that_cannot_run_is_refused_with_every_problem_before_any_weights_load(split_db, tmp_path,
+                                                                                       tiny_model_dir):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        with pytest.raises(GenerationRequestError) as refused:
+            check_generation_request(conn, tmp_path / "nope", None, "nope", "test", [], device="nowhere")
+        assert refused.value.problems == [
+            "Tasks: choose at least one task", "Split: no split named 'nope' (splits: main)",
+            "Device: unknown device 'nowhere'; choose one of auto, cpu, cuda",
+            f"Base model directory: model directory {tmp_path / 'nope'} does not exist"]
+        conn.execute("DELETE FROM split_cases WHERE part = 'validation'")
+        with pytest.raises(GenerationRequestError) as refused:
+            check_generation_request(conn, tiny_model_dir, None, "main", "validation", ["regimen"],
+                                     prompt_format="chat", max_new_tokens={"icd10": 5})
+        assert refused.value.problems == [
+            "Max new tokens: icd10 is not among the tasks", "Part: split 'main' has no cases in its validation part",
+            "Prompt format: the chat prompt format needs a chat template, and this model's tokenizer has none: "
+            "use the plain prompt format"]
+    (tmp_path / "no-tokenizer").mkdir()
+    (tmp_path / "no-tokenizer" / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    with opened(db_path) as conn, pytest.raises(GenerationRequestError, match="no-tokenizer could not be loaded"):
+        check_generation_request(conn, tmp_path / "no-tokenizer", None, "main", "test", ["regimen"])
+
+
+def test_an_adapter_is_checked_against_the_base_before_either_loads(split_db, tmp_path, tiny_tokenizer,
+                                                                    tiny_adapter_dir):
+    db_path, _ = split_db
+    other = save_tiny_llama(tmp_path / "wider", tiny_tokenizer, hidden_size=96)
+    with opened(db_path) as conn:
+        with pytest.raises(GenerationRequestError, match="LoRA adapter: adapter .* was trained on another base"):
+            check_generation_request(conn, other, tiny_adapter_dir, "main", "test", ["regimen"])
+        with pytest.raises(GenerationRequestError, match="LoRA adapter: .* it is not a LoRA adapter directory"):
+            check_generation_request(conn, other, tmp_path, "main", "test", ["regimen"])

@@ -79,6 +79,13 @@ def test_missing_and_wrong_model_directories(tmp_path):
         load_model(tmp_path)
 
 
+def test_auto_precision_trains_qlora_on_a_gpu_and_full_precision_on_the_cpu(tiny_model_dir):
+    assert resolve_quantization("auto", "cuda", tiny_model_dir, training=True) == "nf4"
+    assert resolve_quantization("auto", "cpu", tiny_model_dir, training=True) == "fp32"
+    assert resolve_quantization("auto", "cpu", tiny_model_dir) == "fp32"
+    assert resolve_quantization("bf16", "cuda", tiny_model_dir, training=True) == "bf16", "a choice is kept"
+
+
 def test_bad_choices(tiny_model_dir):
     with pytest.raises(ModelError, match="unknown quantization 'int4'"):
         resolve_quantization("int4", "cpu", tiny_model_dir)

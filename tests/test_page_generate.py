@@ -1,9 +1,11 @@
 """The Generate page through AppTest: it launches a real background process and follows it in the database."""
 
+import shutil
 import time
 
 import pytest
 
+from rocore.store import jobs
 from rocore.store.db import opened
 from rocore.store.registry import register_model
 
@@ -35,7 +37,8 @@ def test_start_a_run_in_the_background_and_watch_it_finish(page_for, split_db, t
     at.run()
     at.button[0].click()
     at.run()
-    assert "Started (process" in at.success[0].value
+    job = at.session_state["generate-job"]
+    assert f"Process {job['pid']} is still starting" in at.info[0].value
     deadline = time.monotonic() + 120
     status = None
     while time.monotonic() < deadline:
@@ -46,6 +49,55 @@ def test_start_a_run_in_the_background_and_watch_it_finish(page_for, split_db, t
             break
         time.sleep(1)
     assert status == "finished"
+    while jobs.exit_code(job["pid"]) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
     at.run()
+    assert at.success[0].value == f"Process {job['pid']} is done: run 1 is finished."
     table = at.dataframe[0].value
     assert table.loc[0, "status"] == "finished" and table.loc[0, "adapter"] == "(base)"
+    with opened(db_path) as conn:
+        actors = {r[0] for r in conn.execute("SELECT actor FROM audit_log WHERE entity = 'generation_runs'")}
+    assert actors == {"test-admin"}, "the run is audited as the person who started it on the page"
+
+
+def test_a_request_the_checks_refuse_launches_nothing_and_says_what_to_change(page_for, split_db, tmp_path):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        register_model(conn, tmp_path / "moved-away", "base")
+    at = page_for(db_path)
+    at.multiselect[0].set_value([])
+    at.run()
+    at.button[0].click()
+    at.run()
+    assert at.error[0].value == ("Not started.\n\nTasks: choose at least one task\n\nBase model directory: model "
+                                 f"directory {tmp_path / 'moved-away'} does not exist")
+    assert "generate-job" not in at.session_state and not (db_path.parent / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_launched_process_that_fails_shows_its_exit_code_and_the_end_of_its_log(page_for, split_db, tmp_path,
+                                                                                  tiny_model_dir):
+    """A model folder whose config and tokenizer read fine but whose weights are cut short (an interrupted
+    copy) passes the checks; only the launched process finds out, and the page shows it."""
+    db_path, _ = split_db
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with opened(db_path) as conn:
+        register_model(conn, broken, "base")
+    at = page_for(db_path)
+    next(box for box in at.selectbox if box.label == "Quantization").set_value("fp32")
+    at.button[0].click()
+    at.run()
+    job = at.session_state["generate-job"]
+    assert "is still starting" in at.info[0].value and not at.error
+    deadline = time.monotonic() + 120
+    while jobs.exit_code(job["pid"]) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert at.error[0].value == (f"The process ended with exit code 1 before starting a run. The end of its log "
+                                 f"({job['log']}):")
+    assert f"{broken} could not be loaded in fp32" in at.code[-1].value
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM generation_runs").fetchone()[0] == 0

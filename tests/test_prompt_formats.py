@@ -2,13 +2,14 @@
 boundary, BOS/EOS, stop tokens, finish reasons, the schema migration and the adapter-format refusal."""
 
 import json
+import re
 import shutil
 import sqlite3
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import save_tiny_llama
+from conftest import ROOT, save_tiny_llama
 from rocore.store import db
 from rocore.store.db import opened, transaction
 from rocore.store.registry import register_model
@@ -199,9 +200,17 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
                          "'C61', 30, 2, 0.1 FROM split_cases WHERE part = 'test'")
             conn.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir) "
                          "VALUES (?, ?, '{}', '/runs/run-1')", (model_id, split_id))
-        # Back to version 1: the columns version 2 added are dropped, its migration row removed.
+        # Back to version 1: training_runs as version 2 made it (tests/data/reviews-v2.db.schema), then
+        # the columns version 2 added dropped and the later migration rows removed.
         conn.execute("PRAGMA foreign_keys = OFF")
         with transaction(conn):
+            version_2 = re.search(r"CREATE TABLE IF NOT EXISTS training_runs \(.*?\n\);",
+                                  (ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(), re.S).group(0)
+            conn.execute(version_2.replace("training_runs", "training_runs_v2", 1))
+            kept = [r[1] for r in conn.execute("PRAGMA table_info(training_runs_v2)")]
+            conn.execute(f"INSERT INTO training_runs_v2 SELECT {', '.join(kept)} FROM training_runs")
+            conn.execute("DROP TABLE training_runs")
+            conn.execute("ALTER TABLE training_runs_v2 RENAME TO training_runs")
             for table, column in (("training_runs", "prompt_format"), ("generation_runs", "prompt_format"),
                                   ("generations", "finish_reason"), ("generations", "prompt")):
                 conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")

@@ -105,3 +105,22 @@ def test_split_of_an_empty_store_and_unknown_names(conn):
         create_split(conn, "empty")
     with pytest.raises(SplitError, match="no split named 'nope'"):
         split_id_by_name(conn, "nope")
+
+
+def test_a_created_split_is_audited_in_its_transaction_without_case_text(conn):
+    import json
+
+    rows = [row(f"P{i}", diagnosis=f"Patient {i} with prostate cancer") for i in range(50)]
+    import_cases(conn, csv_bytes(*rows), "f.csv")
+    split_id = create_split(conn, "main", seed=3, actor="alice", client="web 10.0.0.5")
+    with pytest.raises(SplitError, match="already exists"):
+        create_split(conn, "main", actor="bob")
+    entries = conn.execute("SELECT actor, action, entity_id, detail, client FROM audit_log WHERE entity = 'splits'"
+                           ).fetchall()
+    assert [(e["actor"], e["action"], e["entity_id"], e["client"]) for e in entries] == [
+        ("alice", "create-split", str(split_id), "web 10.0.0.5")]
+    detail = json.loads(entries[0]["detail"])
+    sizes = {part: len(split_case_ids(conn, split_id, part)) for part in PARTS}
+    assert detail == {"name": "main", "seed": 3, "fractions": FRACTIONS, "strata": "modality+site", "n_cases": 50,
+                      "parts": sizes}
+    assert "prostate" not in entries[0]["detail"]

@@ -9,6 +9,7 @@ from rocore.model.loading import ModelError, attach_adapter, load_model
 from rocore.model.prompts import build_example
 from rocore.training.trainer import (
     IGNORE_INDEX,
+    TrainingCancelled,
     TrainingConfig,
     check_config,
     load_for_training,
@@ -88,3 +89,49 @@ def test_each_evaluation_runs_on_the_validation_sample_only(tmp_path, tiny_model
     assert (info["n_eval_examples"], info["n_validation_examples"]) == (5, 24)
     assert info["config"]["eval_max_examples"] == 5
     assert CountEvalBatches.batches == 2 * 3  # two evaluations of ceil(5 / 2) batches, not of 12
+
+
+def test_a_cancel_during_an_evaluation_stops_it_at_once_and_keeps_a_resumable_checkpoint(tmp_path, tiny_model_dir,
+                                                                                      synthetic_cases):
+    from transformers import TrainerCallback
+
+    class CancelDuringEvaluation(TrainerCallback):
+        batches = 0
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            CancelDuringEvaluation.batches += 1
+            raise TrainingCancelled("cancelled")
+
+    config = TrainingConfig(quantization="fp32", tasks=["modality", "icd10"], max_steps=4, batch_size=2,
+                            eval_steps=2, early_stopping_patience=None)
+    cases, validation = synthetic_cases[:4], synthetic_cases[4:16]
+    with pytest.raises(TrainingCancelled):
+        train_adapter(tiny_model_dir, cases, validation, tmp_path / "run", config, device="cpu",
+                      callbacks=[CancelDuringEvaluation()])
+    assert CancelDuringEvaluation.batches == 1, "the evaluation (12 batches) stopped at its first"
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 2
+    assert not (tmp_path / "run" / "adapter").exists(), "no adapter from a cancelled run"
+    adapter_dir = train_adapter(tiny_model_dir, cases, validation, tmp_path / "run", config, device="cpu", resume=True)
+    info = json.loads((adapter_dir / "rocore_adapter.json").read_text())
+    assert info["final_eval_loss"] is not None
+
+
+def test_the_default_precision_on_the_cpu_is_fp32_and_the_loss_is_logged_from_the_first_step(tmp_path, tiny_model_dir,
+                                                                                             synthetic_cases):
+    from transformers import TrainerCallback
+
+    class Logs(TrainerCallback):
+        steps = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in logs:
+                Logs.steps.append(state.global_step)
+
+    config = TrainingConfig(tasks=["modality"], max_steps=3, batch_size=2)
+    assert config.quantization == "auto" and config.logging_steps == 10
+    adapter_dir = train_adapter(tiny_model_dir, synthetic_cases[:6], [], tmp_path / "run", config, device="cpu",
+                                callbacks=[Logs()])
+    info = json.loads((adapter_dir / "rocore_adapter.json").read_text())
+    assert (info["quantization"], info["precision"]) == ("fp32", "fp32"), "not 4-bit, 20 times slower on a CPU"
+    assert Logs.steps[0] == 1, "a loss at the first step, not only at step 10"

@@ -1,20 +1,24 @@
-"""Training runs recorded in the database: progress, cancel, resume, a killed process, config errors."""
+"""Training runs recorded in the database: progress, cancel, resume, a killed process, config errors.
+
+A run is held by one live process: the cancel and resume tests run real `python -m train` processes."""
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from conftest import ROOT
+from rocore.store import db, jobs
 from rocore.store.db import opened
 from rocore.store.jobs import RunBusy
-from rocore.training.trainer import TrainingConfig
+from rocore.training.trainer import TrainingCancelled, TrainingConfig
 from rocore.training.runs import (
+    RunTakenOver,
     TrainingConfigError,
     _progress_callback,
     config_from_dict,
@@ -23,6 +27,7 @@ from rocore.training.runs import (
     request_cancel,
     run_metrics,
     run_training,
+    start_process,
 )
 
 FAST = {"quantization": "fp32", "epochs": 1.0, "batch_size": 16, "learning_rate": 5e-3, "logging_steps": 3,
@@ -37,6 +42,34 @@ def new_run(db_path, model_dir, tmp_path, **overrides) -> int:
 def status(db_path, run_id) -> dict:
     with opened(db_path) as conn:
         return dict(conn.execute("SELECT * FROM training_runs WHERE run_id = ?", (run_id,)).fetchone())
+
+
+def listed(db_path, run_id) -> dict:
+    """The run as the Train page sees it: listing the runs first ends those whose process has died."""
+    with opened(db_path) as conn:
+        return next(r for r in list_runs(conn) if r["run_id"] == run_id)
+
+
+def wait_for(condition, timeout=180.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def hold(db_path, run_id, pid, status="running"):
+    """Give the run to process `pid`, as its claim would."""
+    with opened(db_path) as conn:
+        conn.execute("UPDATE training_runs SET status = ?, pid = ? WHERE run_id = ?", (status, pid, run_id))
+
+
+def audit_trail(db_path, run_id) -> list[tuple]:
+    with opened(db_path) as conn:
+        return [tuple(r) for r in conn.execute(
+            "SELECT action, actor, detail FROM audit_log WHERE entity = 'training_runs' AND entity_id = ? "
+            "ORDER BY audit_id", (str(run_id),))]
 
 
 @pytest.mark.slow
@@ -62,27 +95,158 @@ def test_a_run_records_its_progress_data_and_adapter(split_db, tiny_model_dir, t
 
 
 @pytest.mark.slow
-def test_cancel_stops_with_a_checkpoint_and_resume_finishes(split_db, tiny_model_dir, tmp_path):
+def test_cancel_and_resume_with_real_processes_keep_one_process_per_run(split_db, tiny_model_dir, tmp_path,
+                                                                        synthetic_cases):
     db_path, _ = split_db
-    run_id = new_run(db_path, tiny_model_dir, tmp_path, epochs=4.0)
-    outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(status=run_training(db_path, run_id)))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with opened(db_path) as conn:
-            if any(m["eval_loss"] is not None for m in run_metrics(conn, run_id)):
-                request_cancel(conn, run_id)
-                break
+    run_id = new_run(db_path, tiny_model_dir, tmp_path, max_steps=30, logging_steps=1)
+    first = start_process(db_path, run_id, actor="dr who", client="web test")
+    assert status(db_path, run_id)["pid"] == first.pid, "the launched process holds the run before it starts"
+    wait_for(lambda: listed(db_path, run_id)["step"], what="the first step")
+    with opened(db_path) as conn:
+        assert request_cancel(conn, run_id, actor="dr who") == "cancelling"
+
+    # The first process lives on for a moment: a resume now is refused, whoever asks.
+    with pytest.raises(RunBusy, match=f"run {run_id} is still stopping after a cancel \\(process {first.pid}\\); "
+                                      "resume it once that process has exited"):
+        start_process(db_path, run_id, resume=True)
+    with pytest.raises(RunBusy, match="still stopping after a cancel"):
+        run_training(db_path, run_id, resume=True)
+
+    seen = []
+    while (run := listed(db_path, run_id))["status"] != "cancelled":
+        seen.append((run["status"], jobs.exit_code(first.pid) is not None))
+        assert len(seen) < 900, "the cancelled process did not stop"
         time.sleep(0.2)
-    worker.join(timeout=120)
-    assert outcome["status"] == "cancelled" and status(db_path, run_id)["status"] == "cancelled"
-    assert list((tmp_path / "runs" / f"run-{run_id}" / "checkpoints").glob("checkpoint-*"))
+    assert jobs.exit_code(first.pid) == 0, jobs.log_tail(first.log_path)
+    assert {state for state, _ in seen} == {"cancelling"} and ("cancelling", False) in seen, \
+        "'cancelling' while the process lived, 'cancelled' only once it had exited"
+    assert run["pid"] is None and run["adapter_model_id"] is None and run["finished_at"]
+    stopped_at = run["step"]
+    output = tmp_path / "runs" / f"run-{run_id}"
+    assert (output / "checkpoints" / f"checkpoint-{stopped_at}").is_dir(), "a checkpoint where it stopped"
+    assert not (output / "adapter").exists(), "a cancelled process saves no adapter"
+    assert f"cancelled; resume it with: python -m train --resume {run_id}" in jobs.log_tail(first.log_path)
     with opened(db_path) as conn:
-        steps_before = max(m["step"] for m in run_metrics(conn, run_id))
-    assert run_training(db_path, run_id, resume=True) == "finished"
+        assert conn.execute("SELECT count(*) FROM models WHERE kind = 'adapter'").fetchone()[0] == 0
+        before = {m["step"]: (m["train_loss"], m["logged_at"]) for m in run_metrics(conn, run_id)}
+
+    second = start_process(db_path, run_id, resume=True, actor="dr who", client="web test")
+    wait_for(lambda: listed(db_path, run_id)["status"] == "finished", what="the resumed run to finish")
+    wait_for(lambda: jobs.exit_code(second.pid) is not None, 60, "the resumed process to exit")
+    assert jobs.exit_code(second.pid) == 0, jobs.log_tail(second.log_path)
+    run = status(db_path, run_id)
+    assert run["pid"] is None and run["total_steps"] == 30
     with opened(db_path) as conn:
-        assert max(m["step"] for m in run_metrics(conn, run_id)) > steps_before
+        adapters = conn.execute("SELECT model_id, details FROM models WHERE kind = 'adapter'").fetchall()
+        metrics = run_metrics(conn, run_id)
+    assert [a["model_id"] for a in adapters] == [run["adapter_model_id"]], "one adapter, registered at the end"
+    assert json.loads(adapters[0]["details"]) == {"training_run": run_id}
+    assert [m["step"] for m in metrics] == list(range(1, 31)), "each step once"
+    # The first process's points up to its checkpoint stay as they were; every later one is the second's.
+    assert {m["step"]: (m["train_loss"], m["logged_at"]) for m in metrics if m["step"] <= stopped_at} == before
+    with opened(db_path) as conn:
+        (resume_time,) = conn.execute("SELECT at FROM audit_log WHERE action = 'resume-training-run'").fetchone()
+    assert all(m["logged_at"] >= resume_time for m in metrics if m["step"] > stopped_at)
+
+    trail = audit_trail(db_path, run_id)
+    assert [json.loads(detail).get("pid") for _, _, detail in trail] == [
+        None, first.pid, first.pid, first.pid, second.pid, second.pid]
+    assert [(action, actor) for action, actor, _ in trail] == [
+        ("create-training-run", "cli"), ("start-training-run", "dr who"), ("cancel-training-run", "dr who"),
+        ("mark-cancelled", "system"), ("resume-training-run", "dr who"), ("finish-training-run", "system")]
+    details = " ".join(detail for _, _, detail in trail)
+    assert not any(case["diagnosis"] in details or case["regimen"] in details for case in synthetic_cases), \
+        "no case text in the audit log"
+
+
+@pytest.mark.slow
+def test_a_process_that_no_longer_holds_its_run_stops_and_records_nothing(split_db, tiny_model_dir, tmp_path):
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path, max_steps=5000, logging_steps=1)
+    job = start_process(db_path, run_id)
+    other = subprocess.Popen(["sleep", "120"])
+    try:
+        wait_for(lambda: listed(db_path, run_id)["step"], what="the first step")
+        with opened(db_path) as conn, db.transaction(conn):  # another process takes the run (by mistake)
+            conn.execute("UPDATE training_runs SET pid = ? WHERE run_id = ?", (other.pid, run_id))
+            taken = [tuple(m) for m in conn.execute("SELECT * FROM training_metrics WHERE run_id = ?", (run_id,))]
+        wait_for(lambda: jobs.exit_code(job.pid) is not None, 60, "the process to stop")
+        assert jobs.exit_code(job.pid) == 1
+        assert f"stopped: run {run_id} is now held by process {other.pid}" in jobs.log_tail(job.log_path)
+        run = listed(db_path, run_id)
+        assert (run["status"], run["pid"], run["adapter_model_id"]) == ("running", other.pid, None)
+        with opened(db_path) as conn:
+            assert [tuple(m) for m in conn.execute("SELECT * FROM training_metrics WHERE run_id = ?",
+                                                   (run_id,))] == taken, "no point written after losing the run"
+            assert conn.execute("SELECT count(*) FROM models WHERE kind = 'adapter'").fetchone()[0] == 0
+    finally:
+        for pid in (job.pid, other.pid):
+            if jobs.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        other.wait()
+
+
+def test_a_cancel_waits_for_the_process_that_holds_the_run(split_db, tiny_model_dir, tmp_path):
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    holder = subprocess.Popen(["sleep", "120"])  # stands in for the training process
+    try:
+        hold(db_path, run_id, holder.pid)
+        with opened(db_path) as conn:
+            assert request_cancel(conn, run_id, actor="dr who", client="web test") == "cancelling"
+            assert request_cancel(conn, run_id) is None, "nothing more to cancel"
+        assert listed(db_path, run_id)["status"] == "cancelling"
+        with pytest.raises(RunBusy, match=f"still stopping after a cancel \\(process {holder.pid}\\)"):
+            start_process(db_path, run_id, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    run = listed(db_path, run_id)
+    assert (run["status"], run["pid"], run["error"]) == ("cancelled", None, None) and run["finished_at"]
+    assert [(a, actor) for a, actor, _ in audit_trail(db_path, run_id)] == [
+        ("create-training-run", "cli"), ("cancel-training-run", "dr who"), ("mark-cancelled", "system")]
+
+
+def test_progress_is_recorded_from_the_first_step_and_a_cancel_stops_an_evaluation(split_db, tiny_model_dir,
+                                                                                   tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    hold(db_path, run_id, os.getpid())
+    progress = _progress_callback(db_path, run_id, every=0)
+    state = TrainerState(global_step=0, max_steps=120, epoch=0.0, num_input_tokens_seen=0)
+    progress.on_train_begin(None, state, TrainerControl())
+    progress.on_step_begin(None, state, TrainerControl())
+    state.global_step, state.epoch, state.num_input_tokens_seen = 1, 0.01, 300
+    progress.on_step_end(None, state, TrainerControl())
+    with opened(db_path) as conn:
+        (first,) = run_metrics(conn, run_id)
+    assert first["step"] == 1 and first["train_loss"] is None and first["eta_s"] is not None
+    assert status(db_path, run_id)["total_steps"] == 120
+    progress.on_prediction_step(None, state, TrainerControl())  # not cancelled: the evaluation goes on
+    with opened(db_path) as conn:
+        request_cancel(conn, run_id)
+    for event in (progress.on_prediction_step, progress.on_evaluate, progress.on_save, progress.on_step_end):
+        with pytest.raises(TrainingCancelled):
+            event(None, state, TrainerControl())
+
+
+def test_a_process_that_lost_its_run_writes_no_progress(split_db, tiny_model_dir, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    db_path, _ = split_db
+    run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    hold(db_path, run_id, os.getpid() + 1)  # another process holds it
+    progress = _progress_callback(db_path, run_id, every=0)
+    state = TrainerState(global_step=3, max_steps=120, epoch=0.1, num_input_tokens_seen=900)
+    for event in (progress.on_train_begin, progress.on_step_end, progress.on_prediction_step):
+        with pytest.raises(RunTakenOver, match=f"run {run_id} is now held by process {os.getpid() + 1}"):
+            event(None, state, TrainerControl())
+    with pytest.raises(RunTakenOver):
+        progress.on_log(None, state, TrainerControl(), logs={"loss": 1.0})
+    with opened(db_path) as conn:
+        assert run_metrics(conn, run_id) == []
 
 
 def test_a_run_cancelled_before_its_process_started_does_not_train(split_db, tiny_model_dir, tmp_path):
@@ -118,6 +282,7 @@ def test_speed_and_eta_after_a_resume_count_only_the_new_process_steps(split_db,
 
     db_path, _ = split_db
     run_id = new_run(db_path, tiny_model_dir, tmp_path)
+    hold(db_path, run_id, os.getpid())
     progress = _progress_callback(db_path, run_id)
     # As restored from a checkpoint: 100 of 200 steps and a million tokens done by the earlier process.
     state = TrainerState(global_step=100, max_steps=200, epoch=0.5, num_input_tokens_seen=1_000_000)
@@ -133,20 +298,65 @@ def test_speed_and_eta_after_a_resume_count_only_the_new_process_steps(split_db,
 
 
 @pytest.mark.slow
-def test_a_killed_training_process_is_detected_as_failed(split_db, tiny_model_dir, tmp_path):
+def test_a_killed_process_is_detected_and_its_points_past_the_checkpoint_are_replaced(split_db, tiny_model_dir,
+                                                                                      tmp_path):
     db_path, _ = split_db
-    run_id = new_run(db_path, tiny_model_dir, tmp_path, epochs=50.0)
+    # Checkpoints every 10 steps; killed a little after the first, seconds before the second.
+    run_id = new_run(db_path, tiny_model_dir, tmp_path, max_steps=20, eval_steps=10, logging_steps=1)
     process = subprocess.Popen([sys.executable, "-m", "train", "--db", str(db_path), "--run", str(run_id)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and status(db_path, run_id)["status"] != "running":
-        time.sleep(0.2)
+    wait_for(lambda: (listed(db_path, run_id)["step"] or 0) >= 12, what="step 12")
     assert status(db_path, run_id)["pid"] == process.pid
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    with opened(db_path) as conn:
-        (run,) = [r for r in list_runs(conn) if r["run_id"] == run_id]
+    run = listed(db_path, run_id)
     assert run["status"] == "failed" and f"python -m train --resume {run_id}" in run["error"]
+    checkpoints = tmp_path / "runs" / f"run-{run_id}" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-10"]
+    with opened(db_path) as conn:
+        before = {m["step"]: tuple(m) for m in run_metrics(conn, run_id)}
+    assert max(before) > 10, "the killed process got past its checkpoint"
+
+    assert run_training(db_path, run_id, resume=True) == "finished"
+    with opened(db_path) as conn:
+        after = {m["step"]: tuple(m) for m in run_metrics(conn, run_id)}
+        (resumed_at,) = conn.execute("SELECT at FROM audit_log WHERE action = 'resume-training-run'").fetchone()
+    assert sorted(after) == list(range(1, 21))
+    assert {step: row for step, row in after.items() if step <= 10} == {
+        step: row for step, row in before.items() if step <= 10}
+    assert all(row[-1] >= resumed_at for step, row in after.items() if step > 10), \
+        "the points after the checkpoint are the resumed process's, none left from the killed one"
+
+
+def test_a_version_2_database_gains_the_cancelling_status_keeping_every_row(tmp_path):
+    from test_db import _all_kept, _columns, _populate, _rows
+
+    path = tmp_path / "v2.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.row_factory = sqlite3.Row
+    old.executescript((ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(encoding="utf-8"))
+    old.execute("INSERT INTO schema_migrations (version, description) VALUES (1, 'created'), (2, 'migrated from 1')")
+    old.execute("PRAGMA foreign_keys = ON")
+    _populate(old)
+    old.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir, status, pid, prompt_format) "
+                "VALUES (1, 1, '{}', '/runs/2', 'running', 4242, 'chat')")
+    old.executemany("INSERT INTO training_metrics (run_id, step, train_loss) VALUES (2, ?, 1.0)", [(1,), (2,)])
+    columns, before = _columns(old), _rows(old, _columns(old))
+    old.close()
+    with opened(path) as conn:
+        _all_kept(conn, columns, before)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == db.SCHEMA_VERSION == 3
+        with opened(tmp_path / "new.db") as new:
+            assert _columns(conn)["training_runs"] == _columns(new)["training_runs"], "as a new database has it"
+        conn.execute("UPDATE training_runs SET status = 'cancelling', log_path = '/logs/x.log', total_steps = 9 "
+                     "WHERE run_id = 2")
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE training_runs SET status = 'paused' WHERE run_id = 2")
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'training_runs_status'").fetchone()
+        conn.execute("DELETE FROM training_runs WHERE run_id = 2")
+        assert conn.execute("SELECT count(*) FROM training_metrics WHERE run_id = 2").fetchone()[0] == 0, \
+            "training_metrics still refers to the rebuilt table"
 
 
 def test_config_errors_are_listed_together(split_db, tmp_path, tiny_model_dir):

@@ -11,6 +11,7 @@ Exit status: 0 finished or cancelled, 1 refused or failed.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override one hyper-parameter; repeatable")
     parser.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped run from its last checkpoint")
     parser.add_argument("--run", type=int, metavar="RUN_ID", help="train a run already recorded as queued (used by the app)")
+    # Who started the run, for the audit log: the app passes its signed-in user; default, this OS user.
+    parser.add_argument("--actor", help=argparse.SUPPRESS)
+    parser.add_argument("--client", default="cli", help=argparse.SUPPRESS)
     return parser
 
 
@@ -63,12 +67,24 @@ def read_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def show_progress() -> None:
+    """Progress lines (rocore's log) and transformers' loss lines reach the log file as they happen:
+    the Train page shows its last lines while the run goes on."""
+    sys.stdout.reconfigure(line_buffering=True)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logging.getLogger("rocore").addHandler(handler)
+    logging.getLogger("rocore").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rocore.review.auth import operator_name
     from rocore.store.jobs import RunBusy
-    from rocore.training.runs import TrainingConfigError, config_from_dict, create_run, run_training
+    from rocore.training.runs import RunTakenOver, TrainingConfigError, config_from_dict, create_run, run_training
 
     args = build_parser().parse_args(argv)
     settings = read_settings(args)
+    actor = args.actor or operator_name()
     try:
         with opened(args.db, create=False) as conn:
             if args.resume is not None or args.run is not None:
@@ -78,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
                     raise TrainingConfigError("base_model: missing; give it in the file or with --base-model PATH")
                 config = config_from_dict({k: v for k, v in settings.items() if k not in JOB_KEYS})
                 run_id = create_run(conn, settings["base_model"], settings.get("split"), config,
-                                    settings.get("output_root") or Path(args.db).resolve().parent / "runs")
+                                    settings.get("output_root") or Path(args.db).resolve().parent / "runs",
+                                    actor=actor, client=args.client)
         print(f"training run {run_id}: {'resuming' if args.resume is not None else 'starting'}", flush=True)
-        status = run_training(args.db, run_id, resume=args.resume is not None, device=settings.get("device", "auto"))
+        status = run_training(args.db, run_id, resume=args.resume is not None, device=settings.get("device", "auto"),
+                              actor=actor, client=args.client)
     except (TrainingConfigError, RunBusy, TypeError, SchemaError) as exc:
         print(f"not started: {exc}", file=sys.stderr)
+        return 1
+    except RunTakenOver as exc:
+        print(f"training run {run_id}: stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"training run {run_id}: interrupted; resume with: python -m train --resume {run_id}", file=sys.stderr)
@@ -90,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # recorded in the run by run_training; say it once here too
         print(f"training run {run_id}: failed: {exc}", file=sys.stderr)
         return 1
-    print(f"training run {run_id}: {status}")
+    if status == "cancelled":
+        print(f"training run {run_id}: cancelled; resume it with: python -m train --resume {run_id}")
+    else:
+        print(f"training run {run_id}: {status}")
     return 0
 
 
 if __name__ == "__main__":
+    show_progress()
     sys.exit(main())

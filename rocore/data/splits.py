@@ -15,6 +15,7 @@ import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from rocore.store.audit import audit
 from rocore.store.db import transaction
 
 PARTS = ("train", "validation", "test")
@@ -88,9 +89,9 @@ def _site(row: sqlite3.Row) -> str:
     return (row["site"] or "").strip().lower() or row["icd10"][:3]
 
 
-def create_split(conn: sqlite3.Connection, name: str, seed: int = 0,
-                 fractions: dict[str, float] | None = None) -> int:
-    """Split every stored case and store the split under `name`; return its id."""
+def create_split(conn: sqlite3.Connection, name: str, seed: int = 0, fractions: dict[str, float] | None = None,
+                 actor: str = "cli", client: str | None = None) -> int:
+    """Split every stored case and store the split under `name`, audited as `actor`; return its id."""
     fractions = check_fractions(fractions or DEFAULT_FRACTIONS)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM splits WHERE name = ?", (name,)).fetchone():
@@ -111,6 +112,10 @@ def create_split(conn: sqlite3.Connection, name: str, seed: int = 0,
         leaks = find_leaks(conn, split_id)
         if leaks:
             raise SplitError(f"internal error: {len(leaks)} diagnosis texts fall in two parts")
+        sizes = Counter(assignment.values())
+        audit(conn, actor, "create-split", "splits", split_id,
+              {"name": name, "seed": seed, "fractions": fractions, "strata": STRATA, "n_cases": len(assignment),
+               "parts": {part: sizes[part] for part in PARTS}}, client)
     return split_id
 
 
@@ -120,6 +125,17 @@ def split_id_by_name(conn: sqlite3.Connection, name: str) -> int:
         known = [r[0] for r in conn.execute("SELECT name FROM splits ORDER BY split_id")]
         raise SplitError(f"no split named '{name}' (splits: {', '.join(known) or 'none yet'})")
     return row[0]
+
+
+def split_by_name_or_newest(conn: sqlite3.Connection, name: str | None) -> tuple[int, str]:
+    """(id, name) of the split named, or of the newest one when no name is given, as training and
+    generation default to."""
+    if name:
+        return split_id_by_name(conn, name), name
+    newest = conn.execute("SELECT split_id, name FROM splits ORDER BY split_id DESC LIMIT 1").fetchone()
+    if newest is None:
+        raise SplitError("there is no split yet; create one on the Data page or with 'python -m rocore split create'")
+    return newest[0], newest[1]
 
 
 def find_leaks(conn: sqlite3.Connection, split_id: int) -> list[tuple[list[str], list[str]]]:

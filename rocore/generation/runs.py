@@ -15,11 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rocore.store.audit import audit, timestamp
 from rocore.store.db import NOW, opened, transaction
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
-from rocore.model.loading import LoadedModel, using_adapter
+from rocore.model.loading import (LoadedModel, ModelError, check_adapter_dir, check_model_dir, resolve_device,
+                                  using_adapter)
 from rocore.model.answers import extract_answer
-from rocore.model.prompts import TASKS, build_prompt, check_tasks, end_of_turn, resolve_prompt_format, template_id
+from rocore.model.prompts import (TASKS, TaskError, build_prompt, check_tasks, end_of_turn, resolve_prompt_format,
+                                  template_id)
+from rocore.data.splits import SplitError, split_case_ids, split_by_name_or_newest
 
 # Per-task limits on new tokens, from real chat answers (SmolLM2-135M-Instruct, docs/real-models.md:
 # p99 of the answers that ended on their own was 140 regimen, 72 modality, 129 ICD-10 tokens) plus a
@@ -52,9 +56,86 @@ def decoding_settings(max_new_tokens: dict[str, int] | None = None) -> dict:
             "max_new_tokens": {**DEFAULT_MAX_NEW_TOKENS, **(max_new_tokens or {})}}
 
 
+class GenerationRequestError(ValueError):
+    """A generation that cannot start; `problems` names each one by the setting to change."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a checked request resolved to."""
+
+    split_id: int
+    tasks: list[str]
+    prompt_format: str
+
+
+def check_generation_request(conn: sqlite3.Connection, model: str | Path, adapter: str | Path | None,
+                             split_name: str | None, part: str, tasks: list[str] | str,
+                             prompt_format: str = "auto", device: str = "auto",
+                             max_new_tokens: dict[str, int] | None = None) -> GenerationRequest:
+    """Every check a generation run makes that needs no model weights, so that the Generate page refuses a
+    request at once instead of launching a process that fails after loading the model, and the command
+    line refuses it the same way. split_name None: the newest split. Raises GenerationRequestError
+    listing every problem."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    problems = []
+    if not tasks:
+        problems.append("Tasks: choose at least one task")
+    else:
+        try:
+            tasks = check_tasks(tasks)
+            unknown = [task for task in max_new_tokens or {} if task not in tasks]
+            if unknown:
+                problems.append(f"Max new tokens: {', '.join(unknown)} is not among the tasks")
+        except TaskError as exc:
+            problems.append(f"Tasks: {exc}")
+    split_id = None
+    try:
+        split_id, split_name = split_by_name_or_newest(conn, split_name)
+        if not split_case_ids(conn, split_id, part):
+            problems.append(f"Part: split '{split_name}' has no cases in its {part} part")
+    except SplitError as exc:
+        problems.append(f"Split: {exc}")
+    try:
+        resolve_device(device)
+    except ModelError as exc:
+        problems.append(f"Device: {exc}")
+    resolved = None
+    try:
+        if not model:
+            raise ModelError("choose a model directory")
+        check_model_dir(Path(model))
+        try:
+            AutoConfig.from_pretrained(model)
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{model} could not be loaded: {exc}") from exc
+    except ModelError as exc:
+        problems.append(f"Base model directory: {exc}")
+    else:
+        if adapter:
+            try:
+                check_adapter_dir(adapter, model)
+            except ModelError as exc:
+                problems.append(f"LoRA adapter: {exc}")
+        try:
+            resolved = resolve_prompt_format(tokenizer, model, prompt_format, adapter)
+        except (ModelError, ValueError) as exc:
+            problems.append(f"Prompt format: {exc}")
+    if problems:
+        raise GenerationRequestError(problems)
+    return GenerationRequest(split_id, tasks, resolved)
+
+
 def get_or_create_run(conn: sqlite3.Connection, base_model_id: int, adapter_model_id: int | None,
                       split_id: int, part: str, tasks: list[str], quantization: str,
-                      decoding: dict, prompt_format: str) -> tuple[int, bool]:
+                      decoding: dict, prompt_format: str, actor: str = "cli",
+                      client: str | None = None) -> tuple[int, bool]:
     """(run id, resumed): a run with the same model, data, settings and prompt format is resumed, not repeated."""
     tasks = check_tasks(tasks)
     key = (base_model_id, adapter_model_id, split_id, part, json.dumps(tasks), quantization,
@@ -69,6 +150,10 @@ def get_or_create_run(conn: sqlite3.Connection, base_model_id: int, adapter_mode
         run_id = conn.execute(
             "INSERT INTO generation_runs (base_model_id, adapter_model_id, split_id, part, tasks, "
             "quantization, decoding, prompt_format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key).lastrowid
+        audit(conn, actor, "create-generation-run", "generation_runs", run_id,
+              {"base_model_id": base_model_id, "adapter_model_id": adapter_model_id, "split_id": split_id,
+               "part": part, "tasks": tasks, "quantization": quantization, "decoding": decoding,
+               "prompt_format": prompt_format}, client)
     return run_id, False
 
 
@@ -83,14 +168,40 @@ def pending_items(conn: sqlite3.Connection, run_id: int) -> list[tuple[str, str,
     return [(r["case_id"], task, r["diagnosis"]) for task in tasks for r in rows if (r["case_id"], task) not in done]
 
 
-def _set_status(db_path: Path, run_id: int, status: str, error: str | None = None) -> None:
+# The audit action of each status a run ends in; 'queued' is a run stopped at its limit with outputs pending.
+_END_ACTIONS = {"finished": "finish-generation-run", "failed": "fail-generation-run",
+                "cancelled": "cancel-generation-run", "queued": "pause-generation-run"}
+
+
+def _set_status(db_path: Path, run_id: int, status: str, error: str | None, actor: str, client: str | None,
+                detail: dict) -> None:
+    """Set a run's status and audit it in one transaction. Running is a start, or a resume of a run begun
+    before; its audit row names this process, which is how the page finds the run of a process it launched."""
     with opened(db_path) as conn, transaction(conn):
         if status == "running":
             refuse_if_running_elsewhere(conn, "generation_runs", run_id)
+            begun = conn.execute(
+                "SELECT status != 'queued' OR EXISTS (SELECT 1 FROM generations g WHERE g.run_id = ?) "
+                "FROM generation_runs WHERE run_id = ?", (run_id, run_id)).fetchone()[0]
+            action = "resume-generation-run" if begun else "start-generation-run"
+            detail = {**detail, "pid": os.getpid()}
+        else:
+            action = _END_ACTIONS[status]
         conn.execute(
             "UPDATE generation_runs SET status = ?, error = ?, pid = ?, finished_at = CASE WHEN ? IN "
             f"('finished', 'failed', 'cancelled') THEN {NOW} END WHERE run_id = ?",
             (status, error, os.getpid() if status == "running" else None, status, run_id))
+        audit(conn, actor, action, "generation_runs", run_id, detail, client)
+
+
+def run_started_by(conn: sqlite3.Connection, pid: int, since: float) -> int | None:
+    """The run a process launched at `since` (seconds since the epoch) started or resumed, from the audit
+    log; None while it has not (it loads the model first) or if it ended before."""
+    row = conn.execute(
+        "SELECT entity_id FROM audit_log WHERE entity = 'generation_runs' AND action IN "
+        "('start-generation-run', 'resume-generation-run') AND json_extract(detail, '$.pid') = ? AND at >= ? "
+        "ORDER BY audit_id DESC LIMIT 1", (pid, timestamp(since))).fetchone()
+    return None if row is None else int(row[0])
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
@@ -251,8 +362,9 @@ def generate_fitting(loaded: LoadedModel, prompts: list[str], max_new_tokens: in
 
 def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapter: str | None = None,
                    batch_size: int = 16, progress: Callable[[Progress], None] | None = None,
-                   limit: int | None = None) -> Progress:
-    """Generate every missing output of a run; each batch is stored in its own transaction."""
+                   limit: int | None = None, actor: str = "cli", client: str | None = None) -> Progress:
+    """Generate every missing output of a run; each batch is stored in its own transaction. The start and
+    the end are audited as `actor`."""
     db_path = Path(db_path)
     with opened(db_path) as conn:
         run = conn.execute("SELECT decoding, prompt_format FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -264,8 +376,14 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapte
                                           loaded.adapters.get(adapter) if adapter else None)
     stops = stops_for(loaded, prompt_format)
     items = items[:limit] if limit is not None else items
-    _set_status(db_path, run_id, "running")
+    _set_status(db_path, run_id, "running", None, actor, client,
+                {"outputs_to_generate": len(items), "batch_size": batch_size, "device": loaded.device})
     started, done, new_tokens = time.monotonic(), 0, 0
+
+    def spent() -> dict:
+        """The end's audit detail: what this process stored, and how long it took."""
+        return {"generated": done, "new_tokens": new_tokens, "seconds": round(time.monotonic() - started, 1)}
+
     state = Progress(0, len(items), 0.0, 0)
     fitting = batch_size
     try:
@@ -288,12 +406,15 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapte
             if progress:
                 progress(state)
     except KeyboardInterrupt:
-        _set_status(db_path, run_id, "cancelled", "interrupted; rerun the same command to resume")
+        _set_status(db_path, run_id, "cancelled", "interrupted; rerun the same command to resume", actor, client,
+                    spent())
         raise
-    except Exception as exc:
-        _set_status(db_path, run_id, "failed", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the audit row names the error's type only: a message may quote a prompt
+        _set_status(db_path, run_id, "failed", f"{type(exc).__name__}: {exc}", actor, client,
+                    {**spent(), "error": type(exc).__name__})
         raise
     with opened(db_path) as conn:
-        complete = not pending_items(conn, run_id)
-    _set_status(db_path, run_id, "finished" if complete else "queued")
+        pending = len(pending_items(conn, run_id))
+    _set_status(db_path, run_id, "queued" if pending else "finished", None, actor, client,
+                {**spent(), "pending": pending})
     return state

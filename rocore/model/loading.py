@@ -34,10 +34,6 @@ class LoadedModel:
     adapters: dict[str, Path] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
-    @property
-    def fingerprint(self) -> str:
-        return base_fingerprint(self.path)
-
 
 def base_fingerprint(path: str | Path) -> str:
     """What makes two base models interchangeable for an adapter: their architecture config."""
@@ -55,7 +51,7 @@ def resolve_device(device: str = "auto") -> str:
         raise ModelError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' was asked for, but this machine has no usable CUDA GPU; "
-                         "use --device cpu (slow for large models) or run on a GPU server")
+                         "choose the cpu device (slow for large models) or run on a GPU server")
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
@@ -74,15 +70,18 @@ def device_precision(device: str) -> str:
     return compute_precision(device, device == "cuda" and torch.cuda.is_bf16_supported())
 
 
-def resolve_quantization(quantization: str, device: str, path: str | Path) -> str:
-    """`auto`: bf16 (fp16 on a GPU without bf16) on a GPU with room for it, else nf4; fp32 on the CPU
-    for small models, else nf4."""
+def resolve_quantization(quantization: str, device: str, path: str | Path, training: bool = False) -> str:
+    """`auto`: on a GPU, nf4 for training (QLoRA, the method the product reproduces) and for generation
+    bf16 (fp16 on a GPU without bf16) where the model fits, else nf4; on the CPU fp32 for small models,
+    else nf4 (bitsandbytes' 4-bit kernels are about 20 times slower there)."""
     import torch
 
     if quantization not in QUANTIZATIONS:
         raise ModelError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     if quantization != "auto":
         return quantization
+    if device == "cuda" and training:
+        return "nf4"
     weights = sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) or \
         sum(f.stat().st_size for f in Path(path).glob("*.bin"))
     if device == "cuda":
@@ -121,7 +120,7 @@ def load_kwargs(quantization: str, device: str) -> dict:
 
 
 def load_base(path: str | Path, quantization: str = "auto", device: str = "auto",
-              padding_side: str = "left") -> LoadedModel:
+              padding_side: str = "left", training: bool = False) -> LoadedModel:
     """A base model and its tokenizer, for generation or for training: one loader, so every way a
     model directory can fail to load is a ModelError that names it and says what to change."""
     import torch
@@ -131,7 +130,7 @@ def load_base(path: str | Path, quantization: str = "auto", device: str = "auto"
     path = Path(path)
     check_model_dir(path)
     device = resolve_device(device)
-    quantization = resolve_quantization(quantization, device, path)
+    quantization = resolve_quantization(quantization, device, path, training)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quantization, device))
@@ -153,20 +152,28 @@ def load_model(path: str | Path, quantization: str = "auto", device: str = "auto
     return loaded
 
 
-def attach_adapter(loaded: LoadedModel, adapter_path: str | Path, name: str = "finetuned") -> None:
-    """Attach a LoRA adapter to the loaded base under `name`, refusing one made for another base."""
-    from peft import PeftModel
-
+def check_adapter_dir(adapter_path: str | Path, base_path: str | Path) -> None:
+    """Refuse a folder that is not a LoRA adapter, or one recorded as trained on another base: read
+    from small files only, so a request can be refused before any weights are loaded."""
     adapter_path = Path(adapter_path)
     if not (adapter_path / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_path} has no adapter_config.json: it is not a LoRA adapter directory")
     info_file = adapter_path / ADAPTER_INFO
     if info_file.is_file():
         trained_on = json.loads(info_file.read_text(encoding="utf-8")).get("base_fingerprint")
-        if trained_on and trained_on != loaded.fingerprint:
+        fingerprint = base_fingerprint(base_path)
+        if trained_on and trained_on != fingerprint:
             raise ModelError(f"adapter {adapter_path} was trained on another base model (fingerprint "
-                             f"{trained_on}, this base {loaded.path} is {loaded.fingerprint}); load the "
+                             f"{trained_on}, this base {base_path} is {fingerprint}); load the "
                              "base it was trained on")
+
+
+def attach_adapter(loaded: LoadedModel, adapter_path: str | Path, name: str = "finetuned") -> None:
+    """Attach a LoRA adapter to the loaded base under `name`, refusing one made for another base."""
+    from peft import PeftModel
+
+    adapter_path = Path(adapter_path)
+    check_adapter_dir(adapter_path, loaded.path)
     with loaded.lock:
         try:
             if isinstance(loaded.model, PeftModel):

@@ -161,7 +161,7 @@ def resolve_prompt_format(tokenizer, model_path: str | Path, requested: str = "a
     prompt_format = (trained or default_prompt_format(tokenizer, model_path)) if requested == "auto" else requested
     if trained and trained != prompt_format:
         raise ModelError(f"adapter {adapter_path} was trained with the {trained} prompt format, not "
-                         f"{prompt_format}: generate with the {trained} format (--prompt-format {trained})")
+                         f"{prompt_format}: generate with the {trained} prompt format")
     if trained == "chat" and info.get("chat_template") != chat_template_id(tokenizer):
         has = "a different chat template" if chat_template_id(tokenizer) else "no chat template"
         raise ModelError(f"adapter {adapter_path} was trained with chat template {info.get('chat_template')}, "

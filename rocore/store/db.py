@@ -42,7 +42,26 @@ def _prompt_formats_and_finish_reasons(store: sqlite_utils.Database) -> None:
     store.execute("ALTER TABLE generations ADD COLUMN prompt TEXT")
 
 
-MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons}
+def _cancelling_training_runs(store: sqlite_utils.Database) -> None:
+    """Version 3: a cancelled training run stays 'cancelling' until its process has exited, and a run
+    records the log of its process and its number of steps. SQLite cannot change a CHECK constraint in
+    place, so the table is rebuilt from its own stored definition with the wider status list (create,
+    copy, drop, rename: SQLite's documented procedure; foreign keys are off, so no metric is lost)."""
+    narrow = "CHECK (status IN ('queued', 'running', 'finished', 'failed', 'cancelled'))"
+    wide = "CHECK (status IN ('queued', 'running', 'cancelling', 'finished', 'failed', 'cancelled'))"
+    sql = store.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'training_runs'").fetchone()[0]
+    if narrow not in sql:
+        raise ValueError(f"training_runs does not hold the status constraint of version 2 ({narrow})")
+    store.execute(sql.replace(narrow, wide).replace("training_runs", "training_runs_v3", 1))
+    store.execute("INSERT INTO training_runs_v3 SELECT * FROM training_runs")
+    store.execute("DROP TABLE training_runs")
+    store.execute("ALTER TABLE training_runs_v3 RENAME TO training_runs")
+    store.execute("ALTER TABLE training_runs ADD COLUMN log_path TEXT")
+    store.execute("ALTER TABLE training_runs ADD COLUMN total_steps INTEGER "
+                  "CHECK (total_steps IS NULL OR total_steps >= 0)")
+
+
+MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs}
 
 BUSY_TIMEOUT_S = 30.0
 

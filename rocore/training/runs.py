@@ -4,12 +4,18 @@
 progress here as it happens, so a page reload, an app restart or a crash loses nothing: a run
 whose process died is recognised by its process id and marked failed, and any run with a
 checkpoint can be resumed.
+
+A run is held by one live process at a time, its `pid`: only that process records the run's
+progress, its end and its adapter, each write checking in its own transaction that it still holds
+the run; a second process (a Resume while the first still runs) is refused. A cancel makes the run
+'cancelling'; it is 'cancelled' only once its process has exited.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import sqlite3
@@ -17,17 +23,27 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from rocore.store import jobs
+from rocore.store.audit import audit
 from rocore.store.db import NOW, opened, transaction
-from rocore.store.registry import register_model
-from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
+from rocore.store.registry import register_model, register_model_in_transaction
+from rocore.store.jobs import mark_dead_runs, pid_alive, refuse_if_running_elsewhere
 from rocore.model.loading import ModelError, check_model_dir
 from rocore.model.prompts import PROMPT_FORMATS, check_prompt_format, default_prompt_format
-from rocore.data.splits import SplitError, split_cases, split_id_by_name
-from rocore.training.trainer import TrainingConfig, check_config, train_adapter
+from rocore.data.splits import SplitError, split_cases, split_by_name_or_newest
+from rocore.training.trainer import TrainingCancelled, TrainingConfig, check_config, train_adapter
+
+log = logging.getLogger(__name__)
+# The audit actor of what a process does on its own: a run's end, a dead process noticed.
+SYSTEM = "system"
 
 
 class TrainingConfigError(ValueError):
     """A training request that cannot start; the message lists every problem."""
+
+
+class RunTakenOver(RuntimeError):
+    """This process no longer holds its run: it stops at once and records nothing more."""
 
 
 def library_versions() -> dict[str, str]:
@@ -60,7 +76,7 @@ def config_from_dict(values: dict) -> TrainingConfig:
 
 
 def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | None, config: TrainingConfig,
-               output_root: str | Path) -> int:
+               output_root: str | Path, actor: str = "cli", client: str | None = None) -> int:
     """Validate everything a run needs and record it as queued; raise TrainingConfigError listing every problem."""
     problems = list(check_config(config))
     try:
@@ -70,13 +86,7 @@ def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | No
         problems.append(f"base_model: {exc}")
     split_id = None
     try:
-        if split:
-            split_id = split_id_by_name(conn, split)
-        else:
-            row = conn.execute("SELECT split_id FROM splits ORDER BY split_id DESC LIMIT 1").fetchone()
-            if row is None:
-                raise SplitError("there is no split yet; create one on the Data page or with 'python -m rocore split create'")
-            split_id = row[0]
+        split_id = split_by_name_or_newest(conn, split)[0]
     except SplitError as exc:
         problems.append(f"split: {exc}")
     if problems:
@@ -90,6 +100,8 @@ def create_run(conn: sqlite3.Connection, base_model: str | Path, split: str | No
              config.prompt_format)).lastrowid
         output_dir = Path(output_root).resolve() / f"run-{run_id}"
         conn.execute("UPDATE training_runs SET output_dir = ? WHERE run_id = ?", (str(output_dir), run_id))
+        audit(conn, actor, "create-training-run", "training_runs", run_id,
+              {"base_model_id": base_id, "split_id": split_id, "config": asdict(config)}, client)
     return run_id
 
 
@@ -109,34 +121,55 @@ def _prompt_format(base_model: str | Path, requested: str) -> str:
     return prompt_format
 
 
-def _progress_callback(db_path: Path, run_id: int):
+def _held_status(conn: sqlite3.Connection, run_id: int) -> str:
+    """The run's status, read in the caller's transaction; RunTakenOver once this process no longer holds it."""
+    status, pid = conn.execute("SELECT status, pid FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()
+    if pid != os.getpid():
+        raise RunTakenOver(f"run {run_id} is now held by process {pid}; process {os.getpid()} stopped "
+                           "without recording more")
+    return status
+
+
+def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
     from transformers import TrainerCallback
 
     class DatabaseProgress(TrainerCallback):
-        """Writes each log line to training_metrics and stops when the run is cancelled."""
+        """Records the run's progress from its first step (the step count, speed and ETA every `every`
+        seconds, the losses at each log) while this process holds the run, and stops training within
+        `every` seconds of a cancel: between steps, during an evaluation, and before and after a checkpoint."""
 
         def __init__(self):
             self.started, self.first_step, self.first_tokens = time.monotonic(), 0, 0
             self.counting = False
             self.last_check = 0.0
 
-        def on_step_begin(self, args, state, control, **kwargs):
-            # Rates count only this process's steps: after a resume the state (loaded after
-            # on_train_begin) already holds the steps and tokens of the earlier process.
-            if not self.counting:
-                self.started, self.first_step = time.monotonic(), state.global_step
-                self.first_tokens, self.counting = state.num_input_tokens_seen, True
+        def _due(self, seconds: float) -> bool:
+            """Whether `seconds` have passed since the last look at the run (a connection each)."""
+            if time.monotonic() - self.last_check < seconds:
+                return False
+            self.last_check = time.monotonic()
+            return True
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def _stop_if_cancelling(self, seconds: float) -> None:
+            if self._due(seconds):
+                with opened(db_path) as conn:
+                    if _held_status(conn, run_id) == "cancelling":
+                        raise TrainingCancelled(f"run {run_id} was cancelled")
+
+        def _eta(self, state) -> float | None:
+            done = max(state.global_step - self.first_step, 1)
+            elapsed = time.monotonic() - self.started
+            return elapsed / done * max(state.max_steps - state.global_step, 0) if state.max_steps else None
+
+        def _record(self, state, logs: dict) -> str:
+            """Write a metrics row for the current step, if this process still holds the run; its status."""
             import torch
 
-            logs = logs or {}
-            elapsed = time.monotonic() - self.started
-            done = max(state.global_step - self.first_step, 1)
-            eta = elapsed / done * max(state.max_steps - state.global_step, 0) if state.max_steps else None
+            elapsed, eta = time.monotonic() - self.started, self._eta(state)
             tokens = state.num_input_tokens_seen - self.first_tokens
             memory = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
             with opened(db_path) as conn, transaction(conn):
+                status = _held_status(conn, run_id)
                 conn.execute(
                     "INSERT INTO training_metrics (run_id, step, epoch, train_loss, eval_loss, learning_rate, "
                     "tokens_per_s, gpu_mem_bytes, eta_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -149,16 +182,47 @@ def _progress_callback(db_path: Path, run_id: int):
                     (run_id, state.global_step, state.epoch, logs.get("loss"), logs.get("eval_loss"),
                      logs.get("learning_rate"), tokens / elapsed if elapsed else None,
                      memory, eta))
+            return status
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # The state is loaded from the checkpoint by now: points past it were recorded by a process
+            # whose steps after that checkpoint are lost, and this one records its own in their place.
+            with opened(db_path) as conn, transaction(conn):
+                status = _held_status(conn, run_id)
+                conn.execute("DELETE FROM training_metrics WHERE run_id = ? AND step > ?", (run_id, state.global_step))
+                conn.execute("UPDATE training_runs SET total_steps = ? WHERE run_id = ?", (state.max_steps, run_id))
+            log.info("training from step %d to %d", state.global_step, state.max_steps)
+            if status == "cancelling":
+                raise TrainingCancelled(f"run {run_id} was cancelled")
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            # Rates count only this process's steps: after a resume the state already holds the steps
+            # and tokens of the earlier process.
+            if not self.counting:
+                self.started, self.first_step = time.monotonic(), state.global_step
+                self.first_tokens, self.counting = state.num_input_tokens_seen, True
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() - self.last_check < 2:
+            if not self._due(every):
                 return
-            self.last_check = time.monotonic()
-            with opened(db_path) as conn:
-                status = conn.execute("SELECT status FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()[0]
-            if status == "cancelled":
-                control.should_save = True
-                control.should_training_stop = True
+            status = self._record(state, {})
+            eta = self._eta(state)
+            log.info("step %d of %d, epoch %.2f%s", state.global_step, state.max_steps, state.epoch or 0,
+                     f", about {eta / 60:.1f} min left" if eta is not None else "")
+            if status == "cancelling":
+                raise TrainingCancelled(f"run {run_id} was cancelled")
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self._stop_if_cancelling(every)  # an evaluation can take minutes
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self._stop_if_cancelling(0)  # before the checkpoint that follows it
+
+        def on_save(self, args, state, control, **kwargs):
+            self._stop_if_cancelling(0)  # the checkpoint just saved is the one to resume from
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._record(state, logs or {})
 
     return DatabaseProgress()
 
@@ -172,8 +236,37 @@ def _failure_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_training(db_path: str | Path, run_id: int, resume: bool = False, device: str = "auto") -> str:
-    """Train a recorded run in this process and record how it ends; returns the final status."""
+def start_process(db_path: str | Path, run_id: int, *, resume: bool = False, device: str = "auto",
+                  actor: str = "cli", client: str | None = None) -> jobs.Job:
+    """Launch `python -m train` for a recorded run (with `resume`, continuing from its checkpoint) and
+    record that process as the run's holder in the transaction that finds no other live process
+    holding it, so neither a double click nor a second tab starts a second process. Refused with
+    RunBusy while one lives (a run still stopping after a cancel included), TrainingConfigError for
+    a finished run. The process's output goes to a log file beside the database, kept with the run."""
+    db_path = Path(db_path)
+    with opened(db_path) as conn, transaction(conn):
+        run = conn.execute("SELECT status FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()
+        if run is None:
+            raise TrainingConfigError(f"there is no training run {run_id}")
+        refuse_if_running_elsewhere(conn, "training_runs", run_id)
+        if run["status"] == "finished":
+            raise TrainingConfigError(f"run {run_id} has finished; its adapter is ready")
+        if run["status"] != "queued" and not resume:
+            raise TrainingConfigError(f"run {run_id} is {run['status']}; resume it instead")
+        args = ["--db", str(db_path), "--resume" if resume else "--run", str(run_id), "--device", device,
+                "--actor", actor] + (["--client", client] if client else [])
+        job = jobs.launch("train", args, db_path.parent / "logs", name=f"train-run-{run_id}")
+        conn.execute("UPDATE training_runs SET status = 'queued', pid = ?, log_path = ?, error = NULL, "
+                     "finished_at = NULL WHERE run_id = ?", (job.pid, str(job.log_path), run_id))
+    return job
+
+
+def run_training(db_path: str | Path, run_id: int, resume: bool = False, device: str = "auto",
+                 actor: str = "cli", client: str | None = None) -> str:
+    """Train a recorded run in this process, which takes the run for itself (RunBusy while another
+    live process holds it) and alone records how it goes and ends; returns 'finished' or 'cancelled'.
+    A cancelled run stays 'cancelling' while this process lives: the next look at the runs after it
+    has exited (mark_dead_runs) makes it 'cancelled'."""
     db_path = Path(db_path)
     with opened(db_path) as conn, transaction(conn):
         run = conn.execute("SELECT r.*, m.path AS base_path FROM training_runs r JOIN models m "
@@ -181,10 +274,17 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
         if run is None:
             raise TrainingConfigError(f"there is no training run {run_id}")
         refuse_if_running_elsewhere(conn, "training_runs", run_id)
-        if run["status"] == "cancelled" and not resume:
+        status = run["status"]
+        if (status == "cancelling" and run["pid"] == os.getpid()) or (status == "cancelled" and not resume):
             return "cancelled"  # cancelled on the page while this process was still starting
+        if status == "finished":
+            raise TrainingConfigError(f"run {run_id} has finished; its adapter is ready")
+        if status != "queued" and not resume:
+            raise TrainingConfigError(f"run {run_id} is {status}; continue it with: python -m train --resume {run_id}")
         conn.execute(f"UPDATE training_runs SET status = 'running', pid = ?, error = NULL, finished_at = NULL, "
                      f"started_at = coalesce(started_at, {NOW}) WHERE run_id = ?", (os.getpid(), run_id))
+        audit(conn, actor, "resume-training-run" if resume else "start-training-run", "training_runs", run_id,
+              {"pid": os.getpid(), "device": device}, client)
     config = config_from_dict(json.loads(run["config"]))
     output_dir = Path(run["output_dir"])
     try:
@@ -196,34 +296,69 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
                                     callbacks=[_progress_callback(db_path, run_id)], resume=resume,
                                     details={"training_run": run_id, "split_id": run["split_id"],
                                              "versions": json.loads(run["versions"])})
-    except BaseException as exc:
-        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        with opened(db_path) as conn, transaction(conn):
-            conn.execute(f"UPDATE training_runs SET status = ?, error = ?, pid = NULL, finished_at = {NOW} "
-                         "WHERE run_id = ?", (status, _failure_message(exc), run_id))
+    except TrainingCancelled:
+        _stopped(db_path, run_id)
+        return "cancelled"
+    except KeyboardInterrupt:
+        _stopped(db_path, run_id, interrupted_by=(actor, client))
         raise
-    with opened(db_path) as conn:
-        cancelled = conn.execute("SELECT status FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()[0] == "cancelled"
-        adapter_id = None if cancelled else register_model(conn, adapter_dir, "adapter", run["base_model_id"],
-                                                           details={"training_run": run_id})
-        with transaction(conn):
-            conn.execute(f"UPDATE training_runs SET status = ?, adapter_model_id = ?, pid = NULL, finished_at = {NOW} "
-                         "WHERE run_id = ?", ("cancelled" if cancelled else "finished", adapter_id, run_id))
-    return "cancelled" if cancelled else "finished"
+    except BaseException as exc:  # RunTakenOver included: then the run is not this process's to mark
+        with opened(db_path) as conn, transaction(conn):
+            if conn.execute(f"UPDATE training_runs SET status = 'failed', error = ?, pid = NULL, finished_at = {NOW} "
+                            "WHERE run_id = ? AND pid = ?", (_failure_message(exc), run_id, os.getpid())).rowcount:
+                # The type only: an exception's text can quote the data it failed on.
+                audit(conn, SYSTEM, "fail-training-run", "training_runs", run_id,
+                      {"pid": os.getpid(), "error": type(exc).__name__})
+        raise
+    with opened(db_path) as conn, transaction(conn):
+        if _held_status(conn, run_id) == "cancelling":  # cancelled after training's last look
+            conn.execute(f"UPDATE training_runs SET finished_at = {NOW} WHERE run_id = ?", (run_id,))
+            return "cancelled"
+        adapter_id = register_model_in_transaction(conn, adapter_dir, "adapter", run["base_model_id"],
+                                                   details={"training_run": run_id})
+        conn.execute(f"UPDATE training_runs SET status = 'finished', adapter_model_id = ?, pid = NULL, "
+                     f"finished_at = {NOW} WHERE run_id = ?", (adapter_id, run_id))
+        audit(conn, SYSTEM, "finish-training-run", "training_runs", run_id,
+              {"pid": os.getpid(), "adapter_model_id": adapter_id})
+    return "finished"
 
 
-def request_cancel(conn: sqlite3.Connection, run_id: int) -> None:
-    """Ask a run to stop: a running process notices within seconds and keeps a checkpoint to resume from."""
+def _stopped(db_path: Path, run_id: int, interrupted_by: tuple[str, str | None] | None = None) -> None:
+    """This process stops on a cancel (or a Ctrl-C, `interrupted_by` whom): the run is 'cancelling' and
+    stays held by it until it has exited, when mark_dead_runs makes it 'cancelled'."""
+    with opened(db_path) as conn, transaction(conn):
+        if conn.execute(f"UPDATE training_runs SET status = 'cancelling', finished_at = {NOW} "
+                        "WHERE run_id = ? AND pid = ?", (run_id, os.getpid())).rowcount and interrupted_by:
+            audit(conn, interrupted_by[0], "cancel-training-run", "training_runs", run_id,
+                  {"pid": os.getpid(), "interrupted": True}, interrupted_by[1])
+
+
+def request_cancel(conn: sqlite3.Connection, run_id: int, actor: str = "cli", client: str | None = None) -> str | None:
+    """Ask a run to stop. One held by a live process becomes 'cancelling': the process notices within
+    seconds (between steps, or during an evaluation), keeps a checkpoint to resume from and exits,
+    and only then is the run 'cancelled'. One without a live process is cancelled at once. Returns
+    the run's new status, or None when it was not queued or running."""
     with transaction(conn):
-        conn.execute(f"UPDATE training_runs SET status = 'cancelled', finished_at = {NOW} "
-                     "WHERE run_id = ? AND status IN ('queued', 'running')", (run_id,))
+        run = conn.execute("SELECT status, pid FROM training_runs WHERE run_id = ?", (run_id,)).fetchone()
+        if run is None or run["status"] not in ("queued", "running"):
+            return None
+        if pid_alive(run["pid"]):
+            status = "cancelling"
+            conn.execute("UPDATE training_runs SET status = 'cancelling' WHERE run_id = ?", (run_id,))
+        else:
+            status = "cancelled"
+            conn.execute(f"UPDATE training_runs SET status = 'cancelled', pid = NULL, finished_at = {NOW} "
+                         "WHERE run_id = ?", (run_id,))
+        audit(conn, actor, "cancel-training-run", "training_runs", run_id, {"pid": run["pid"], "status": status},
+              client)
+    return status
 
 
 def list_runs(conn: sqlite3.Connection) -> list[dict]:
     """Every training run with its base model, split, adapter and latest progress, newest first."""
     mark_dead_runs(conn, "training_runs", lambda run_id: (
-        "the training process ended without recording why (killed, or the machine restarted); "
-        f"resume it with: python -m train --resume {run_id}"))
+        "the training process ended without recording why (its log may say; or it was killed, or the machine "
+        f"restarted); resume it with: python -m train --resume {run_id}"))
     return [dict(r) for r in conn.execute(
         "SELECT r.*, b.path AS base_path, s.name AS split_name, a.path AS adapter_path, "
         "(SELECT max(step) FROM training_metrics m WHERE m.run_id = r.run_id) AS step, "

@@ -6,6 +6,7 @@ The same function trains the embedded demo's adapter on the CPU and a 7B model's
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,14 +17,22 @@ from rocore.model.prompts import (PROMPT_FORMATS, TASKS, build_example, chat_tem
                                   check_tasks, default_prompt_format, template_id)
 
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
+
+
+class TrainingCancelled(Exception):
+    """Raised by a callback to stop training at once, from a step, an evaluation or a save:
+    train_adapter then keeps a checkpoint of where training stopped and saves no adapter."""
 
 
 @dataclass
 class TrainingConfig:
-    """Hyper-parameters of one fine-tune (defaults: a typical LLaMA-2 QLoRA recipe)."""
+    """Hyper-parameters of one fine-tune (defaults: a typical LLaMA-2 QLoRA recipe, the base's precision by device)."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    quantization: str = "nf4"
+    # "auto": the one rule of rocore.model.loading.resolve_quantization (nf4 on a GPU; fp32 on the CPU
+    # for a small model, where bitsandbytes' 4-bit kernels are ~20x slower).
+    quantization: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -144,7 +153,7 @@ def load_for_training(base_path: str | Path, config: TrainingConfig, device: str
     Trainer, decided once the examples' real lengths are known (needs_gradient_checkpointing)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    base = load_base(base_path, config.quantization, device, padding_side="right")
+    base = load_base(base_path, config.quantization, device, padding_side="right", training=True)
     model, tokenizer, device, quantization = base.model, base.tokenizer, base.device, base.quantization
     if quantization in ("nf4", "int8"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -167,6 +176,7 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     set_seed(config.seed)
     output_dir = Path(output_dir)
     model, tokenizer, device, quantization = load_for_training(base_path, config, device)
+    log.info("loaded %s in %s on %s", base_path, quantization, device)
     prompt_format = (default_prompt_format(tokenizer, base_path) if config.prompt_format == "auto"
                      else config.prompt_format)
     check_prompt_format(tokenizer, prompt_format)
@@ -177,6 +187,8 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     longest = max((len(example["input_ids"]) for example in train_set), default=1)
     checkpointing = needs_gradient_checkpointing(config, model.config, device, longest)
     precision = device_precision(device)
+    log.info("%d training and %d validation examples (%s prompts), %s compute, gradient checkpointing %s",
+             len(train_set), len(eval_set or []), prompt_format, precision, "on" if checkpointing else "off")
     by_steps = config.eval_steps is not None
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -189,6 +201,7 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
         logging_steps=config.logging_steps,
+        logging_first_step=True,  # a loss from the first step, not only after logging_steps of them
         eval_strategy=("steps" if by_steps else "epoch") if eval_set else "no",
         eval_steps=config.eval_steps,
         save_strategy="steps" if by_steps else "epoch",
@@ -215,7 +228,11 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
                                                            pad_to_multiple_of=8),
                       callbacks=list(callbacks) + ([EarlyStoppingCallback(config.early_stopping_patience)]
                                                    if eval_set and config.early_stopping_patience else []))
-    trainer.train(resume_from_checkpoint=resume or None)
+    try:
+        trainer.train(resume_from_checkpoint=resume or None)
+    except TrainingCancelled:
+        _keep_checkpoint(trainer)
+        raise
     adapter_dir = output_dir / "adapter"
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
@@ -231,6 +248,16 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         "final_eval_loss": _last(trainer.state.log_history, "eval_loss"),
     })
     return adapter_dir
+
+
+def _keep_checkpoint(trainer) -> None:
+    """A checkpoint at the step training was stopped at, so a resume loses nothing, unless the stop
+    came right after one was saved there. A stop during an evaluation skips the save that follows it;
+    Trainer has no public call for a checkpoint off its schedule, so this is the one its loop makes."""
+    step = trainer.state.global_step
+    if step and not (Path(trainer.args.output_dir) / f"checkpoint-{step}").is_dir():
+        trainer._save_checkpoint(trainer.model, trial=None)
+        log.info("saved checkpoint-%d", step)
 
 
 def _last(history: list[dict], key: str) -> float | None:
