@@ -2,6 +2,7 @@
 
 import time
 
+import pandas as pd
 import streamlit as st
 
 from app_pages.access import require_staff
@@ -63,28 +64,51 @@ if named is None:
 study_id = None
 if len(studies) > 1:
     names = {s["study_id"]: f"{s['name']} (study {s['study_id']})" for s in studies}
-    study_id = st.selectbox("Review study", list(names), format_func=names.get)
+    default = dashboard.default_study(studies)
+    study_id = st.selectbox("Review study", list(names), format_func=names.get,
+                            index=None if default is None else list(names).index(default),
+                            placeholder="No study has ratings yet")
+
+
+def show_table(frame: pd.DataFrame, where=st, **kwargs) -> None:
+    """A table whose undefined figures (a kappa without items, a test not run) show a dash, not "None"."""
+    where.dataframe(frame, placeholder="–", **kwargs)
+
+
+def share_chart(frame: pd.DataFrame, title: str, height: int) -> None:
+    """Horizontal bars of shares on a 0 to 1 axis, one group per row in the frame's order: st.bar_chart
+    ends the axis at the longest bar (80% looks full) and sorts the rows alphabetically."""
+    rows = frame.index.name
+    encoding = {"y": {"field": rows, "type": "nominal", "sort": frame.index.tolist(), "title": None},
+                "x": {"field": "value", "type": "quantitative", "scale": {"domain": [0, 1]}, "title": title,
+                      "axis": {"tickCount": 5}}}
+    if len(frame.columns) > 1:
+        encoding |= {"yOffset": {"field": "series", "sort": frame.columns.tolist()},
+                     "color": {"field": "series", "type": "nominal", "sort": frame.columns.tolist(), "title": None,
+                               "legend": {"orient": "bottom"}}}
+    bars = frame.reset_index().melt(id_vars=rows, var_name="series", value_name="value")
+    st.vega_lite_chart(bars, {"mark": {"type": "bar", "tooltip": True}, "encoding": encoding}, height=height)
 
 
 def show_task(task: str, task_report: dict, view: dashboard.Dashboard) -> None:
-    st.dataframe(report.metric_table(task_report), column_config={
+    show_table(report.metric_table(task_report), column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in ("base", "fine-tuned", "difference")})
-    st.dataframe(report.tests_table(task_report),
-                 column_config={"p": st.column_config.NumberColumn(format="%.3g")})
+    show_table(report.tests_table(task_report),
+               column_config={"p": st.column_config.NumberColumn(format="%.3g")})
     if task == "regimen" and view.rouge_histogram is not None:
         st.caption("ROUGE-1 F per case: number of cases per bin")
         st.bar_chart(view.rouge_histogram, stack=False, height=260)
     if task == "modality":
         st.caption("F1 per modality")
         per_class = report.per_class_table(task_report)
-        st.bar_chart(per_class[["base f1", "fine-tuned f1"]], stack=False, horizontal=True, height=220)
-        st.dataframe(per_class)
+        share_chart(per_class[["base f1", "fine-tuned f1"]], "F1", height=220)
+        show_table(per_class)
         for column, model in zip(st.columns(2), ("base", "finetuned")):
             column.caption(f"Confusion matrix, {MODEL_NAMES[model]} (rows gold, columns output)")
-            column.dataframe(report.confusion_table(task_report, model))
+            show_table(report.confusion_table(task_report, model), where=column)
     if task == "icd10" and view.icd10_codes is not None:
-        st.caption("Most frequent gold codes: share of outputs that are exactly the code")
-        st.bar_chart(view.icd10_codes[["base", "fine-tuned"]], stack=False, horizontal=True, height=320)
+        st.caption("Most frequent gold codes, most frequent first: share of outputs that are exactly the code")
+        share_chart(view.icd10_codes[["base", "fine-tuned"]], "share of exact codes", height=320)
 
 
 def show_reviews(reviews: dashboard.Reviews | None) -> None:
@@ -97,15 +121,15 @@ def show_reviews(reviews: dashboard.Reviews | None) -> None:
         st.info(reviews.message)
     else:
         table = report.acceptability_table(reviews.acceptability)
-        st.dataframe(table, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
-        st.dataframe(report.acceptability_tests_table(reviews.acceptability),
-                     column_config={"value": st.column_config.NumberColumn(format="%.3g")})
-        st.bar_chart(table[["share"]], horizontal=True, height=140)
+        show_table(table, column_config={"share": st.column_config.NumberColumn(format="%.3f")})
+        show_table(report.acceptability_tests_table(reviews.acceptability),
+                   column_config={"value": st.column_config.NumberColumn(format="%.3g")})
+        share_chart(table[["share"]], "share of cases judged acceptable", height=140)
         st.caption("Inter-rater agreement on acceptability, per model and pooled, with the items behind each")
-        st.dataframe(report.agreement_table(reviews.agreement))
+        show_table(report.agreement_table(reviews.agreement))
     st.caption("Review progress per reviewer (whole study)")
-    st.dataframe(reviews.progress,
-                 column_config={"share rated": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+    show_table(reviews.progress,
+               column_config={"share rated": st.column_config.ProgressColumn(min_value=0, max_value=1)})
 
 
 @st.fragment(run_every=dashboard.REFRESH_S)
@@ -124,8 +148,8 @@ def live(compared: RunPairs, filters: dashboard.Filters, study_id: int | None) -
         st.warning(view.message)
     else:
         st.caption("Primary endpoints: one per task, p-values Holm-adjusted across them")
-        st.dataframe(report.primary_table(view.primary),
-                     column_config={p: st.column_config.NumberColumn(format="%.3g") for p in ("p", "p (Holm)")})
+        show_table(report.primary_table(view.primary),
+                   column_config={p: st.column_config.NumberColumn(format="%.3g") for p in ("p", "p (Holm)")})
         tasks = list(view.report["tasks"])
         for tab, task in zip(st.tabs([report.TASK_NAMES[t] for t in tasks]), tasks):
             with tab:
@@ -144,8 +168,8 @@ def live(compared: RunPairs, filters: dashboard.Filters, study_id: int | None) -
         st.code(view.methods_text, language=None, wrap_lines=True)
         if view.reviews is not None and view.reviews.order_checks is not None:
             st.markdown("**Position and order checks** (not run in the paper)")
-            st.dataframe(report.order_checks_table(view.reviews.order_checks),
-                         column_config={"share": st.column_config.NumberColumn(format="%.3f")})
+            show_table(report.order_checks_table(view.reviews.order_checks),
+                       column_config={"share": st.column_config.NumberColumn(format="%.3f")})
         for figure, text in view.methods.items():
             st.markdown(f"**{figure}.** {text}")
         notes = [*view.run_notes, *(view.report["notes"] if view.report else []),

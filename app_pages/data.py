@@ -12,6 +12,10 @@ from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 user = require_staff()
+UPDATE_LABEL = "Replace stored cases that have the same case id"
+# The import's messages name this page's controls, not the command line's flags.
+PAGE_OPTIONS = case_import.ImportOptions(map_column="choose its column in the '{field}' box under Columns",
+                                         update=f"tick '{UPDATE_LABEL}'")
 
 st.title("Cases")
 
@@ -48,6 +52,9 @@ with tab_import:
         help=f"At most {limits.file_mb} MB ({limits.unzipped_mb} MB unzipped for .xlsx), {limits.rows:,} rows "
              f"and {limits.columns} columns; {limits.cell_chars:,} characters a cell and "
              f"{limits.case_chars:,} a case.",
+        # A new key after each import empties the uploader: the stored file would be checked again
+        # and fail as "already stored".
+        key=f"upload-{st.session_state.get('imports-done', 0)}",
     )
     if upload is not None:
         data = upload.getvalue()
@@ -75,14 +82,14 @@ with tab_import:
             )
             if choice != "(none)":
                 mapping[field] = choice
-        update = st.checkbox("Replace stored cases that have the same case id", key="import-update")
+        update = st.checkbox(UPDATE_LABEL, key="import-update")
         skip_invalid = st.checkbox("Skip invalid rows and import the rest", key="import-skip")
 
         st.subheader("Validation")
         with opened(DB) as conn:
             stored = case_import.stored_case_ids(conn)
         try:
-            validation = case_import.validate(table, mapping, stored, update)
+            validation = case_import.validate(table, mapping, stored, update, PAGE_OPTIONS)
         except tables.ImportRefused as exc:
             st.error("Map every required column before importing.")
             st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
@@ -103,12 +110,14 @@ with tab_import:
                 with opened(DB) as conn:
                     result = case_import.import_cases(conn, data, upload.name, mapping, update=update,
                                                       skip_invalid=skip_invalid, actor=user.name,
-                                                      client=auth.web_client(st.context.ip_address))
+                                                      client=auth.web_client(st.context.ip_address),
+                                                      how=PAGE_OPTIONS)
             except tables.ImportRefused as exc:
                 st.error("Nothing was imported; the database is unchanged.")
                 st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             else:
                 st.session_state["last-import"] = (upload.name, result)
+                st.session_state["imports-done"] = st.session_state.get("imports-done", 0) + 1
                 st.rerun()
 
 with tab_splits:
@@ -125,7 +134,8 @@ with tab_splits:
         if st.form_submit_button("Create split"):
             try:
                 with opened(DB) as conn:
-                    split_id = splits.create_split(conn, name.strip(), int(seed), fractions)
+                    split_id = splits.create_split(conn, name.strip(), int(seed), fractions, actor=user.name,
+                                                    client=auth.web_client(st.context.ip_address))
                 st.success(f"Created split '{name.strip()}' (id {split_id}).")
             except splits.SplitError as exc:
                 st.error(str(exc))

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from conftest import HEADER, csv_bytes, row
-from rocore.data.case_import import guess_column_map, import_cases, rejected_rows_csv
+from rocore.data.case_import import ImportOptions, guess_column_map, import_cases, rejected_rows_csv
 from rocore.data.tables import ImportRefused, format_problems
 from test_tables import CASE, FIELDS, file_in, xlsx_bytes
 
@@ -159,6 +159,17 @@ def test_missing_required_column(conn):
     errors = refused(conn, b"case_id,diagnosis,regimen,modality\nP1,d,r,photon\n")
     assert errors == ["cases.csv: is missing the required column 'icd10' (columns found: case_id, diagnosis, "
                       "regimen, modality); rename it or map it with --map icd10=COLUMN"]
+
+
+def test_the_caller_names_its_own_controls_in_the_messages(conn):
+    """The Data page shows these messages too, where there are no flags to name."""
+    import_cases(conn, csv_bytes(row("P1")), "first.csv")
+    assert refused(conn, csv_bytes(row("P1")))[0].endswith("'P1' is already stored; use --update to replace it")
+    page = ImportOptions(map_column="pick a column for '{field}'", update="tick 'Replace'")
+    assert refused(conn, csv_bytes(row("P1")), how=page)[0].endswith("'P1' is already stored; tick 'Replace' to "
+                                                                     "replace it")
+    missing = refused(conn, b"case_id,diagnosis,regimen,modality\nP2,d,r,photon\n", how=page)
+    assert missing[0].endswith("rename it or pick a column for 'icd10'")
 
 
 def test_json_objects_without_the_required_columns(conn):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from rocore.evaluation.dashboard import compute, Filters, from_outputs, ScoreCache
+from rocore.evaluation.dashboard import compute, default_study, Filters, from_outputs, ScoreCache, studies_for
 from rocore.store.db import opened, transaction
 from rocore.evaluation.outputs import EvaluationInputError, outputs_from_runs, run_pairs
 from rocore.evaluation.pipeline import evaluate_outputs
@@ -68,14 +68,15 @@ def make_runs(conn, part: str = "test", base_tasks=TASKS, finetuned_tasks=TASKS)
     return runs[0], runs[1]
 
 
-def add_study(conn, base_run: int, finetuned_run: int, reviewers=("ana", "ben", "cem")) -> int:
+def add_study(conn, base_run: int, finetuned_run: int, reviewers=("ana", "ben", "cem"),
+              name: str = "acceptability") -> int:
     """A regimen study of the two runs, every test case assigned to every reviewer, sides alternating."""
     with transaction(conn):
         ids = [conn.execute("INSERT INTO reviewers (name, code_hash, code_salt) VALUES (?, x'00', x'00')",
                             (name,)).lastrowid for name in reviewers]
         study_id = conn.execute("INSERT INTO studies (name, run_1_id, run_2_id, seed, overlap) "
-                                "VALUES ('acceptability', ?, ?, 0, ?)",
-                                (base_run, finetuned_run, len(reviewers))).lastrowid
+                                "VALUES (?, ?, ?, 0, ?)",
+                                (name, base_run, finetuned_run, len(reviewers))).lastrowid
         for position, case in enumerate(cases_of(conn), start=1):
             for reviewer_id in ids:
                 sides = (base_run, finetuned_run)
@@ -247,6 +248,21 @@ def test_acceptability_from_blinded_ratings(store):
     assert "Acceptability" in view.methods and "Inter-rater agreement" in view.methods
     filtered = compute(store, cache, run_pairs(store, [(base_run, finetuned_run)]), Filters(sites=("nowhere",)))
     assert filtered.reviews.acceptability is None and "No rated case matches" in filtered.reviews.message
+
+
+def test_the_default_study_is_the_newest_with_ratings(store):
+    base_run, finetuned_run = make_runs(store)
+    runs = run_pairs(store, [(base_run, finetuned_run)])
+    older = add_study(store, base_run, finetuned_run, reviewers=("ana",))
+    newer = add_study(store, base_run, finetuned_run, reviewers=("ben",), name="second look")
+    assert default_study(studies_for(store, runs)) is None
+    assert compute(store, ScoreCache(), runs).reviews.study["study_id"] == newer  # its progress, at least
+    rate(store, older, "ana", cases_of(store)[0]["case_id"], 1, 1)
+    studies = studies_for(store, runs)
+    assert [(s["study_id"], s["n_rated"]) for s in studies] == [(newer, 0), (older, 1)]
+    assert default_study(studies) == older
+    assert compute(store, ScoreCache(), runs).reviews.study["study_id"] == older
+    assert compute(store, ScoreCache(), runs, study_id=newer).reviews.study["study_id"] == newer
 
 
 def test_from_outputs_is_the_evaluation_report(store):

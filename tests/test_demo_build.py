@@ -1,21 +1,27 @@
 """The whole embedded default, at toy size: every step real (pretraining, LoRA fine-tune, generation)."""
 
+import io
+import time
+
 import pytest
 
 from conftest import TINY_ARCHITECTURE
 from rocore.store.db import opened
-from rocore.demo.build import DEMO_SPLIT, DemoSettings, build_demo
+from rocore.demo.build import DEMO_SPLIT, STEP_SHARES, BuildProgress, DemoSettings, build_demo
 from rocore.data.splits import find_leaks, split_case_ids, split_id_by_name
+from rocore.training.runs import list_runs, run_metrics
 from rocore.training.trainer import TrainingConfig
 
 
 @pytest.mark.slow
 def test_build_demo_makes_cases_split_models_and_paired_runs(tmp_path):
-    messages = []
+    messages, bar = [], io.StringIO()
     settings = DemoSettings(n_cases=150, seed=2, architecture={**TINY_ARCHITECTURE, "max_position_embeddings": 256},
                             literature_cases=150, pretrain_epochs=1.0, generation_batch_size=16,
-                            finetune=TrainingConfig(quantization="auto", epochs=1.0, batch_size=16, learning_rate=3e-3))
-    db_path = build_demo(tmp_path / "demo" / "reviews.db", tmp_path / "demo", settings, progress=messages.append)
+                            finetune=TrainingConfig(quantization="auto", epochs=1.0, batch_size=16, learning_rate=3e-3,
+                                                    logging_steps=5))
+    db_path = build_demo(tmp_path / "demo" / "reviews.db", tmp_path / "demo", settings, progress=messages.append,
+                         bar_file=bar)
     assert db_path.exists() and not list((tmp_path / "demo").glob("*.partial*"))
     with opened(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM cases").fetchone()[0] == 150
@@ -26,12 +32,40 @@ def test_build_demo_makes_cases_split_models_and_paired_runs(tmp_path):
         runs = conn.execute("SELECT run_id, adapter_model_id, status FROM generation_runs ORDER BY run_id").fetchall()
         counts = [conn.execute("SELECT count(*) FROM generations WHERE run_id = ?", (r["run_id"],)).fetchone()[0]
                   for r in runs]
+        [training] = list_runs(conn)
+        metrics = run_metrics(conn, training["run_id"])
     assert kinds == ["base", "adapter"]
+    # The demo's fine-tune is a finished training run with its losses, the adapter the fine-tuned outputs come from.
+    assert (training["status"], training["split_name"], training["adapter_model_id"]) == ("finished", DEMO_SPLIT,
+                                                                                        runs[1]["adapter_model_id"])
+    assert any(m["train_loss"] is not None for m in metrics) and any(m["eval_loss"] is not None for m in metrics)
     assert [(r["adapter_model_id"] is None, r["status"]) for r in runs] == [(True, "finished"), (False, "finished")]
     assert counts == [n_test * 3, n_test * 3]
-    assert (tmp_path / "demo" / "models" / "demo-lora" / "adapter" / "rocore_adapter.json").exists()
+    assert (tmp_path / "demo" / "models" / "demo-lora" / f"run-{training['run_id']}" / "adapter" /
+            "rocore_adapter.json").exists()
     assert any(m.endswith("one-sided Wilcoxon p = " + m.rsplit("= ", 1)[1]) for m in messages if "regimen:" in m)
     assert messages[-1].endswith(f"demo database ready: {db_path}")
+    assert "review study         100%" in bar.getvalue() and "elapsed, about" in bar.getvalue()
+
+
+def test_the_build_bar_weights_each_step_by_its_share_of_the_time():
+    assert sum(STEP_SHARES.values()) == pytest.approx(1.0)
+    out = io.StringIO()
+    progress = BuildProgress({"setup": 0.2, "training": 0.6, "outputs": 0.2}, file=out, interval=0.01)
+    with progress.step("setup"):
+        time.sleep(0.05)
+    assert progress.bar.n == pytest.approx(20)
+    with progress.step("training", clock=True):  # expected to take 3 x setup's time: 0.15 s
+        time.sleep(0.1)
+        assert 20 < progress.bar.n < 80
+        time.sleep(0.4)
+        assert progress.bar.n == pytest.approx(20 + 0.95 * 60)  # overdue: short of the step's end
+    with progress.step("outputs"):
+        progress.advance(0.5)
+        assert progress.bar.n == pytest.approx(90)
+    progress.close()
+    assert progress.bar.n == pytest.approx(100)
+    assert "outputs  100%" in out.getvalue() and "about 00:00 left" in out.getvalue()
 
 
 def test_build_demo_refuses_to_overwrite(tmp_path):

@@ -1,14 +1,18 @@
 """The Dashboard page through AppTest on a real database: the figures it shows are the evaluation
 report's, filters change them, and the review section follows the ratings."""
 
+import json
+import re
+
 import pytest
 from test_dashboard import add_study, cases_of, make_runs, rate
 
 from rocore.store.db import opened
+from rocore.evaluation.dashboard import ScoreCache, compute
 from rocore.evaluation.pipeline import evaluate_outputs
-from rocore.evaluation.outputs import outputs_from_runs
+from rocore.evaluation.outputs import outputs_from_runs, run_pairs
 from rocore.evaluation.pipeline import MODEL_NAMES
-from rocore.evaluation.report import TASK_NAMES
+from rocore.evaluation.report import TASK_NAMES, html_report
 
 
 @pytest.fixture
@@ -131,3 +135,58 @@ def test_acceptability_follows_the_ratings(page_for, runs):
     agreement = next(table(at, "Fleiss' kappa"))
     assert agreement.loc["Cohen's kappa ana & ben", "fine-tuned"] == 1.0
     assert agreement.loc["items with k ratings", "pooled"] == 2 * len(cases)
+
+
+def chart(at, rows: str) -> dict:
+    """The spec of the shown chart with one bar group per `rows` (its y field)."""
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    return next(spec for spec in specs if spec["encoding"]["y"]["field"] == rows)
+
+
+def rate_all(db_path, study_id: int, reviewers) -> None:
+    with opened(db_path) as conn:
+        for i, case_id in enumerate(c["case_id"] for c in cases_of(conn)):
+            for reviewer in reviewers:
+                rate(conn, study_id, reviewer, case_id, int(i % 3 == 0), int(i % 5 != 0))
+
+
+def test_the_study_box_starts_at_the_newest_study_with_ratings(page_for, runs):
+    db_path, base_run, finetuned_run, _ = runs
+    with opened(db_path) as conn:
+        rated = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
+        add_study(conn, base_run, finetuned_run, reviewers=("cem",), name="second look")  # newer, not rated
+    at = page_for(db_path)
+    assert at.selectbox[0].value is None  # no study has ratings
+    assert "No ratings yet." in at.info[0].value
+    rate_all(db_path, rated, ("ana", "ben"))
+    at = page_for(db_path)
+    assert at.selectbox[0].value == rated
+    assert any(c.value.startswith(f"Study {rated} (") for c in at.caption)
+    assert next(table(at, "Wilson 95% CI")).loc["fine-tuned", "cases"] > 0
+
+
+def test_shares_are_drawn_from_0_to_1_and_codes_by_frequency(page_for, runs):
+    db_path, base_run, finetuned_run, _ = runs
+    with opened(db_path) as conn:
+        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
+    rate_all(db_path, study_id, ("ana", "ben"))
+    at = page_for(db_path)
+    for rows in ("model", "class", "gold code"):
+        assert chart(at, rows)["encoding"]["x"]["scale"]["domain"] == [0, 1], rows
+    with opened(db_path) as conn:
+        view = compute(conn, ScoreCache(), run_pairs(conn, None))
+    codes = view.icd10_codes.index.tolist()
+    assert codes != sorted(codes)  # most frequent first, not alphabetical
+    assert chart(at, "gold code")["encoding"]["y"]["sort"] == codes
+    shown_in_report = re.findall(r"<th>(C[0-9.]+)</th>", html_report(view))
+    assert shown_in_report == codes
+
+
+def test_missing_figures_show_a_dash_not_none(page_for, runs):
+    db_path, base_run, finetuned_run, _ = runs
+    with opened(db_path) as conn:
+        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
+    rate_all(db_path, study_id, ("ana", "ben"))
+    at = page_for(db_path)
+    assert any(frame.value.isna().any().any() for frame in at.dataframe)
+    assert {frame.proto.placeholder for frame in at.dataframe} == {"–"}

@@ -109,3 +109,42 @@ def test_the_server_refuses_uploads_over_the_import_limit():
     """Streamlit's own cap applies before any page code runs: it must not let through more than the reader takes."""
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] == LIMITS.file_mb
+
+
+def test_a_successful_import_clears_the_file_so_it_is_not_checked_again(page, db_path):
+    data = csv_bytes(*[row(f"P{i}", diagnosis=f"case {i}") for i in range(15)])
+    page.file_uploader[0].set_value(("cases.csv", data, "text/csv"))
+    page.run()
+    page.button(key="import-run").click()
+    page.run()
+    assert not page.exception
+    assert [s.value for s in page.success] == ["cases.csv: imported 15 new and 0 updated cases (import 1)."]
+    assert page.file_uploader[0].value is None
+    assert not page.code and not page.warning and not page.error
+    assert "import-run" not in [button.key for button in page.button]
+    page.run()  # the message belongs to the run right after the import
+    assert not page.success and case_count(db_path) == 15
+
+
+def test_messages_name_the_page_controls_not_command_line_flags(page, db_path):
+    with opened(db_path) as conn:
+        import_cases(conn, csv_bytes(row("P1")), "first.csv")
+    page.file_uploader[0].set_value(("again.csv", csv_bytes(row("P1"), header="case_id,dx,regimen,beam,icd10"),
+                                     "text/csv"))
+    page.run()
+    missing = page.code[0].value
+    assert "choose its column in the 'modality' box under Columns" in missing and "--" not in missing
+    next(box for box in page.selectbox if box.label.startswith("modality")).select("beam")
+    page.run()
+    stored = page.code[0].value
+    assert "'P1' is already stored; tick 'Replace stored cases that have the same case id'" in stored
+    assert "--" not in stored
+    page.checkbox(key="import-update").check()
+    page.run()
+    assert not page.code and not page.button(key="import-run").disabled
+
+
+def test_the_file_watcher_is_off():
+    """Streamlit's inotify watcher overflowed (thousands of log lines an hour); the app is not edited live."""
+    server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False

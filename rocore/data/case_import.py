@@ -55,6 +55,18 @@ _LATERALITY = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "r
                "right": "right", "b": "bilateral", "bilat": "bilateral", "bilateral": "bilateral"}
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """How the caller's user sets the import's options, for the messages that point to them: the same
+    problem is fixed with a flag on the command line and with a control on the Data page."""
+
+    map_column: str = "map it with --map {field}=COLUMN"  # {field}: the unmapped field
+    update: str = "use --update"
+
+
+CLI_OPTIONS = ImportOptions()
+
+
 @dataclass
 class Validation:
     """Rows ready to store, and what is wrong with the others."""
@@ -104,7 +116,7 @@ def guess_column_map(columns: list[str], explicit: dict[str, str] | None = None)
     return mapping
 
 
-def check_column_map(table: Table, explicit: dict[str, str]) -> list[Problem]:
+def check_column_map(table: Table, explicit: dict[str, str], how: ImportOptions = CLI_OPTIONS) -> list[Problem]:
     """Problems with a user's mapping: unknown fields, absent columns, required fields left unmapped."""
     problems = []
     for fld, column in explicit.items():
@@ -119,7 +131,7 @@ def check_column_map(table: Table, explicit: dict[str, str]) -> list[Problem]:
             problems.append(Problem(
                 table.name,
                 f"is missing the required column '{fld}' (columns found: {', '.join(table.columns)}); "
-                f"rename it or map it with --map {fld}=COLUMN",
+                f"rename it or {how.map_column.format(field=fld)}",
             ))
     return problems
 
@@ -187,11 +199,12 @@ def _validate_row(values: dict[str, str], mapping: dict[str, str]) -> tuple[dict
 
 
 def validate(table: Table, column_map: dict[str, str] | None = None,
-             stored_ids: set[str] = frozenset(), update: bool = False) -> Validation:
+             stored_ids: set[str] = frozenset(), update: bool = False,
+             how: ImportOptions = CLI_OPTIONS) -> Validation:
     """Check every row; nothing is written. `stored_ids` are case ids already in the store.
     A mapping that leaves a required field without a column refuses the whole file."""
     explicit = column_map or {}
-    mapping_problems = check_column_map(table, explicit)
+    mapping_problems = check_column_map(table, explicit, how)
     if mapping_problems:
         raise ImportRefused(mapping_problems + table.problems)
     mapping = guess_column_map(table.columns, explicit)
@@ -209,8 +222,7 @@ def validate(table: Table, column_map: dict[str, str] | None = None,
             row_problems.append(("case_id", case_id, f"appears again (first at row {first_row[case_id]}); "
                                  "case ids must be unique", "error"))
         elif case_id and case_id in stored_ids and not update:
-            row_problems.append(("case_id", case_id, "is already stored; use --update (or "
-                                 "'Replace stored cases') to replace it", "error"))
+            row_problems.append(("case_id", case_id, f"is already stored; {how.update} to replace it", "error"))
         first_row.setdefault(case_id, number)
         row_problems.sort(key=lambda problem: FIELDS.index(problem[0]))
         for fld, value, message, severity in row_problems:
@@ -249,12 +261,13 @@ ON CONFLICT (case_id) DO UPDATE SET
 
 def import_cases(conn: sqlite3.Connection, data: bytes, name: str,
                  column_map: dict[str, str] | None = None, update: bool = False,
-                 skip_invalid: bool = False, actor: str = "cli", client: str | None = None) -> ImportResult:
+                 skip_invalid: bool = False, actor: str = "cli", client: str | None = None,
+                 how: ImportOptions = CLI_OPTIONS) -> ImportResult:
     """Validate and store a file's cases in one transaction; raise ImportRefused and store nothing
     if any row is invalid (with `skip_invalid`: store the valid rows, return the rejected ones)."""
     table = read_table(data, name)
     with transaction(conn):
-        validation = validate(table, column_map, stored_case_ids(conn), update)
+        validation = validate(table, column_map, stored_case_ids(conn), update, how)
         if validation.errors and not skip_invalid:
             raise ImportRefused(validation.problems)
         if not validation.cases:

@@ -2,16 +2,24 @@
 model, its LoRA fine-tune, and base and fine-tuned generation runs over the test split.
 
 It is built into a temporary database file moved into place at the end, so an interrupted build
-never leaves a half-made database that `make run` would take for a finished one.
+never leaves a half-made database that `make run` would take for a finished one. The build takes
+minutes, mostly in two training steps that report nothing on the way: one progress bar with an ETA
+shows how far it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib import DummyTqdmFile
 
 from rocore.data.case_import import import_cases
 from rocore.store.db import opened
@@ -25,7 +33,8 @@ from rocore.review.studies import add_demo_reviewers
 from rocore.model.prompts import TASKS, resolve_prompt_format
 from rocore.data.splits import create_split, split_case_ids, split_cases
 from rocore.data.synthetic import generate_cases, write_jsonl
-from rocore.training.trainer import TrainingConfig, train_adapter
+from rocore.training.runs import create_run, list_runs, run_training
+from rocore.training.trainer import TrainingConfig
 
 DEMO_SPLIT = "demo"
 # The literature's patients are drawn with a seed of their own, apart from the demo's cases.
@@ -33,6 +42,89 @@ LITERATURE_SEED_OFFSET = 1000
 # The demo's own small model answers in the plain layout in a few tokens (a code, one word, one
 # prescription): its limits stay tight, so its base model's run-on text costs no build time.
 DEMO_MAX_NEW_TOKENS = {"regimen": 64, "modality": 8, "icd10": 12}
+# Each step's share of the build's wall-clock time with the default settings on the quiet 2-core
+# development machine (docs/benchmarks.md, 2026-12-02: pretraining ends at 186 s, the fine-tune at
+# 344 s, generation at 365 s, of 370 s): the progress bar weights the steps by it.
+STEP_SHARES = {"synthetic cases": 0.0014, "pretraining the base": 0.5013, "fine-tuning": 0.4270,
+               "outputs": 0.0568, "review study": 0.0135}
+
+
+class BuildProgress:
+    """One progress bar for the whole build, in percent of its expected time, with an ETA.
+
+    A finished step fills its share (STEP_SHARES). Within a step the bar follows what the step
+    reports (`advance`: outputs generated); a step with `clock` reports nothing (the training
+    steps), so the bar moves by the time the step should take at the pace the build has kept so
+    far, stopping short of the step's end until it ends. A thread redraws the bar every `interval`
+    seconds, so the elapsed time and the ETA never stand still.
+    """
+
+    def __init__(self, shares: Mapping[str, float] = STEP_SHARES, file=None, interval: float = 1.0):
+        self.shares = shares
+        # smoothing=0: the ETA is the remaining share at the average pace so far, the shares' weighting.
+        width = max(map(len, shares))
+        self.bar = tqdm(total=100.0, file=file, smoothing=0, dynamic_ncols=True,
+                        bar_format=f"{{desc:<{width}}} {{percentage:3.0f}}%|{{bar}}| {{elapsed}} elapsed, "
+                                   "about {remaining} left")
+        self.done = 0.0  # percent of the build in finished steps
+        self._lock = threading.Lock()
+        self._step: tuple[float, float, float | None] | None = None  # (share, started, expected seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, args=(interval,), daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def step(self, name: str, clock: bool = False) -> Iterator[None]:
+        """Run one step of STEP_SHARES; `clock`: move the bar by time, the step reports no progress."""
+        share = 100 * self.shares[name]
+        with self._lock:
+            elapsed = self.bar.format_dict["elapsed"]
+            expected = share * elapsed / self.done if clock and self.done else None
+            self._step = (share, time.monotonic(), expected)
+            self.bar.set_description_str(name, refresh=False)
+        yield
+        with self._lock:
+            self._step = None
+            self.done += share
+            self._move_to(self.done)
+
+    def advance(self, fraction: float) -> None:
+        """The current step is `fraction` (0 to 1) done."""
+        with self._lock:
+            if self._step is not None:
+                self._move_to(self.done + self._step[0] * min(fraction, 1.0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bar.close()
+
+    def _move_to(self, percent: float) -> None:
+        percent = min(percent, self.bar.total)  # the shares' sum may pass 100 by a rounding error
+        if percent > self.bar.n:
+            self.bar.update(percent - self.bar.n)
+
+    def _tick(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._step is not None and self._step[2]:
+                    share, started, expected = self._step
+                    self._move_to(self.done + share * min((time.monotonic() - started) / expected, 0.95))
+                self.bar.refresh()
+
+
+@contextlib.contextmanager
+def _without_library_bars() -> Iterator[None]:
+    """transformers draws bars of its own (loading weights, writing shards) that would break the build's one."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 @dataclass
@@ -49,13 +141,14 @@ class DemoSettings:
     # so on a machine without CUDA the demo trains its LoRA adapter on an fp32 base through the
     # same train_adapter path; on a GPU the same call runs QLoRA on an NF4 base.
     finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        quantization="auto", epochs=1.0, learning_rate=3e-3, batch_size=16, logging_steps=50))
+        quantization="auto", epochs=1.0, learning_rate=3e-3, batch_size=16, logging_steps=20))
     generation_batch_size: int = 32
 
 
 def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings | None = None,
-               progress: Callable[[str], None] = print) -> Path:
-    """Build the whole demo into `db_path`; refuses to overwrite an existing database."""
+               progress: Callable[[str], None] = print, bar_file=None) -> Path:
+    """Build the whole demo into `db_path`; refuses to overwrite an existing database. `progress`
+    gets each step's messages; the progress bar goes to `bar_file` (default: standard output)."""
     settings = settings or DemoSettings()
     db_path, workdir = Path(db_path), Path(workdir)
     if db_path.exists():
@@ -67,55 +160,77 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
         progress(f"[{time.monotonic() - started:6.1f}s] {message}")
 
     n, seed = settings.n_cases, settings.seed
-    cases_file = workdir / f"synthetic-cases-n{n}-seed{seed}.jsonl"
-    cases = generate_cases(n, seed)
-    write_jsonl(cases, cases_file)
-    say(f"wrote {n} synthetic cases to {cases_file}")
     partial = db_path.with_name(db_path.name + ".partial")
-    for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
-        leftover.unlink(missing_ok=True)
-    with opened(partial) as conn:
-        result = import_cases(conn, cases_file.read_bytes(), cases_file.name, actor="demo")
-        say(f"imported {result.n_inserted} cases")
-        split_id = create_split(conn, DEMO_SPLIT, seed=seed)
-        train, validation = split_cases(conn, split_id, "train"), split_cases(conn, split_id, "validation")
-        say(f"created split '{DEMO_SPLIT}': {len(train)} train, {len(validation)} validation, "
-            f"{len(split_case_ids(conn, split_id, 'test'))} test cases")
+    console = sys.stdout
+    # What the steps print (messages, the trainers' loss lines) goes above the bar, not through it.
+    with contextlib.redirect_stdout(DummyTqdmFile(console)), _without_library_bars(), \
+            contextlib.closing(BuildProgress(file=bar_file or console)) as bar:
+        with bar.step("synthetic cases"):
+            cases_file = workdir / f"synthetic-cases-n{n}-seed{seed}.jsonl"
+            cases = generate_cases(n, seed)
+            write_jsonl(cases, cases_file)
+            say(f"wrote {n} synthetic cases to {cases_file}")
+            for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+                leftover.unlink(missing_ok=True)
+            with opened(partial) as conn:
+                result = import_cases(conn, cases_file.read_bytes(), cases_file.name, actor="demo")
+                say(f"imported {result.n_inserted} cases")
+                split_id = create_split(conn, DEMO_SPLIT, seed=seed, actor="demo")
+                train, validation = split_cases(conn, split_id, "train"), split_cases(conn, split_id, "validation")
+                say(f"created split '{DEMO_SPLIT}': {len(train)} train, {len(validation)} validation, "
+                    f"{len(split_case_ids(conn, split_id, 'test'))} test cases")
 
-    reports = case_reports(settings.literature_cases, seed=seed + LITERATURE_SEED_OFFSET,
-                           exclude={case["diagnosis"] for case in cases})
-    base_dir = build_demo_base(workdir / "models" / "demo-base", train, reports, seed=seed,
-                               epochs=settings.pretrain_epochs, architecture=settings.architecture, progress=say)
-    say("pretrained the demo base model")
-    config = settings.finetune
-    adapter_dir = train_adapter(base_dir, train, validation, workdir / "models" / "demo-lora", config)
-    say(f"fine-tuned a LoRA adapter (r={config.lora_r}, {config.epochs:g} epoch(s)) into {adapter_dir}")
+        with bar.step("pretraining the base", clock=True):
+            reports = case_reports(settings.literature_cases, seed=seed + LITERATURE_SEED_OFFSET,
+                                   exclude={case["diagnosis"] for case in cases})
+            base_dir = build_demo_base(workdir / "models" / "demo-base", train, reports, seed=seed,
+                                       epochs=settings.pretrain_epochs, architecture=settings.architecture,
+                                       progress=say)
+            say("pretrained the demo base model")
 
-    loaded = load_model(base_dir, "auto")
-    attach_adapter(loaded, adapter_dir, "finetuned")
-    decoding = decoding_settings(DEMO_MAX_NEW_TOKENS)
-    with opened(partial) as conn:
-        base_id = register_model(conn, base_dir, "base", details={"demo": True})
-        adapter_id = register_model(conn, adapter_dir, "adapter", base_model_id=base_id, details={"demo": True})
-        runs = {name: get_or_create_run(conn, base_id, model_id, split_id, "test", list(TASKS),
-                                        loaded.quantization, decoding,
-                                        resolve_prompt_format(loaded.tokenizer, base_dir, "auto", adapter))[0]
-                for name, model_id, adapter in (("base", None, None), ("finetuned", adapter_id, adapter_dir))}
-    for name, run_id in runs.items():
-        final = run_generation(partial, run_id, loaded, adapter=None if name == "base" else "finetuned",
-                               batch_size=settings.generation_batch_size)
-        say(f"generated {final.done} {name} outputs (run {run_id}, {final.new_tokens / final.elapsed_s:.0f} "
-            "new tokens/s)")
-    with opened(partial) as conn:
-        report = evaluate_outputs(outputs_from_runs(conn, runs["base"], runs["finetuned"]))
-        # The study's seed is drawn at random and stored: the demo's fixed seed would let anyone
-        # predict which run each reviewer sees as "A".
-        codes = add_demo_reviewers(conn, runs["base"], runs["finetuned"])
-    say(f"created demo sign-ins {', '.join(codes)} and a blinded regimen study of the two runs")
-    for task, metric in (("regimen", "rouge1_f"), ("modality", "accuracy"), ("icd10", "accuracy")):
-        result = report["tasks"][task]
-        say(f"{task}: {metric} base {result['base'][metric]:.2f}, fine-tuned {result['finetuned'][metric]:.2f} "
-            f"(one-sided Wilcoxon p = {result['paired']['wilcoxon_p_one_sided']:.2g})")
-    os.replace(partial, db_path)
+        with bar.step("fine-tuning", clock=True):
+            # A recorded training run, as the Train page makes one: the page lists it with its losses.
+            config = settings.finetune
+            with opened(partial) as conn:
+                base_id = register_model(conn, base_dir, "base", details={"demo": True})
+                training_run = create_run(conn, base_dir, DEMO_SPLIT, config, workdir / "models" / "demo-lora",
+                                          actor="demo")
+            run_training(partial, training_run, actor="demo")
+            with opened(partial) as conn:
+                trained = next(run for run in list_runs(conn) if run["run_id"] == training_run)
+            adapter_dir, adapter_id = Path(trained["adapter_path"]), trained["adapter_model_id"]
+            say(f"fine-tuned a LoRA adapter (r={config.lora_r}, {config.epochs:g} epoch(s), training run "
+                f"{training_run}) into {adapter_dir}")
+
+        with bar.step("outputs"):
+            loaded = load_model(base_dir, "auto")
+            attach_adapter(loaded, adapter_dir, "finetuned")
+            decoding = decoding_settings(DEMO_MAX_NEW_TOKENS)
+            with opened(partial) as conn:
+                runs = {name: get_or_create_run(conn, base_id, model_id, split_id, "test", list(TASKS),
+                                                loaded.quantization, decoding,
+                                                resolve_prompt_format(loaded.tokenizer, base_dir, "auto", adapter))[0]
+                        for name, model_id, adapter in (("base", None, None), ("finetuned", adapter_id, adapter_dir))}
+            for i, (name, run_id) in enumerate(runs.items()):
+                final = run_generation(partial, run_id, loaded, adapter=None if name == "base" else "finetuned",
+                                       batch_size=settings.generation_batch_size,
+                                       progress=lambda state, i=i: bar.advance((i + state.done / state.total) / 2),
+                                       actor="demo")
+                say(f"generated {final.done} {name} outputs (run {run_id}, "
+                    f"{final.new_tokens / final.elapsed_s:.0f} new tokens/s)")
+
+        with bar.step("review study"):
+            with opened(partial) as conn:
+                report = evaluate_outputs(outputs_from_runs(conn, runs["base"], runs["finetuned"]))
+                # The study's seed is drawn at random and stored: the demo's fixed seed would let anyone
+                # predict which run each reviewer sees as "A".
+                codes = add_demo_reviewers(conn, runs["base"], runs["finetuned"])
+            say(f"created demo sign-ins {', '.join(codes)} and a blinded regimen study of the two runs")
+            for task, metric in (("regimen", "rouge1_f"), ("modality", "accuracy"), ("icd10", "accuracy")):
+                result = report["tasks"][task]
+                say(f"{task}: {metric} base {result['base'][metric]:.2f}, fine-tuned "
+                    f"{result['finetuned'][metric]:.2f} (one-sided Wilcoxon p = "
+                    f"{result['paired']['wilcoxon_p_one_sided']:.2g})")
+            os.replace(partial, db_path)
     say(f"demo database ready: {db_path}")
     return db_path

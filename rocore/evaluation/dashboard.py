@@ -47,6 +47,7 @@ __all__ = [
     "ScoreCache",
     "compute",
     "declare_primary",
+    "default_study",
     "filter_options",
     "from_outputs",
     "studies_for",
@@ -125,14 +126,23 @@ def filter_options(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
 
 
 def studies_for(conn: sqlite3.Connection, runs: RunPairs) -> list[dict]:
-    """Review studies that compare exactly the two runs paired for the study's task, newest first."""
+    """Review studies that compare exactly the two runs paired for the study's task, newest first,
+    each with its number of rated assignments (n_rated)."""
     studies = []
     for task, base_run, finetuned_run in runs.pairs:
         studies += [dict(r) for r in conn.execute(
-            "SELECT study_id, name, task, overlap, created_at FROM studies WHERE task = ? AND "
+            "SELECT study_id, name, task, overlap, created_at, (SELECT count(DISTINCT assignment_id) FROM "
+            "assignments AS a JOIN ratings USING (assignment_id) WHERE a.study_id = s.study_id) AS n_rated "
+            "FROM studies AS s WHERE task = ? AND "
             "((run_1_id = ? AND run_2_id = ?) OR (run_1_id = ? AND run_2_id = ?))",
             (task, base_run, finetuned_run, finetuned_run, base_run))]
     return sorted(studies, key=lambda study: -study["study_id"])
+
+
+def default_study(studies: list[dict]) -> int | None:
+    """The study to show first (studies_for's list): the newest with ratings, so that a newer study
+    nobody has rated yet does not hide the figures; None when no study has any."""
+    return next((study["study_id"] for study in studies if study["n_rated"]), None)
 
 
 @contextlib.contextmanager
@@ -250,6 +260,8 @@ def _rouge_histogram(scores: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def _icd10_codes(scores: pd.DataFrame) -> pd.DataFrame | None:
+    """The top gold codes with each model's share of exact codes, most frequent first (ties by code):
+    the one order of the codes, which the page and the report keep as it comes."""
     paired = _paired(scores, "icd10", "correct")
     if paired.empty:
         return None
@@ -384,7 +396,8 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
             "Primary endpoints": m["primary"],
             "Confusion matrices and per-class chart (modality)": m["classification"],
             "ICD-10 top codes": (
-                f"The {TOP_CODES} most frequent gold codes among the paired ICD-10 cases (ties by code); per "
+                f"The {TOP_CODES} most frequent gold codes among the paired ICD-10 cases, most frequent first "
+                "(ties by code), in this order on the page and in the report; per "
                 "code and model, the share of outputs that are exactly that code (per-class recall)."),
             "ROUGE-1 distribution": (
                 "Per-case ROUGE-1 F of the paired regimen cases, the score of the regimen table, counted in "
@@ -457,7 +470,8 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
     """Every figure of the dashboard for the paired runs; what did not change since the last call is reused.
 
     Raises EvaluationInputError for a pair that cannot be compared (a missing run, different
-    split parts). study_id: the review study to show (default: the newest on these runs).
+    split parts). study_id: the review study to show (default: default_study, else the newest on
+    these runs, whose progress is still worth showing).
     """
     with _snapshot(conn):
         for base_run, finetuned_run in runs.distinct():
@@ -485,7 +499,9 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
         figures = cache.figures(("scores", *view), tuple(scored[run_id].fingerprint for run_id in scored),
                                 lambda: _score_figures(paired_scores(), filters, task_figures))
         studies = studies_for(conn, runs)
-        study = next((s for s in studies if study_id in (None, s["study_id"])), None)
+        if study_id is None:
+            study_id = default_study(studies) or next((s["study_id"] for s in studies), None)
+        study = next((s for s in studies if s["study_id"] == study_id), None)
         reviews = None
         if study is not None:
             base_run, finetuned_run = runs.for_task(study["task"])
