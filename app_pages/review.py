@@ -48,8 +48,10 @@ if st.session_state.get("review-study") not in by_id:
     st.session_state["review-study"] = next((s["study_id"] for s in studies if s["done"] < s["total"]),
                                             studies[0]["study_id"])
 if len(studies) > 1:
+    # The study's name only: a keyed select box keeps the label its choice had when first drawn, so a
+    # count in it would go stale. The progress bar below counts the ratings.
     st.selectbox("Study", list(by_id), key="review-study", on_change=go_to, args=(None,),
-                 format_func=lambda s: f"{by_id[s]['name']}: {by_id[s]['done']} of {by_id[s]['total']} rated")
+                 format_func=lambda s: by_id[s]["name"])
 study_id = st.session_state["review-study"]
 
 notice = st.session_state.pop("review-notice", None)

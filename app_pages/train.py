@@ -99,8 +99,10 @@ def live_runs():
     if not runs:
         st.info("No training runs yet.")
         return
+    # Labels that never change: a select box keeps showing the label its choice had when first drawn, so a
+    # status in it went stale ("1: running" above a finished run). The status line below says the status.
     choice = st.selectbox("Run", [r["run_id"] for r in runs], key="train-run",
-                          format_func=lambda i: next(f"{i}: {r['status']} ({r['created_at'][:16]})"
+                          format_func=lambda i: next(f"{i}: {r['created_at'][:16]}, split {r['split_name']}"
                                                      for r in runs if r["run_id"] == i))
     run = next(r for r in runs if r["run_id"] == choice)
     with opened(DB) as conn:

@@ -151,3 +151,16 @@ def open_page(monkeypatch):
         return at
 
     return run
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium (/usr/bin/chromium) through Playwright, never a downloaded browser;
+    for the browser tests, whose server and helpers are in tests/live_app.py."""
+    from live_app import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
