@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.access import require_staff
+from rocore.review import auth
 from rocore.generation import runs as generation
 from rocore.store import jobs
 from rocore.model import loading as models
@@ -52,7 +53,7 @@ submitted = st.button("Start generation", type="primary")
 
 args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
         "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size),
-        "--prompt-format", prompt_format, "--actor", user.name]
+        "--prompt-format", prompt_format, "--actor", user.name, "--client", auth.web_client(st.context.ip_address)]
 if adapter:
     args += ["--adapter", str(adapter)]
 if limit:

@@ -213,7 +213,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             run_id, resumed = get_or_create_run(conn, base_id, adapter_id, request.split_id, args.split,
                                                 request.tasks, loaded.quantization,
                                                 decoding_settings(dict(args.max_new_tokens)),
-                                                request.prompt_format, actor, "cli")
+                                                request.prompt_format, actor, args.client)
     except ModelError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -230,7 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
                                batch_size=args.batch_size, progress=show, limit=args.limit, actor=actor,
-                               client="cli")
+                               client=args.client)
     except RunBusy as exc:
         bar.close()
         print(exc, file=sys.stderr)
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "an adapter's own format, else chat for an instruction-tuned model with a chat template")
     p.add_argument("--actor", help="who the audit log names as running the generation (default: cli:USER, the "
                                    "operating-system user; the Generate page passes the signed-in person)")
+    # The Generate page passes its browser's client, as the Train page does to `python -m train`.
+    p.add_argument("--client", default="cli", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_generate)
 
     p = commands.add_parser("evaluate", help="metrics and paired tests of fine-tuned against base outputs")
