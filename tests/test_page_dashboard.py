@@ -150,6 +150,15 @@ def rate_all(db_path, study_id: int, reviewers) -> None:
                 rate(conn, study_id, reviewer, case_id, int(i % 3 == 0), int(i % 5 != 0))
 
 
+def page_with_a_rated_study(page_for, runs):
+    """The Dashboard over a study that ana and ben have rated in full."""
+    db_path, base_run, finetuned_run, _ = runs
+    with opened(db_path) as conn:
+        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
+    rate_all(db_path, study_id, ("ana", "ben"))
+    return page_for(db_path)
+
+
 def test_the_study_box_starts_at_the_newest_study_with_ratings(page_for, runs):
     db_path, base_run, finetuned_run, _ = runs
     with opened(db_path) as conn:
@@ -166,11 +175,7 @@ def test_the_study_box_starts_at_the_newest_study_with_ratings(page_for, runs):
 
 
 def test_shares_are_drawn_from_0_to_1_and_codes_by_frequency(page_for, runs):
-    db_path, base_run, finetuned_run, _ = runs
-    with opened(db_path) as conn:
-        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
-    rate_all(db_path, study_id, ("ana", "ben"))
-    at = page_for(db_path)
+    at, db_path = page_with_a_rated_study(page_for, runs), runs[0]
     for rows in ("model", "class", "gold code"):
         assert chart(at, rows)["encoding"]["x"]["scale"]["domain"] == [0, 1], rows
     with opened(db_path) as conn:
@@ -183,10 +188,6 @@ def test_shares_are_drawn_from_0_to_1_and_codes_by_frequency(page_for, runs):
 
 
 def test_missing_figures_show_a_dash_not_none(page_for, runs):
-    db_path, base_run, finetuned_run, _ = runs
-    with opened(db_path) as conn:
-        study_id = add_study(conn, base_run, finetuned_run, reviewers=("ana", "ben"))
-    rate_all(db_path, study_id, ("ana", "ben"))
-    at = page_for(db_path)
+    at = page_with_a_rated_study(page_for, runs)
     assert any(frame.value.isna().any().any() for frame in at.dataframe)
     assert {frame.proto.placeholder for frame in at.dataframe} == {"–"}

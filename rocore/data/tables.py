@@ -437,7 +437,8 @@ def _value_beyond_header(record: list[str], width: int) -> str | None:
 
 # ------------------------------------------------------------------------------------------ .xlsx
 
-# What openpyxl and zipfile raise on a damaged workbook (SyntaxError: XML that does not parse).
+# What openpyxl and zipfile raise on a damaged workbook (SyntaxError: XML that does not parse;
+# NotImplementedError: a zip member compressed with a method zipfile does not support).
 _XLSX_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, IndexError, TypeError,
                 ValueError, SyntaxError, RuntimeError, NotImplementedError)
 _ROOT_TAG = re.compile(rb"<(?![?!])([\w.-]+:)?([\w.-]+)")
