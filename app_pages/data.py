@@ -95,7 +95,7 @@ with tab_import:
             st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             st.stop()
         valid, invalid, warned = st.columns(3)
-        valid.metric("Valid rows", len(validation.cases))
+        valid.metric("Valid rows", validation.n_valid)
         invalid.metric("Rows with errors", len(validation.rejected))
         warned.metric("Warnings", len(validation.warnings))
         if validation.problems:
@@ -104,8 +104,8 @@ with tab_import:
         if blocked:
             st.warning("Fix the errors above and upload the file again, or tick 'Skip invalid rows'. "
                        "Nothing is stored until the whole file is valid.")
-        if st.button(f"Import {len(validation.cases):,} cases", type="primary",
-                     disabled=blocked or not validation.cases, key="import-run"):
+        if st.button(f"Import {validation.n_valid:,} cases", type="primary",
+                     disabled=blocked or not validation.n_valid, key="import-run"):
             try:
                 with opened(DB) as conn:
                     result = case_import.import_cases(conn, data, upload.name, mapping, update=update,

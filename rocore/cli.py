@@ -50,7 +50,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         check_file_size(path.stat().st_size, str(path))
-        data = path.read_bytes()
+        source = path.open("rb")  # read as it is imported, not into memory first
     except OSError as exc:
         print(f"{path}: cannot be read ({exc.strerror})", file=sys.stderr)
         return 1
@@ -59,9 +59,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 1
     new = not args.db.exists()
     try:
-        with opened(args.db) as conn:
-            result = import_cases(conn, data, str(path), dict(args.map), update=args.update,
+        with source, opened(args.db) as conn:
+            result = import_cases(conn, source, str(path), dict(args.map), update=args.update,
                                   skip_invalid=args.skip_invalid, actor=operator_name(), client="cli")
+    except OSError as exc:
+        print(f"{path}: cannot be read ({exc.strerror})", file=sys.stderr)
+        return 1
     except ImportRefused as exc:
         print(format_problems(exc.problems), file=sys.stderr)
         print(f"{path}: nothing imported ({len(exc.errors)} errors); the database is unchanged",

@@ -9,7 +9,8 @@ import pytest
 from conftest import HEADER, csv_bytes, row
 from rocore.data.case_import import ImportOptions, guess_column_map, import_cases, rejected_rows_csv
 from rocore.data.tables import ImportRefused, format_problems
-from test_tables import CASE, FIELDS, file_in, xlsx_bytes
+from rocore.store.db import connect
+from test_tables import CASE, FIELDS, ObservedFile, file_in, xlsx_bytes
 
 
 def snapshot(conn: sqlite3.Connection) -> str:
@@ -28,6 +29,15 @@ def refused(conn, data: bytes, name: str = "cases.csv", **kwargs) -> list[str]:
 
 def stored(conn, case_id: str) -> dict:
     return dict(conn.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone())
+
+
+def temporary_tables(conn) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT name FROM sqlite_temp_master WHERE type = 'table'")]
+
+
+def when_the_lock_is_asked_for(conn, then) -> None:
+    """Runs `then` as `conn` asks for the write lock (SQLite calls the trace before it runs the statement)."""
+    conn.set_trace_callback(lambda sql: then() if sql == "BEGIN IMMEDIATE" else None)
 
 
 # ------------------------------------------------------------------------------ messy but valid files
@@ -204,13 +214,98 @@ def test_error_list_is_capped_with_a_count_of_the_rest(conn):
     assert len(info.value.errors) == 150
 
 
-def test_a_failure_while_writing_rolls_back_the_whole_file(conn):
+def test_a_failure_while_writing_rolls_back_the_whole_file(conn, tmp_path):
     conn.execute("CREATE TRIGGER fail_midway AFTER INSERT ON cases WHEN NEW.case_id = 'P4' "
                  "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
     before = snapshot(conn)
-    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
-        import_cases(conn, csv_bytes(*[row(f"P{i}") for i in range(1, 8)]), "f.csv")
+    path = tmp_path / "f.csv"
+    path.write_bytes(csv_bytes(*[row(f"P{i}") for i in range(1, 8)]))
+    with ObservedFile(path) as source, pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        import_cases(conn, source, "f.csv")
     assert snapshot(conn) == before
+    assert temporary_tables(conn) == [], "the staged rows outlived their import"
+    conn.execute("DROP TRIGGER fail_midway")
+    assert import_cases(conn, path.read_bytes(), "f.csv").n_inserted == 7
+
+
+# ------------------------------------------------------------------------------ the write lock
+
+
+def test_a_file_is_read_checked_and_staged_before_the_write_lock_is_taken(conn, db_path, tmp_path):
+    """Reviewers' ratings wait on the write lock: an import takes it only to store what it has read."""
+    path = tmp_path / "cases.csv"
+    path.write_bytes(csv_bytes(*[row(f"P{i}", diagnosis=f"case {i}") for i in range(3_000)]))
+    other = connect(db_path)
+    other.execute("BEGIN IMMEDIATE")  # someone else writing all along: a reviewer's rating, say
+    conn.execute("PRAGMA busy_timeout = 0")  # so that any wait for the lock fails at once
+    asked: list[str] = []
+    reads_after_asking: list[int] = []
+    when_the_lock_is_asked_for(conn, lambda: (asked.append("lock"), other.execute("COMMIT")))
+    with ObservedFile(path, lambda data: asked and reads_after_asking.append(len(data))) as source:
+        result = import_cases(conn, source, "cases.csv")
+    other.close()
+    assert (asked, reads_after_asking) == (["lock"], []), "the file was read under the write lock"
+    assert (result.n_inserted, result.n_updated) == (3_000, 0)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert conn.execute("SELECT sha256 FROM imports").fetchone()[0] == digest
+    assert temporary_tables(conn) == []
+
+
+def test_a_file_with_invalid_rows_is_refused_without_waiting_for_the_write_lock(conn, db_path):
+    other = connect(db_path)
+    other.execute("BEGIN IMMEDIATE")
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        assert refused(conn, csv_bytes(row("P1"), row("P2", icd10="C99.9"))) == [
+            "cases.csv: row 2: column 'icd10': 'C99.9' is not a valid ICD-10-CM code"]
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_a_case_stored_by_someone_else_after_the_file_was_checked_is_caught_under_the_lock(conn, db_path,
+                                                                                          tmp_path, update):
+    """Someone else's import commits just as this one, its rows read and checked, asks for the lock."""
+    path = tmp_path / "cases.csv"
+    path.write_bytes(csv_bytes(*[row(f"P{i}", diagnosis=f"case {i}") for i in range(1, 101)]))
+    other = connect(db_path)
+    theirs = csv_bytes(row("P7"), row("P70"))
+    when_the_lock_is_asked_for(conn, lambda: import_cases(other, theirs, "theirs.csv"))
+    with ObservedFile(path) as source:
+        if update:
+            result = import_cases(conn, source, "cases.csv", update=True)
+        else:
+            with pytest.raises(ImportRefused) as info:
+                import_cases(conn, source, "cases.csv")
+    other.close()
+    conn.set_trace_callback(None)
+    sources = {r[0]: r[1] for r in conn.execute("SELECT case_id, source_file FROM cases")}
+    if update:
+        assert (result.n_inserted, result.n_updated) == (98, 2)
+        assert len(sources) == 100 and set(sources.values()) == {"cases.csv"}
+        assert conn.execute("SELECT n_inserted, n_updated FROM imports WHERE source_file = 'cases.csv'"
+                            ).fetchone()[:] == (98, 2)
+    else:
+        assert [str(p) for p in info.value.errors] == [
+            "cases.csv: row 7: column 'case_id': 'P7' is already stored; use --update to replace it",
+            "cases.csv: row 70: column 'case_id': 'P70' is already stored; use --update to replace it"]
+        assert sources == {"P7": "theirs.csv", "P70": "theirs.csv"}, "half of the refused file was stored"
+        assert [r[0] for r in conn.execute("SELECT source_file FROM imports")] == ["theirs.csv"]
+    assert temporary_tables(conn) == []
+
+
+def test_json_keys_that_first_appear_late_are_columns_for_the_rows_before_them_too(conn):
+    """JSON lines are checked as they are read, before the last line has named every column."""
+    first = {"case_id": "J1", "diagnosis": "d", "regimen": "r", "modality": "photon"}
+    later = {**first, "case_id": "J2", "icd10": "C61", "Age": "70"}
+    data = "\n".join(json.dumps(x) for x in (first, later)).encode()
+    result = import_cases(conn, data, "cases.jsonl", skip_invalid=True)
+    assert [(number, reasons) for number, _, reasons in result.rejected] == [
+        (1, ["column 'icd10': is empty; every case needs a value here"])]
+    case = stored(conn, "J2")
+    assert (case["icd10"], case["age"], case["metadata"]) == ("C61", 70, "{}")
+    imported = conn.execute("SELECT column_map FROM imports").fetchone()[0]
+    assert json.loads(imported) == {field: field for field in FIELDS} | {"age": "Age"}
 
 
 # ---------------------------------------------------------------------------------- skip invalid

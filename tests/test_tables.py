@@ -15,7 +15,7 @@ import openpyxl
 import pytest
 
 from conftest import HEADER, csv_bytes, row
-from rocore.data.tables import LIMITS, MB, ImportRefused, Limits, neutralise, read_table
+from rocore.data.tables import LIMITS, MB, ImportRefused, Limits, TableReader, neutralise, read_table
 
 FIELDS = HEADER.split(",")
 CASE = ["P1", "d", "r", "photon", "C61"]
@@ -37,6 +37,19 @@ def xlsx_bytes(rows, extra_sheet: bool = False) -> bytes:
 
 def problems(data: bytes, name: str) -> list[str]:
     return [str(p) for p in read_table(data, name).problems]
+
+
+class ObservedFile(io.FileIO):
+    """A file on disk, opened as the command line opens it, that reports each read made of it."""
+
+    def __init__(self, path, on_read=lambda data: None):
+        super().__init__(path, "rb")
+        self.on_read = on_read
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.on_read(data)
+        return data
 
 
 def test_read_table_keeps_data_row_numbers_with_quoted_newlines():
@@ -336,6 +349,56 @@ def test_a_shared_text_repeated_in_every_row_counts_each_time():
     assert errors == ["cases.xlsx: row 257: brings the file's text past the limit of 50,000,000 characters; "
                       "split the file"]
     assert seconds < 5 and peak < 20, (seconds, peak)
+
+
+# ------------------------------------------------------------------------------- read a row at a time
+
+
+def test_rows_come_as_the_file_is_read_not_once_it_is_read_whole(tmp_path):
+    path = tmp_path / "cases.csv"
+    path.write_bytes(csv_bytes(*[row(f"P{i}", diagnosis="x" * 200) for i in range(20_000)]))
+    read: list[int] = []
+    with ObservedFile(path, lambda data: read.append(len(data))) as source:
+        rows = iter(TableReader(source, "cases.csv"))
+        assert next(rows)[0] == 1
+        assert sum(read) < path.stat().st_size / 2
+        assert sum(1 for _ in rows) == 19_999
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_file_read_in_blocks_reads_as_written(tmp_path, encoding, fmt):
+    """Blocks end inside characters, quoted cells, line endings and JSON lines; none of that shows."""
+    cases = [[f"P{i}", f"{'é' * (i % 5)}café,\r\n☢ \"{i}\"", "r", "photon", "C61"] for i in range(3_000)]
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\r\n").writerows([FIELDS, *cases])
+        text = out.getvalue()
+    else:
+        text = "\r\n".join(json.dumps(dict(zip(FIELDS, case)), ensure_ascii=False) for case in cases)
+    path = tmp_path / f"cases.{fmt}"
+    path.write_bytes(text.encode(encoding))
+    with ObservedFile(path) as source:
+        table = read_table(source, path.name)
+    assert (table.columns, table.problems) == (FIELDS, [])
+    assert [(number, list(values.values())) for number, values in table.rows] == [
+        (number, case) for number, case in enumerate(cases, start=1)]
+
+
+@pytest.mark.parametrize("encoding, bad, message", [
+    ("utf-8", b"\xe9", "is not UTF-8 text (byte 0xe9 on line 60002); save it as UTF-8 (in Excel: "
+                       "'CSV UTF-8')"),
+    ("utf-16-le", b"\x00\xdc", "looks like UTF-16 text (every other byte is zero, though it has no "
+                               "byte-order mark) but does not decode as UTF-16 at byte {offset:,} (illegal "
+                               "encoding); save it as UTF-8"),
+])
+def test_a_byte_that_does_not_decode_far_into_a_file_is_located(tmp_path, encoding, bad, message):
+    good = csv_bytes(*[row(f"P{i}") for i in range(60_000)]).decode().encode(encoding)
+    path = tmp_path / "cases.csv"
+    path.write_bytes(good + bad + "x,y\n".encode(encoding))
+    with ObservedFile(path) as source, pytest.raises(ImportRefused) as info:
+        read_table(source, "cases.csv")
+    assert [str(p) for p in info.value.errors] == [f"cases.csv: {message.format(offset=len(good))}"]
 
 
 # ------------------------------------------------------------------------------------------ UTF-16

@@ -3,17 +3,23 @@
 Exports from oncology information systems come with their own column names and messy values, so
 reading (rocore.data.tables), mapping, validating and writing are separate steps: the Data page
 previews each one, the CLI runs them in a row. Every problem is located (file, row, column, value) and listed at once.
+
+An import checks each row as it is read and stages it in a temporary table, and takes the store's
+write lock only for the short transaction that moves the staged rows in: reviewers' ratings wait on
+that lock, and a large file takes seconds to read and check.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
+import itertools
 import json
 import re
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from rocore.data.labels import (
     LabelError,
@@ -22,7 +28,7 @@ from rocore.data.labels import (
     normalise_icd10,
     normalise_modality,
 )
-from rocore.data.tables import ImportRefused, Problem, Table, neutralise, read_table, shorten
+from rocore.data.tables import ImportRefused, Problem, Table, TableReader, neutralise, shorten
 from rocore.store.audit import audit
 from rocore.store.db import NOW, transaction
 
@@ -69,11 +75,13 @@ CLI_OPTIONS = ImportOptions()
 
 @dataclass
 class Validation:
-    """Rows ready to store, and what is wrong with the others."""
+    """How many rows are ready to store, what is wrong with the others, and the column each field
+    was taken from."""
 
-    cases: list[dict]
-    problems: list[Problem]
-    rejected: list[tuple[int, dict[str, str], list[str]]]
+    n_valid: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    rejected: list[tuple[int, dict[str, str], list[str]]] = field(default_factory=list)
+    column_map: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Problem]:
@@ -116,7 +124,8 @@ def guess_column_map(columns: list[str], explicit: dict[str, str] | None = None)
     return mapping
 
 
-def check_column_map(table: Table, explicit: dict[str, str], how: ImportOptions = CLI_OPTIONS) -> list[Problem]:
+def check_column_map(table: Table | TableReader, explicit: dict[str, str],
+                     how: ImportOptions = CLI_OPTIONS) -> list[Problem]:
     """Problems with a user's mapping: unknown fields, absent columns, required fields left unmapped."""
     problems = []
     for fld, column in explicit.items():
@@ -146,10 +155,15 @@ def _parse_int(text: str, low: int, high: int) -> int | None:
     return None
 
 
+def _already_stored(how: ImportOptions) -> str:
+    return f"is already stored; {how.update} to replace it"
+
+
 def _validate_row(values: dict[str, str], mapping: dict[str, str]) -> tuple[dict, list[tuple[str, str | None, str, str]]]:
-    """A case dict from one row, and its problems as (field, value, message, severity)."""
+    """A case dict from one row (its other columns as JSON text in `metadata`), and its problems as
+    (field, value, message, severity). A field without a column is empty."""
     problems: list[tuple[str, str | None, str, str]] = []
-    cell = {fld: values.get(column, "").strip() for fld, column in mapping.items()}
+    cell = {fld: values.get(mapping[fld], "").strip() if fld in mapping else "" for fld in FIELDS}
     case: dict = {}
     for fld in REQUIRED_FIELDS:
         if not cell[fld]:
@@ -176,65 +190,87 @@ def _validate_row(values: dict[str, str], mapping: dict[str, str]) -> tuple[dict
                                  f"billable code; give the full code (e.g. {', '.join(icd10_billable_examples(code))})",
                                  "warning"))
             case["icd10"] = code
-    case["site"] = cell.get("site") or None
-    case["stage"] = cell.get("stage") or None
-    case["histology"] = cell.get("histology") or None
+    case["site"] = cell["site"] or None
+    case["stage"] = cell["stage"] or None
+    case["histology"] = cell["histology"] or None
     for fld, low, high, what in (("age", 0, 120, "an age in years (0-120)"),
                                  ("ecog", 0, 5, "an ECOG performance status (0-5)")):
         case[fld] = None
-        if cell.get(fld):
+        if cell[fld]:
             case[fld] = _parse_int(cell[fld], low, high)
             if case[fld] is None:
                 problems.append((fld, cell[fld], f"is not {what}", "error"))
     for fld, table, what in (("sex", _SEX, "female, male or other"),
                              ("laterality", _LATERALITY, "left, right or bilateral")):
         case[fld] = None
-        if cell.get(fld):
+        if cell[fld]:
             case[fld] = table.get(cell[fld].lower().rstrip("."))
             if case[fld] is None:
                 problems.append((fld, cell[fld], f"is not one of {what}", "error"))
     mapped = set(mapping.values())
-    case["metadata"] = {k: v for k, v in values.items() if k not in mapped and v.strip()}
+    case["metadata"] = json.dumps({k: v for k, v in values.items() if k not in mapped and v.strip()},
+                                  ensure_ascii=False)
     return case, problems
 
 
-def validate(table: Table, column_map: dict[str, str] | None = None,
+def validate(rows: Table | TableReader, column_map: dict[str, str] | None = None,
              stored_ids: set[str] = frozenset(), update: bool = False,
              how: ImportOptions = CLI_OPTIONS) -> Validation:
-    """Check every row; nothing is written. `stored_ids` are case ids already in the store.
-    A mapping that leaves a required field without a column refuses the whole file."""
-    explicit = column_map or {}
-    mapping_problems = check_column_map(table, explicit, how)
-    if mapping_problems:
-        raise ImportRefused(mapping_problems + table.problems)
-    mapping = guess_column_map(table.columns, explicit)
-    problems = list(table.problems)
-    cases, rejected = [], []
-    rejected.extend(
-        (p.row, table.unreadable.get(p.row, {}), [p.message])
-        for p in table.problems if p.severity == "error" and p.row is not None
-    )
+    """Check every row (of a Table, or of a TableReader as it reads); nothing is written. `stored_ids`
+    are case ids already in the store. A mapping that leaves a required field without a column
+    refuses the whole file."""
+    validation = Validation()
+    for _ in _valid_cases(rows, column_map, stored_ids, update, how, validation):
+        pass
+    return validation
+
+
+def _valid_cases(rows: Table | TableReader, column_map: dict[str, str] | None, stored_ids: set[str],
+                 update: bool, how: ImportOptions, validation: Validation) -> Iterator[dict]:
+    """The case of each valid row, as the rows are read; what is wrong with the others, and the column
+    map, go into `validation` once the last row is read.
+
+    A row is checked under the columns known when it is read. JSON's keys appear as they are read, but
+    a later key only maps a field that had no column, and that the rows before it lack: so every row
+    is checked as under the final columns, which alone decide whether the mapping is complete."""
+    explicit = {fld: column for fld, column in (column_map or {}).items() if fld in FIELDS}
+    mapping: dict[str, str] = {}
+    known = -1
     first_row: dict[str, int] = {}
-    for number, values in table.rows:
+    problems, rejected = [], []
+    for number, values in rows:
+        if len(rows.columns) != known:
+            known = len(rows.columns)
+            mapping = guess_column_map(rows.columns, explicit)
         case, row_problems = _validate_row(values, mapping)
         case_id = case["case_id"]
         if case_id and case_id in first_row:
             row_problems.append(("case_id", case_id, f"appears again (first at row {first_row[case_id]}); "
                                  "case ids must be unique", "error"))
         elif case_id and case_id in stored_ids and not update:
-            row_problems.append(("case_id", case_id, f"is already stored; {how.update} to replace it", "error"))
+            row_problems.append(("case_id", case_id, _already_stored(how), "error"))
         first_row.setdefault(case_id, number)
         row_problems.sort(key=lambda problem: FIELDS.index(problem[0]))
         for fld, value, message, severity in row_problems:
-            problems.append(Problem(table.name, message, number, fld, value, severity))
+            problems.append(Problem(rows.name, message, number, fld, value, severity))
         errors = [f"column '{f}': " + (f"'{shorten(v)}' " if v is not None else "") + message
                   for f, v, message, s in row_problems if s == "error"]
         if errors:
             rejected.append((number, values, errors))
         else:
+            validation.n_valid += 1
             case["source_row"] = number
-            cases.append(case)
-    return Validation(cases, problems, sorted(rejected, key=lambda r: r[0]))
+            yield case
+    mapping_problems = check_column_map(rows, column_map or {}, how)
+    if mapping_problems:
+        raise ImportRefused(mapping_problems + rows.problems)
+    validation.problems = rows.problems + problems
+    rejected.extend(
+        (p.row, rows.unreadable.get(p.row, {}), [p.message])
+        for p in rows.problems if p.severity == "error" and p.row is not None
+    )
+    validation.rejected = sorted(rejected, key=lambda r: r[0])
+    validation.column_map = guess_column_map(rows.columns, column_map)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -244,52 +280,75 @@ def stored_case_ids(conn: sqlite3.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT case_id FROM cases")}
 
 
+# Valid rows wait here, in SQLite's temporary database (a file of this connection's own, which takes
+# no lock on the store), until the write lock is taken to move them into `cases`.
+_STAGING = "temp.import_staging"
+_STAGED = ("case_id", "diagnosis", "regimen", "modality", "icd10", "site", "age", "sex", "laterality",
+           "stage", "histology", "ecog", "metadata", "source_row")
+_STAGE_BATCH = 1_000
+_STORED_ALREADY = (f"SELECT staged.source_row, case_id FROM {_STAGING} AS staged JOIN main.cases USING (case_id)"
+                   " ORDER BY 1")
+# `WHERE true`: without it, SQLite would read ON CONFLICT as a join's ON.
 _UPSERT = f"""
-INSERT INTO cases (case_id, diagnosis, regimen, modality, icd10, site, age, sex, laterality,
-                   stage, histology, ecog, metadata, source_file, source_row, import_id)
-VALUES (:case_id, :diagnosis, :regimen, :modality, :icd10, :site, :age, :sex, :laterality,
-        :stage, :histology, :ecog, :metadata, :source_file, :source_row, :import_id)
+INSERT INTO cases ({", ".join(_STAGED)}, source_file, import_id)
+SELECT {", ".join(_STAGED)}, :source_file, :import_id FROM {_STAGING} WHERE true
 ON CONFLICT (case_id) DO UPDATE SET
-    diagnosis = excluded.diagnosis, regimen = excluded.regimen, modality = excluded.modality,
-    icd10 = excluded.icd10, site = excluded.site, age = excluded.age, sex = excluded.sex,
-    laterality = excluded.laterality, stage = excluded.stage, histology = excluded.histology,
-    ecog = excluded.ecog, metadata = excluded.metadata, source_file = excluded.source_file,
-    source_row = excluded.source_row, import_id = excluded.import_id,
+    {", ".join(f"{column} = excluded.{column}" for column in (*_STAGED[1:], "source_file", "import_id"))},
     updated_at = {NOW}
 """
 
 
-def import_cases(conn: sqlite3.Connection, data: bytes, name: str,
+def import_cases(conn: sqlite3.Connection, source: bytes | BinaryIO, name: str,
                  column_map: dict[str, str] | None = None, update: bool = False,
                  skip_invalid: bool = False, actor: str = "cli", client: str | None = None,
                  how: ImportOptions = CLI_OPTIONS) -> ImportResult:
-    """Validate and store a file's cases in one transaction; raise ImportRefused and store nothing
-    if any row is invalid (with `skip_invalid`: store the valid rows, return the rejected ones)."""
-    table = read_table(data, name)
-    with transaction(conn):
-        validation = validate(table, column_map, stored_case_ids(conn), update, how)
+    """Validate and store a file's cases (its bytes, or a seekable binary file) all at once; raise
+    ImportRefused and store nothing if any row is invalid (with `skip_invalid`: store the valid rows,
+    return the rejected ones).
+
+    The rows are read, checked and staged without the write lock; the one transaction that takes it
+    checks again what may have changed meanwhile: a case id stored since is refused as one already
+    stored (with `skip_invalid` too: the whole file, for it was checked against a store that is gone),
+    unless `update`; the counts of new and updated cases are taken under the lock."""
+    rows = TableReader(source, name)
+    conn.execute(f"CREATE TEMP TABLE {_STAGING} ({', '.join(_STAGED)})")
+    try:
+        validation = Validation()
+        _stage(conn, _valid_cases(rows, column_map, stored_case_ids(conn), update, how, validation))
         if validation.errors and not skip_invalid:
             raise ImportRefused(validation.problems)
-        if not validation.cases:
+        if not validation.n_valid:
             raise ImportRefused(validation.problems + [Problem(name, "has no valid rows to import")])
-        n_updated = len(stored_case_ids(conn) & {c["case_id"] for c in validation.cases})
-        n_inserted = len(validation.cases) - n_updated
-        n_rows = len(validation.cases) + len(validation.rejected)
-        import_id = conn.execute(
-            "INSERT INTO imports (source_file, sha256, column_map, n_rows, n_inserted, n_updated, n_rejected)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, hashlib.sha256(data).hexdigest(), json.dumps(guess_column_map(table.columns, column_map)),
-             n_rows, n_inserted, n_updated, len(validation.rejected)),
-        ).lastrowid
-        conn.executemany(_UPSERT, [
-            {**case, "metadata": json.dumps(case["metadata"], ensure_ascii=False),
-             "source_file": name, "import_id": import_id}
-            for case in validation.cases
-        ])
-        audit(conn, actor, "import", "imports", import_id, {"file": name, "inserted": n_inserted,
-                                                           "updated": n_updated, "rejected": len(validation.rejected)},
-              client)
-    return ImportResult(import_id, n_rows, n_inserted, n_updated, validation.rejected, validation.warnings)
+        with transaction(conn):
+            stored = conn.execute(_STORED_ALREADY).fetchall()
+            if stored and not update:
+                stored_since = [Problem(name, _already_stored(how), number, "case_id", case_id)
+                                for number, case_id in stored]
+                raise ImportRefused(validation.problems + stored_since)
+            n_updated = len(stored)
+            n_inserted = validation.n_valid - n_updated
+            n_rejected = len(validation.rejected)
+            import_id = conn.execute(
+                "INSERT INTO imports (source_file, sha256, column_map, n_rows, n_inserted, n_updated,"
+                " n_rejected) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, rows.sha256, json.dumps(validation.column_map), validation.n_valid + n_rejected,
+                 n_inserted, n_updated, n_rejected),
+            ).lastrowid
+            conn.execute(_UPSERT, {"source_file": name, "import_id": import_id})
+            audit(conn, actor, "import", "imports", import_id, {"file": name, "inserted": n_inserted,
+                                                               "updated": n_updated, "rejected": n_rejected},
+                  client)
+    finally:
+        conn.execute(f"DROP TABLE {_STAGING}")
+    return ImportResult(import_id, validation.n_valid + n_rejected, n_inserted, n_updated,
+                        validation.rejected, validation.warnings)
+
+
+def _stage(conn: sqlite3.Connection, cases: Iterator[dict]) -> None:
+    """The cases into the staging table as they come, a batch at a time."""
+    insert = f"INSERT INTO {_STAGING} VALUES ({', '.join('?' * len(_STAGED))})"
+    while batch := list(itertools.islice(cases, _STAGE_BATCH)):
+        conn.executemany(insert, [tuple(case[column] for column in _STAGED) for case in batch])
 
 
 def rejected_rows_csv(rejected: list[tuple[int, dict[str, str], list[str]]]) -> str:

@@ -6,13 +6,16 @@ located (file, row, column, value) in words the user can act on.
 
 One set of limits (`LIMITS`) holds for every format and is checked while the file is read, so that
 a file built to exhaust memory or time (a zip bomb, a sheet that claims a million rows of 16,384
-columns, a 60 MB cell) is stopped early, named, and costs the server little.
+columns, a 60 MB cell) is stopped early, named, and costs the server little. A file is read a row at
+a time (`TableReader`), so that an import need not hold it whole; `read_table` keeps every row.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
+import hashlib
 import io
 import itertools
 import json
@@ -23,11 +26,12 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn, TextIO, TypeVar
 
 MAX_LISTED_PROBLEMS = 100
 MB = 1024 * 1024  # a megabyte as Streamlit counts an upload's size
 _DELIMITERS = ",\t;|"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,17 @@ class ImportRefused(Exception):
 @dataclass
 class Table:
     """A file read into named columns; rows keep their 1-based data row number. Rows that could
-    not be read into the columns keep their cells in `unreadable`, keyed by row, for the rejects file."""
+    not be read into the columns keep their cells in `unreadable`, keyed by row, for the rejects file.
+    Iterated, it gives its rows, as a TableReader does while reading, so either can be checked."""
 
     name: str
     columns: list[str]
     rows: list[tuple[int, dict[str, str]]]
     problems: list[Problem] = field(default_factory=list)
     unreadable: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        return iter(self.rows)
 
 
 def shorten(value: str, limit: int = 60) -> str:
@@ -141,46 +149,110 @@ def check_file_size(size: int, name: str, limits: Limits = LIMITS) -> None:
                                            f"({limits.file_mb * MB:,} bytes) per file; split it")])
 
 
-def read_table(data: bytes, name: str, limits: Limits = LIMITS) -> Table:
-    """Read CSV/TSV, .xlsx or JSON lines by extension (and content) within `limits`; raise
-    ImportRefused if the file is unreadable or over a limit."""
-    check_file_size(len(data), name, limits)
-    reading = _Reading(name, limits)
-    suffix = Path(name).suffix.lower()
-    if not data.strip():
-        raise ImportRefused([Problem(name, "is empty; expected a header row and at least one case")])
-    if suffix in (".xlsx", ".xlsm"):
-        table = _read_xlsx(data, reading)
-    elif suffix == ".xls":
-        raise ImportRefused([Problem(name, "is an old Excel .xls workbook; save it as .xlsx or CSV")])
-    else:
-        text = _decode_text(data, name)
-        if suffix in (".jsonl", ".ndjson", ".json") or _first_character(text) in ("{", "["):
-            table = _read_json(text, reading)
-        else:
-            table = _read_delimited(text, reading, "\t" if suffix in (".tsv", ".tab") else None)
-    if reading.oversized:
-        raise ImportRefused(reading.oversized)
-    if not table.rows and not table.problems:
-        raise ImportRefused([Problem(name, "has a header but no data rows")])
-    duplicate_columns = [c for i, c in enumerate(table.columns) if c in table.columns[:i]]
-    if duplicate_columns:
-        raise ImportRefused(
-            [Problem(name, f"column '{c}' appears more than once in the header") for c in duplicate_columns]
-        )
-    return table
+def read_table(source: bytes | BinaryIO, name: str, limits: Limits = LIMITS) -> Table:
+    """The whole file as a Table (a preview, a file of paired outputs): a TableReader read to its end."""
+    reader = TableReader(source, name, limits)
+    rows = list(reader)
+    return Table(name, reader.columns, rows, reader.problems, reader.unreadable)
 
 
-class _Reading:
-    """One file being read against `limits`. Past the row, column, text or time limit the read stops
-    at once; cells and cases over their limits are all listed (their rows not kept), and the file
-    refused, once it is read."""
+class TableReader:
+    """A user's file (CSV/TSV, .xlsx, JSON lines or a JSON array; by extension and content) read one
+    row at a time within `limits`, so that an import can check and stage each row as it comes instead
+    of holding the file, its text and all its rows at once.
 
-    def __init__(self, name: str, limits: Limits):
+    `source` is the file's bytes or a seekable binary file, read from where it stands and left open.
+    Iterated (once), it yields (row number, {column: cell}) for each row that fits, while `problems`
+    gathers the located problems of the rows that do not (their cells, for the rejects file, in
+    `unreadable`) and `columns` the columns seen so far: JSON's keys as they first appear, a column
+    with no name once it has a value (a row has such a cell only where it holds text). Past the row,
+    column, text or time limit the read stops with ImportRefused; cells and cases over their limits are
+    all listed (their rows not yielded) and, like a file with no data rows or a column named twice,
+    refused once the last row is read. `sha256` is then the digest of the bytes read.
+    """
+
+    def __init__(self, source: bytes | BinaryIO, name: str, limits: Limits = LIMITS):
         self.name, self.limits = name, limits
-        self.deadline = time.monotonic() + limits.seconds
-        self.text = 0
+        self.columns: list[str] = []
+        self.problems: list[Problem] = []
+        self.unreadable: dict[int, dict[str, str]] = {}
         self.oversized: list[Problem] = []
+        self.text = 0
+        self.deadline = 0.0  # from the first byte read
+        self._stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        self._start = self._stream.tell()
+        self._digest = _Digested(self._stream)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.sha256.hexdigest()
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        self.deadline = time.monotonic() + self.limits.seconds
+        count = 0
+        for row in self._rows():
+            count += 1
+            paused = time.monotonic()
+            yield row
+            self.deadline += time.monotonic() - paused  # the limit is on reading, not on the caller's work
+        if self.oversized:
+            raise ImportRefused(self.oversized)
+        if not count and not self.problems:
+            raise ImportRefused([Problem(self.name, "has a header but no data rows")])
+        duplicates = [c for i, c in enumerate(self.columns) if c in self.columns[:i]]
+        if duplicates:
+            raise ImportRefused([Problem(self.name, f"column '{c}' appears more than once in the header")
+                                 for c in duplicates])
+
+    def _rows(self) -> Iterator[tuple[int, dict[str, str]]]:
+        name = self.name
+        size = self._peek(lambda stream: stream.seek(0, io.SEEK_END)) - self._start
+        check_file_size(size, name, self.limits)
+        if self._peek(_blank):
+            raise ImportRefused([Problem(name, "is empty; expected a header row and at least one case")])
+        suffix = Path(name).suffix.lower()
+        if suffix in (".xlsx", ".xlsm"):
+            yield from _xlsx_rows(io.BufferedReader(self._digest).read(), self)
+            return
+        if suffix == ".xls":
+            raise ImportRefused([Problem(name, "is an old Excel .xls workbook; save it as .xlsx or CSV")])
+        encoding = _encoding(self._peek(lambda stream: stream.read(8192)), name)
+        start = self._peek(lambda stream: _text_start(stream, encoding))
+        if sum(ch.isprintable() or ch in "\r\n\t" for ch in start[:4096]) < 0.95 * len(start[:4096]):
+            raise ImportRefused([Problem(name, "is not a text file (mostly unprintable characters)")])
+        decoded = io.TextIOWrapper(io.BufferedReader(self._digest), encoding=encoding, newline="")
+        first = _first_character(start)
+        try:
+            if suffix in (".jsonl", ".ndjson", ".json") or first in ("{", "["):
+                yield from _json_rows(decoded, self, array=first == "[")
+            else:
+                records = _delimited_records(decoded, _delimiter(suffix, start), self)
+                yield from _sheet_rows(records, self, _field_count_differs,
+                                       "has only empty rows; expected a header row and at least one case")
+        except UnicodeDecodeError:
+            failure = self._peek(lambda stream: _decoding_failure(stream, encoding))
+            if failure is None:  # it decodes now: the file changed while it was read
+                raise
+            raise ImportRefused([self._undecodable(encoding, *failure)]) from None
+
+    def _peek(self, look: Callable[[BinaryIO], _T]) -> _T:
+        """What `look` finds in the file from its start, which is then read again from there."""
+        self._stream.seek(self._start)
+        try:
+            return look(self._stream)
+        finally:
+            self._stream.seek(self._start)
+
+    def _undecodable(self, encoding: str, offset: int, line: int, exc: UnicodeDecodeError) -> Problem:
+        if encoding == "utf-8-sig":
+            return Problem(self.name, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+                                      f"{line}); save it as UTF-8 (in Excel: 'CSV UTF-8')")
+        why = "it starts with a UTF-16 byte-order mark" if encoding == "utf-16" else (
+            "every other byte is zero, though it has no byte-order mark")
+        return Problem(self.name, f"looks like UTF-16 text ({why}) but does not decode as UTF-16 at byte "
+                                  f"{offset:,} ({exc.reason}); save it as UTF-8")
+
+    # The limits, checked by the format readers below as they read.
 
     def stop(self, message: str, row: int | None = None) -> NoReturn:
         raise ImportRefused([*self.oversized, Problem(self.name, message, row)])
@@ -241,44 +313,82 @@ class _CellTooLong(Exception):
     """A parser refused a cell before the row loop saw it; the loop locates it."""
 
 
+class _Digested(io.RawIOBase):
+    """A binary file as it is read, digested on the way: an import records the digest of what it read."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream, self.sha256 = stream, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        self.sha256.update(data)
+        return len(data)
+
+
+def _blank(stream: BinaryIO) -> bool:
+    """Whether a file holds nothing but white space, read only as far as its first other byte."""
+    while block := stream.read(MB):
+        if block.strip():
+            return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------ text
 
 _SPACE = re.compile(r"\s*")
+_SNIFF_CHARS = 65_536  # enough of the header to tell its delimiter
+_FIRST_LINE = re.compile(rf"[\r\n]*([^\r\n]{{0,{_SNIFF_CHARS}}})")
 
 
-def _decode_text(data: bytes, name: str) -> str:
-    """UTF-8 (with or without a byte-order mark) or UTF-16. UTF-16 without a byte-order mark (SQL
-    Server's `bcp -w`, some 'Unicode text' exports) is decoded too, not refused: its zero bytes on
-    every other byte tell it from binary data, it must decode strictly, and the text must be
-    printable, so a file misread as UTF-16 is refused, never stored."""
-    utf16 = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else _utf16_without_bom(data[:8192])
+def _encoding(head: bytes, name: str) -> str:
+    """UTF-8 (with or without a byte-order mark) or UTF-16, from the file's first bytes. UTF-16 without
+    a byte-order mark (SQL Server's `bcp -w`, some 'Unicode text' exports) is read too, not refused: its
+    zero bytes on every other byte tell it from binary data, it must decode strictly, and the text must
+    be printable, so a file misread as UTF-16 is refused, never stored."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    utf16 = _utf16_without_bom(head)
     if utf16:
-        try:
-            text = data.decode(utf16)
-        except UnicodeDecodeError as exc:
-            why = "it starts with a UTF-16 byte-order mark" if utf16 == "utf-16" else (
-                "every other byte is zero, though it has no byte-order mark")
-            raise ImportRefused([Problem(
-                name, f"looks like UTF-16 text ({why}) but does not decode as UTF-16 at byte {exc.start:,} "
-                f"({exc.reason}); save it as UTF-8",
-            )]) from None
-    elif b"\x00" in data[:8192] or data.startswith(b"PK\x03\x04"):
+        return utf16
+    if b"\x00" in head or head.startswith(b"PK\x03\x04"):
         raise ImportRefused([Problem(
             name, "is not a text file (it holds binary data); expected CSV, TSV, JSON lines or .xlsx"
         )])
-    else:
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise ImportRefused([Problem(
-                name,
-                f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-                "save it as UTF-8 (in Excel: 'CSV UTF-8')",
-            )]) from None
-    if sum(ch.isprintable() or ch in "\r\n\t" for ch in text[:4096]) < 0.95 * len(text[:4096]):
-        raise ImportRefused([Problem(name, "is not a text file (mostly unprintable characters)")])
+    return "utf-8-sig"
+
+
+def _text_start(stream: BinaryIO, encoding: str) -> str:
+    """The start of a text, decoded, to _SNIFF_CHARS characters past its leading white space (or all of
+    it): what tells JSON from delimited text, the delimiter, and text from binary data. Bytes that do not
+    decode are replaced here; reading the rows refuses them, located."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    text, space = "", 0
+    while len(text) - space < _SNIFF_CHARS and (block := stream.read(64 * 1024)):
+        text += decoder.decode(block)
+        space = _SPACE.match(text, space).end()
     return text
+
+
+def _decoding_failure(stream: BinaryIO, encoding: str) -> tuple[int, int, UnicodeDecodeError] | None:
+    """Where a text that failed to decode first fails: the byte's offset, its line, and the error;
+    decoded again a block at a time (UTF-8's byte-order mark decodes as a character, so offsets count it)."""
+    decoder = codecs.getincrementaldecoder("utf-8" if encoding == "utf-8-sig" else encoding)()
+    offset = lines = 0
+    # The last block, b"", ends the text: a character cut short by the end fails there.
+    for block in itertools.chain(iter(lambda: stream.read(MB), b""), [b""]):
+        held = len(decoder.getstate()[0])  # the bytes of a character the block before ended inside
+        try:
+            decoder.decode(block, final=not block)
+        except UnicodeDecodeError as exc:
+            at = exc.start - held  # within the block; below 0 in the bytes held over
+            return offset + at, lines + block[:max(at, 0)].count(b"\n") + 1, exc
+        offset += len(block)
+        lines += block.count(b"\n")
+    return None
 
 
 def _first_character(text: str) -> str:
@@ -311,12 +421,17 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def _header_and_rows(records: Iterator[Sequence[object]], reading: _Reading,
-                     empty: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The first row with any text as the header, and the rows below it numbered from 1, all as text,
-    each checked against the limits as it is read; refused with `empty` when no row has text."""
+def _sheet_rows(records: Iterator[Sequence[object]], reading: TableReader,
+                misfit: Callable[[list[str], int], str | None], empty: str,
+                trim_header: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows below the first row with any text, its header, numbered from 1, as text under the
+    header's names, each checked against the limits as it is read; refused with `empty` when no row has
+    text. Unnamed columns are called "column N"; blank rows are skipped; a row `misfit` finds not to fit
+    the header's width is a located problem, its cells kept aside for the rejects file; shorter rows are
+    padded. With `trim_header`, the header's trailing empty cells are no columns."""
     header: list[str] | None = None
-    rows: list[tuple[int, list[str]]] = []
+    names: list[str] = []
+    unnamed: list[str] = []
     index = number = 0
     while True:
         index += 1
@@ -333,59 +448,36 @@ def _header_and_rows(records: Iterator[Sequence[object]], reading: _Reading,
             if any(cell.strip() for cell in cells):
                 header = [cell.strip() for cell in cells]
                 reading.header(header)
+                while trim_header and header and not header[-1]:
+                    header.pop()
+                names = [title or f"column {i}" for i, title in enumerate(header, start=1)]
+                unnamed = [name for name, title in zip(names, header) if not title]
+                reading.columns = [name for name, title in zip(names, header) if title]
             continue
         number += 1
-        if reading.cells(number, header, cells):
-            rows.append((number, cells))
+        if not reading.cells(number, header, cells) or not any(cell.strip() for cell in cells):
+            continue
+        reason = misfit(cells, len(header))
+        if reason:
+            reading.problems.append(Problem(reading.name, reason, row=number))
+            reading.unreadable[number] = {f"field {i}": cell for i, cell in enumerate(cells, start=1)}
+            continue
+        values = dict(zip(names, cells + [""] * (len(header) - len(cells))))
+        for name in unnamed:
+            if not values[name].strip():  # trailing delimiters of spreadsheet exports make no column
+                del values[name]
+            elif name not in reading.columns:
+                reading.columns = [n for n in names if n in reading.columns or n == name]
+        yield number, values
     if header is None:
         raise ImportRefused([Problem(reading.name, empty)])
-    return header, rows
 
 
-def _table(name: str, header: list[str], rows: list[tuple[int, list[str]]],
-           misfit: Callable[[list[str], int], str | None], problems: list[Problem]) -> Table:
-    """Rows of cells under a header, as a Table. Unnamed columns are called "column N"; blank rows are
-    skipped; a row `misfit` finds not to fit the header's width is a located problem, its cells kept
-    aside for the rejects file; shorter rows are padded."""
-    columns = [h or f"column {i}" for i, h in enumerate(header, start=1)]
-    problems = list(problems)
-    unreadable: dict[int, dict[str, str]] = {}
-    kept = []
-    for number, record in rows:
-        if not any(cell.strip() for cell in record):
-            continue
-        reason = misfit(record, len(header))
-        if reason:
-            problems.append(Problem(name, reason, row=number))
-            unreadable[number] = {f"field {i}": cell for i, cell in enumerate(record, start=1)}
-            continue
-        kept.append((number, dict(zip(columns, record + [""] * (len(header) - len(record))))))
-    return Table(name, _drop_empty_unnamed(columns, header, kept), kept, problems, unreadable)
-
-
-def _drop_empty_unnamed(columns, header, rows) -> list[str]:
-    """Columns with no header and no values (trailing delimiters of spreadsheet exports) vanish."""
-    keep = []
-    for column, title in zip(columns, header):
-        if title or any(values.get(column, "").strip() for _, values in rows):
-            keep.append(column)
-        else:
-            for _, values in rows:
-                values.pop(column, None)
-    return keep
-
-
-_FIRST_LINE = re.compile(r"[\r\n]*([^\r\n]{0,65536})")  # enough of the header to tell its delimiter
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
-
-
-def _lines(text: str) -> Iterator[str]:
-    """The lines of a text with their endings, as io.StringIO(text, newline="") gives them, without
-    its copy of the whole text at four bytes a character."""
-    return (match.group() for match in _LINE.finditer(text))
-
-
-def _sniff_delimiter(header_line: str) -> str:
+def _delimiter(suffix: str, start: str) -> str:
+    """A tab in a .tsv or .tab file, else the delimiter the header line suggests."""
+    if suffix in (".tsv", ".tab"):
+        return "\t"
+    header_line = _FIRST_LINE.match(start).group(1)
     try:
         return csv.Sniffer().sniff(header_line, delimiters=_DELIMITERS).delimiter
     except csv.Error:
@@ -402,15 +494,8 @@ def _field_count_differs(record: list[str], width: int) -> str | None:
     return None
 
 
-def _read_delimited(text: str, reading: _Reading, delimiter: str | None) -> Table:
-    delimiter = delimiter or _sniff_delimiter(_FIRST_LINE.match(text).group(1))
-    header, rows = _header_and_rows(_delimited_records(text, delimiter, reading), reading,
-                                    "has only empty rows; expected a header row and at least one case")
-    return _table(reading.name, header, rows, _field_count_differs, [])
-
-
-def _delimited_records(text: str, delimiter: str, reading: _Reading) -> Iterator[list[str]]:
-    reader = csv.reader(_lines(text), delimiter=delimiter, strict=True)
+def _delimited_records(text: TextIO, delimiter: str, reading: TableReader) -> Iterator[list[str]]:
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
     while True:
         try:
             record = next(reader)
@@ -444,7 +529,9 @@ _XLSX_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, Ind
 _ROOT_TAG = re.compile(rb"<(?![?!])([\w.-]+:)?([\w.-]+)")
 
 
-def _read_xlsx(data: bytes, reading: _Reading) -> Table:
+def _xlsx_rows(data: bytes, reading: TableReader) -> Iterator[tuple[int, dict[str, str]]]:
+    """The first sheet's rows. The workbook's bytes are held whole (a zip is read from its end; they are
+    compressed), its sheet streamed by openpyxl's read-only mode."""
     import openpyxl
 
     _check_workbook(data, reading)
@@ -455,29 +542,26 @@ def _read_xlsx(data: bytes, reading: _Reading) -> Table:
     if not book.worksheets:
         raise ImportRefused([Problem(reading.name, "has no worksheet; expected a sheet of cases")])
     sheet = book.worksheets[0]
+    if len(book.sheetnames) > 1:
+        reading.problems.append(Problem(reading.name, f"has {len(book.sheetnames)} sheets; only the first, "
+                                        f"'{sheet.title}', was read", severity="warning"))
     # Rows as the file has them: read-only mode otherwise pads every row, and the sheet, to the size
     # the file's <dimension> claims (A1:XFD1048576 is 17 billion cells).
     sheet.reset_dimensions()
     try:
-        header, rows = _header_and_rows(
-            _sheet_records(sheet, reading), reading, f"sheet '{sheet.title}' is empty; expected a header row and cases")
+        yield from _sheet_rows(_sheet_records(sheet, reading), reading, _value_beyond_header,
+                               f"sheet '{sheet.title}' is empty; expected a header row and cases",
+                               trim_header=True)
     finally:
         book.close()
-    while header and not header[-1]:
-        header.pop()
-    problems = []
-    if len(book.sheetnames) > 1:
-        problems.append(Problem(reading.name, f"has {len(book.sheetnames)} sheets; only the first, "
-                                f"'{sheet.title}', was read", severity="warning"))
-    return _table(reading.name, header, rows, _value_beyond_header, problems)
 
 
-def _unreadable_workbook(reading: _Reading, exc: Exception) -> NoReturn:
+def _unreadable_workbook(reading: TableReader, exc: Exception) -> NoReturn:
     cause = exc.__cause__ or exc
     raise ImportRefused([Problem(reading.name, f"is not a readable .xlsx workbook ({cause})")]) from None
 
 
-def _sheet_records(sheet, reading: _Reading) -> Iterator[tuple]:
+def _sheet_records(sheet, reading: TableReader) -> Iterator[tuple]:
     """The sheet's rows of values, less their trailing empty cells."""
     rows = sheet.iter_rows(values_only=True)
     while True:
@@ -493,7 +577,7 @@ def _sheet_records(sheet, reading: _Reading) -> Iterator[tuple]:
         yield record[:end]
 
 
-def _check_workbook(data: bytes, reading: _Reading) -> None:
+def _check_workbook(data: bytes, reading: TableReader) -> None:
     """Refuse, before openpyxl parses any of it, a workbook that would cost it memory or time without
     bound: too many parts, too large unzipped, or more XML elements than XML_* allow."""
     if data.count(b"PK\x01\x02") > XLSX_PARTS:  # zip directory entries, before ZipFile reads each
@@ -524,7 +608,7 @@ def _check_workbook(data: bytes, reading: _Reading) -> None:
                          "the reader; save it again from Excel, or as CSV")
 
 
-def _xml_elements(stream, part: str, reading: _Reading) -> tuple[int, int]:
+def _xml_elements(stream, part: str, reading: TableReader) -> tuple[int, int]:
     """(elements, elements outside <row>s) of one part, counted by its tags; a part that is not XML
     counts nothing. In a worksheet (where what follows the last row counts with it), a row of more
     than XML_ELEMENTS_PER_ROW elements, or more rows than the row limit, stops the read."""
@@ -576,42 +660,39 @@ def _xml_blocks(stream) -> Iterator[bytes]:
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _read_json(text: str, reading: _Reading) -> Table:
-    """JSON lines (row N is line N), or one JSON array of objects (row N is its Nth element)."""
+def _json_rows(text: TextIO, reading: TableReader, array: bool) -> Iterator[tuple[int, dict[str, str]]]:
+    """JSON lines (row N is line N), read a line at a time, or one JSON array of objects (row N is its
+    Nth element), read whole: the json module parses no array in pieces."""
     name = reading.name
-    problems: list[Problem] = []
-    unreadable: dict[int, dict[str, str]] = {}
-    columns: dict[str, None] = {}
-    rows = []
+    known: set[str] = set()
     seen = False
-    items = _json_array(text, reading) if _first_character(text) == "[" else _json_lines(text, reading)
-    for number, item in items:
+    for number, item in _json_array(text.read(), reading) if array else _json_lines(text, reading):
         seen = True
         if isinstance(item, _NotJson):
-            problems.append(Problem(name, item.message, row=number))
+            reading.problems.append(Problem(name, item.message, row=number))
             if reading.cells(number, ["line"], [item.line]):
-                unreadable[number] = {"line": item.line}
+                reading.unreadable[number] = {"line": item.line}
             continue
         if not isinstance(item, dict):
-            problems.append(Problem(name, f"is a JSON {type(item).__name__}, expected an object "
-                                    "with one key per column", row=number))
+            reading.problems.append(Problem(name, f"is a JSON {type(item).__name__}, expected an object "
+                                            "with one key per column", row=number))
             line = json.dumps(item, ensure_ascii=False)
             if reading.cells(number, ["line"], [line]):
-                unreadable[number] = {"line": line}
+                reading.unreadable[number] = {"line": line}
             continue
         for key in item:
-            if key not in columns:
-                columns[key] = None
+            if key not in known:
+                known.add(key)
+                reading.columns.append(key)
                 reading.column_name(key, number)
-        if len(columns) > reading.limits.columns:
-            reading.stop(f"brings the file's different keys (its columns) to {len(columns):,}, more than "
+        if len(known) > reading.limits.columns:
+            reading.stop(f"brings the file's different keys (its columns) to {len(known):,}, more than "
                          f"the limit of {reading.limits.columns:,}; delete the columns the cases do not need", number)
         values = {key: _json_cell(value) for key, value in item.items()}
         if reading.cells(number, list(values), list(values.values())):
-            rows.append((number, values))
+            yield number, values
     if not seen:
         raise ImportRefused([Problem(name, "has no JSON objects; expected one case per line")])
-    return Table(name, list(columns), rows, problems, unreadable)
 
 
 def _json_cell(value: object) -> str:
@@ -628,9 +709,9 @@ class _NotJson:
     line: str
 
 
-def _json_lines(text: str, reading: _Reading) -> Iterator[tuple[int, object]]:
+def _json_lines(text: TextIO, reading: TableReader) -> Iterator[tuple[int, object]]:
     """Each line's JSON value (or _NotJson), numbered by line, parsed only when reached."""
-    for number, line in enumerate(_lines(text), start=1):
+    for number, line in enumerate(text, start=1):
         reading.record(number, number)
         line = line.rstrip("\r\n")
         if not line.strip():
@@ -643,7 +724,7 @@ def _json_lines(text: str, reading: _Reading) -> Iterator[tuple[int, object]]:
             yield number, _NotJson("is not valid JSON: nested too deeply", line)
 
 
-def _json_array(text: str, reading: _Reading) -> Iterator[tuple[int, object]]:
+def _json_array(text: str, reading: TableReader) -> Iterator[tuple[int, object]]:
     """The elements of one JSON array, numbered, each parsed only when reached."""
     decoder = json.JSONDecoder()
     at = _JSON_SPACE.match(text, _SPACE.match(text).end() + 1).end()
