@@ -27,6 +27,19 @@ def conn(db_path: Path):
     connection.close()
 
 
+def store_intact(db_path: Path) -> dict[str, int]:
+    """Asserts what a fault must never leave behind (a damaged file, a row pointing at a missing one)
+    and returns each table's row count, for the test to check against what it expects."""
+    import sqlite3
+
+    with sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+        tables = [r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                              "AND name NOT LIKE 'sqlite_%'")]
+        return {t: check.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
 def csv_bytes(*rows: str, header: str = HEADER, newline: str = "\n") -> bytes:
     return (newline.join([header, *rows]) + newline).encode("utf-8")
 

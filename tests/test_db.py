@@ -192,6 +192,43 @@ def test_a_lock_held_too_long_is_named_as_such(db_path):
         f"{db_path}: the database stayed locked by another process")
 
 
+def test_threads_queue_for_the_write_lock_and_a_wait_past_the_busy_timeout_is_a_lock_error(db_path, monkeypatch):
+    """The writers of one process wait in a queue (not SQLite's polling busy handler), for at most the
+    busy timeout; the same thread nesting transactions on two connections is not a deadlock."""
+    from rocore.review.studies import store_problem
+
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.2)
+    held, release, waited = threading.Event(), threading.Event(), []
+
+    def hold():
+        with db.opened(db_path) as conn, db.transaction(conn):
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        with db.opened(db_path) as conn:
+            with pytest.raises(sqlite3.OperationalError) as queued:
+                with db.transaction(conn):
+                    waited.append("got in")
+            assert not waited and queued.value.sqlite_errorcode == sqlite3.SQLITE_BUSY
+            assert store_problem(queued.value).startswith("Your rating was not saved: the database is locked")
+    finally:
+        release.set()
+        holder.join()
+
+    with db.opened(db_path) as outer, db.opened(db_path) as inner, db.transaction(outer):
+        with pytest.raises(sqlite3.OperationalError) as nested:
+            with db.transaction(inner):
+                pass
+        assert nested.value.sqlite_errorcode == sqlite3.SQLITE_BUSY  # SQLite's own lock, not the queue's
+    with db.opened(db_path) as conn, db.transaction(conn):
+        conn.execute("INSERT INTO imports (source_file, sha256, column_map, n_rows, n_inserted, n_updated, "
+                     "n_rejected) VALUES ('f', 'x', '{}', 0, 0, 0, 0)")  # the queue was left free
+
+
 def test_many_threads_opening_a_new_database_at_once_create_the_schema_once(tmp_path):
     # The race (who switches the new file to WAL) is lost only now and then: about one new database
     # in twenty failed before connect retried the switch, so fifty are raced here.
