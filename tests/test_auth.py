@@ -2,11 +2,14 @@
 
 import hashlib
 import json
+import threading
+from collections import Counter
 
 import pytest
 
 from rocore.review import auth
 from rocore.store import audit as audit_log
+from rocore.store.db import opened
 
 
 @pytest.fixture
@@ -44,10 +47,15 @@ def test_sign_in_and_its_audit_rows(conn, admin):
             auth.sign_in(conn, name, attempt)
     rows = conn.execute("SELECT actor, action, entity_id, detail, client FROM audit_log "
                         "WHERE entity = 'sign-in' ORDER BY audit_id").fetchall()
-    assert [(r["actor"], r["action"]) for r in rows] == [("Ada", "sign-in"), ("Ada", "sign-in-failed"),
-                                                         ("(unknown name)", "sign-in-failed")]
-    assert rows[0]["client"] == "10.1.2.3" and rows[0]["entity_id"] == "ada"
-    assert rows[2]["entity_id"].startswith("unknown:") and "nobody" not in rows[2]["entity_id"]
+    assert [(r["actor"], r["action"]) for r in rows] == [
+        ("Ada", "sign-in-attempt"), ("Ada", "sign-in"), ("Ada", "sign-in-attempt"), ("Ada", "sign-in-failed"),
+        ("(unknown name)", "sign-in-attempt"), ("(unknown name)", "sign-in-failed")]
+    assert rows[1]["client"] == "10.1.2.3" and rows[1]["entity_id"] == "ada"
+    assert json.loads(rows[1]["detail"])["reviewer_id"] == user.id
+    assert rows[4]["entity_id"].startswith("unknown:") and "nobody" not in rows[4]["entity_id"]
+    ids = [r[0] for r in conn.execute("SELECT audit_id FROM audit_log WHERE action = 'sign-in-attempt' "
+                                      "ORDER BY audit_id")]
+    assert [json.loads(r["detail"])["attempt"] for r in rows[1::2]] == ids, "each outcome names its attempt"
 
 
 def test_a_code_typed_into_the_name_field_is_not_logged(conn, admin):
@@ -82,8 +90,9 @@ def test_repeated_failures_are_slowed_then_forgotten_after_a_success(conn, admin
         auth.sign_in(conn, "Ada", "nope")  # a success resets the count: no wait
     actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE entity_id = 'ada' "
                                           "ORDER BY audit_id")]
-    assert actions == ["sign-in-failed"] * 3 + ["sign-in-throttled", "sign-in-failed", "sign-in-throttled",
-                                                 "sign-in", "sign-in-failed"]
+    checked = ["sign-in-attempt", "sign-in-failed"]
+    assert actions == checked * 3 + ["sign-in-throttled", *checked, "sign-in-throttled",
+                                     "sign-in-attempt", "sign-in", *checked]
 
 
 def test_failures_older_than_the_window_do_not_count(conn, admin, monkeypatch):
@@ -94,6 +103,147 @@ def test_failures_older_than_the_window_do_not_count(conn, admin, monkeypatch):
             auth.sign_in(conn, "Boss", "nope")
     clock[0] += auth.FAILURE_WINDOW_S + 1
     assert auth.sign_in(conn, "Boss", "correct horse battery").role == "admin"
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The clock of audit rows and of throttling, stopped (so a burst of guesses lands at one instant)
+    and moved by hand; shared by every thread."""
+    now = [audit_log.now()]
+    monkeypatch.setattr(audit_log, "now", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def code_checks(monkeypatch):
+    """Every attempt that reaches the code check (scrypt), counted across threads."""
+    checks = []
+    verify = auth.verify_code
+
+    def counted(code, code_hash, salt):
+        checks.append(code)  # list.append is atomic
+        return verify(code, code_hash, salt)
+
+    monkeypatch.setattr(auth, "verify_code", counted)
+    return checks
+
+
+def guess_at_once(db_path, attempts) -> list[str]:
+    """Each (name, code, client) signed in from its own thread and its own connection to the file,
+    all released together; what each got: 'signed in', 'failed' or 'throttled'."""
+    barrier = threading.Barrier(len(attempts))
+    outcomes = [""] * len(attempts)
+
+    def guess(i, name, code, client):
+        with opened(db_path) as conn:
+            barrier.wait()
+            try:
+                auth.sign_in(conn, name, code, client)
+                outcomes[i] = "signed in"
+            except auth.SignInThrottled:
+                outcomes[i] = "throttled"
+            except auth.SignInFailed:
+                outcomes[i] = "failed"
+
+    threads = [threading.Thread(target=guess, args=(i, *attempt)) for i, attempt in enumerate(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def sign_in_actions(conn) -> Counter:
+    return Counter(r[0] for r in conn.execute("SELECT action FROM audit_log WHERE entity = 'sign-in'"))
+
+
+def test_parallel_guesses_at_one_name_get_only_the_free_attempts_per_window(conn, db_path, admin, clock,
+                                                                             code_checks):
+    _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
+    # Twenty guesses at once, each from its own address: only the name's streak can stop them.
+    burst = [("Ada", f"WRONG-CODE-{i:04}", f"web 10.0.0.{i}") for i in range(20)]
+    assert Counter(guess_at_once(db_path, burst)) == {"failed": auth.FREE_FAILURES,
+                                                      "throttled": 20 - auth.FREE_FAILURES}
+    assert len(code_checks) == auth.FREE_FAILURES
+    assert sign_in_actions(conn) == {"sign-in-attempt": 3, "sign-in-failed": 3, "sign-in-throttled": 17}
+
+    clock[0] += auth.BASE_DELAY_S + 0.1  # the first backoff window has passed: one more attempt
+    assert Counter(guess_at_once(db_path, burst)) == {"failed": 1, "throttled": 19}
+    assert len(code_checks) == auth.FREE_FAILURES + 1
+    with pytest.raises(auth.SignInThrottled) as throttled:
+        auth.sign_in(conn, "Ada", code, "web 10.9.9.9")  # the right code waits too, from anywhere
+    assert auth.BASE_DELAY_S < throttled.value.retry_after_s <= 2 * auth.BASE_DELAY_S
+
+    clock[0] += 2 * auth.BASE_DELAY_S + 0.1
+    assert auth.sign_in(conn, "Ada", code, "web 10.9.9.9").name == "Ada", "after the window the right code works"
+    # The success ended the streak: the free attempts are back, and no more.
+    assert Counter(guess_at_once(db_path, burst)) == {"failed": auth.FREE_FAILURES,
+                                                      "throttled": 20 - auth.FREE_FAILURES}
+    assert len(code_checks) == 2 * auth.FREE_FAILURES + 2
+    assert sign_in_actions(conn) == {"sign-in-attempt": 8, "sign-in-failed": 7, "sign-in": 1,
+                                     "sign-in-throttled": 17 + 19 + 1 + 17}
+
+
+def test_parallel_guesses_from_one_client_at_many_names_are_throttled_by_client(conn, db_path, admin, clock,
+                                                                                code_checks):
+    _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
+    client = auth.web_client("10.0.0.5")
+    names = ["Ada", "Boss"] + [f"guess-{i}" for i in range(18)]  # each name guessed once: no name streak
+    burst = [(name, "WRONG-CODE-0000", client) for name in names]
+    assert Counter(guess_at_once(db_path, burst)) == {"failed": auth.CLIENT_FREE_FAILURES,
+                                                      "throttled": 20 - auth.CLIENT_FREE_FAILURES}
+    assert len(code_checks) == auth.CLIENT_FREE_FAILURES
+    assert sign_in_actions(conn)["sign-in-failed"] == auth.CLIENT_FREE_FAILURES
+    details = [json.loads(r[0]) for r in conn.execute("SELECT detail FROM audit_log "
+                                                      "WHERE action = 'sign-in-throttled'")]
+    assert {tuple(d["by"]) for d in details} == {("client",)}
+
+    with pytest.raises(auth.SignInThrottled):
+        auth.sign_in(conn, "Ada", code, client)  # within the client's backoff even the right code waits
+    assert auth.sign_in(conn, "Ada", code, auth.web_client("10.0.0.6")).name == "Ada", "other clients are not"
+    assert auth.sign_in(conn, "Ada", code).name == "Ada", "nor is the command line (no client)"
+
+    clock[0] += auth.CLIENT_BASE_DELAY_S + 0.1
+    assert auth.sign_in(conn, "Ada", code, client).name == "Ada", "after the window the right code works"
+    # The success took back only its own attempt: the client's streak goes on, one guess per window.
+    with pytest.raises(auth.SignInFailed):
+        auth.sign_in(conn, "guess-x", "WRONG-CODE-0000", client)
+    with pytest.raises(auth.SignInThrottled) as throttled:
+        auth.sign_in(conn, "guess-y", "WRONG-CODE-0000", client)
+    assert auth.CLIENT_BASE_DELAY_S < throttled.value.retry_after_s <= 2 * auth.CLIENT_BASE_DELAY_S
+    clock[0] += auth.CLIENT_FAILURE_WINDOW_S + 1
+    assert Counter(guess_at_once(db_path, burst[:auth.CLIENT_FREE_FAILURES])) == {
+        "failed": auth.CLIENT_FREE_FAILURES}, "failures older than the window are forgotten"
+
+
+def test_locked_out_lists_the_throttled_names_and_clients_for_staff(conn, admin, clock):
+    _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
+    reviewer, _ = auth.add_user(conn, "Rex", actor_id=admin.id)
+    assert auth.locked_out(conn, actor_id=admin.id) == []
+    for i in range(auth.CLIENT_FREE_FAILURES):
+        with pytest.raises(auth.SignInFailed):
+            auth.sign_in(conn, "Ada" if i < auth.FREE_FAILURES else f"guess-{i}", "nope", "web 10.0.0.5")
+    with pytest.raises(auth.SignInFailed):
+        auth.sign_in(conn, "Rex", "nope")  # one failure: not slowed, not listed
+    clock[0] += 0.5
+    listed = auth.locked_out(conn, actor_id=admin.id)
+    assert listed == [
+        {"kind": "client", "who": "web 10.0.0.5", "key": "web 10.0.0.5", "failures": auth.CLIENT_FREE_FAILURES,
+         "retry_after_s": auth.CLIENT_BASE_DELAY_S - 0.5, "last_attempt_at": audit_log.timestamp(clock[0] - 0.5)},
+        {"kind": "name", "who": "Ada", "key": "ada", "failures": auth.FREE_FAILURES,
+         "retry_after_s": auth.BASE_DELAY_S - 0.5, "last_attempt_at": audit_log.timestamp(clock[0] - 0.5)}]
+    with pytest.raises(auth.AccessDenied):
+        auth.locked_out(conn, actor_id=reviewer.id)
+    assert auth.locked_out(conn, actor_id=None)[0]["kind"] == "client", "the command line may"
+
+    later = clock[0] + auth.BASE_DELAY_S
+    assert [(e["who"], e["retry_after_s"]) for e in auth.locked_out(conn, actor_id=admin.id, now=later)] == [
+        ("web 10.0.0.5", 0.0), ("Ada", 0.0)], "still in backoff, free to try once"
+    clock[0] = later
+    assert auth.sign_in(conn, "Ada", code, "web 10.0.0.6").name == "Ada"
+    assert [e["who"] for e in auth.locked_out(conn, actor_id=admin.id)] == ["web 10.0.0.5"], \
+        "a success ends the name's streak"
+    assert auth.locked_out(conn, actor_id=admin.id, now=later + auth.CLIENT_FAILURE_WINDOW_S + 1) == []
 
 
 def test_first_admin_only_on_a_fresh_database(conn):

@@ -1,9 +1,11 @@
 """People who sign in: access codes, sign-in with throttling, roles, and the audit trail they leave.
 
 Everyone (admins and researchers too) is a row in `reviewers`. An access code is shown once, when
-it is made; the store keeps only a salted scrypt hash. Failed sign-ins are written to the audit log,
-and after a few in a row the next attempt for that name must wait, doubling each time, so guessing
-codes through the form is slow. Every function that changes something takes the acting user's id
+it is made; the store keeps only a salted scrypt hash. Every sign-in attempt is written to the audit
+log, and the log is what throttles them (`sign_in`): after a few failures in a row the next attempt
+for that name must wait, doubling each time, and so must the next attempt from that client (browser
+address) after more failures across all names, so guessing codes through the form is slow, even with
+many guesses sent at once. Every function that changes something takes the acting user's id
 and checks the role here, so a page that forgets a check still cannot do more than its user may;
 `actor_id=None` means the command line on the server, whose user already holds the database file.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import json
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
@@ -40,6 +43,12 @@ MIN_CHOSEN_CODE_LENGTH = 10
 FREE_FAILURES = 3  # failed attempts in a row before sign-in for that name is slowed
 FAILURE_WINDOW_S = 15 * 60  # failures older than this are forgotten
 BASE_DELAY_S, MAX_DELAY_S = 2.0, 300.0
+# The same for a client (`web_client`: one browser address) across all the names it tries. A success
+# does not end a client's streak (one valid account must not buy guesses at others); it only takes
+# back its own attempt. The command line (client None) has no client streak: it holds the file.
+CLIENT_FREE_FAILURES = 10
+CLIENT_FAILURE_WINDOW_S = 15 * 60
+CLIENT_BASE_DELAY_S, CLIENT_MAX_DELAY_S = 2.0, 300.0
 
 IDLE_TIMEOUT_S = 30 * 60  # a browser session with no click for this long is signed out
 
@@ -274,40 +283,110 @@ def _parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def _retry_after(conn: sqlite3.Connection, key: str) -> float:
-    """Seconds until `key` may try again: 0 until FREE_FAILURES failures in a row, then doubling."""
-    now = audit_log.now()
-    failures: list[float] = []
-    rows = conn.execute("SELECT action, at FROM audit_log WHERE entity = 'sign-in' AND entity_id = ? "
-                        "AND action IN ('sign-in', 'sign-in-failed') ORDER BY audit_id DESC LIMIT 64", (key,))
+@dataclass
+class _Streak:
+    """Failed sign-in attempts in a row, attempts still being checked included; newest first."""
+    who: str
+    failures: int = 0
+    last_at: str = ""  # the newest counted attempt, in the audit log's timestamp format
+
+    def count(self, at: str) -> None:
+        self.failures += 1
+        self.last_at = self.last_at or at
+
+    def retry_after(self, now: float, free: int, base: float, most: float) -> float:
+        """Seconds until the next attempt may go through: 0 until `free` failures, then doubling."""
+        if self.failures < free:
+            return 0.0
+        delay = min(base * 2.0 ** min(self.failures - free, 32), most)
+        return max(0.0, _parse_time(self.last_at) + delay - now)
+
+
+def _name_wait(streak: _Streak | None, now: float) -> float:
+    return streak.retry_after(now, FREE_FAILURES, BASE_DELAY_S, MAX_DELAY_S) if streak else 0.0
+
+
+def _client_wait(streak: _Streak | None, now: float) -> float:
+    return streak.retry_after(now, CLIENT_FREE_FAILURES, CLIENT_BASE_DELAY_S, CLIENT_MAX_DELAY_S) if streak else 0.0
+
+
+def _streaks(conn: sqlite3.Connection, now: float) -> tuple[dict[str, _Streak], dict[str, _Streak]]:
+    """The failure streaks of every name key and every client, read back from the audit log.
+
+    Each attempt that reached the code check left a 'sign-in-attempt' row before the check (written
+    under the write lock together with the decision to let it through), so an attempt counts as a
+    failure from that moment until a success says otherwise. A name's streak is its attempts within
+    FAILURE_WINDOW_S since its last success; a client's is its attempts within CLIENT_FAILURE_WINDOW_S
+    that did not themselves succeed. Throttled attempts do not count. Only the rows of the last window
+    are read: newest first, by rowid (no index on the time), stopping at the first older row.
+    """
+    name_cutoff = audit_log.timestamp(now - FAILURE_WINDOW_S)
+    client_cutoff = audit_log.timestamp(now - CLIENT_FAILURE_WINDOW_S)
+    cutoff = min(name_cutoff, client_cutoff)
+    names: dict[str, _Streak] = {}
+    clients: dict[str, _Streak] = {}
+    signed_in: set[str] = set()  # name keys with a success newer than the rows still to read
+    succeeded: set[int] = set()  # attempts that turned out right
+    rows = conn.execute("SELECT audit_id, at, actor, action, entity, entity_id, detail, client FROM audit_log "
+                        "ORDER BY audit_id DESC")
     for row in rows:
-        at = _parse_time(row["at"])
-        if row["action"] == "sign-in" or now - at > FAILURE_WINDOW_S:
+        if row["at"] < cutoff:
             break
-        failures.append(at)
-    if len(failures) < FREE_FAILURES:
-        return 0.0
-    delay = min(BASE_DELAY_S * 2 ** (len(failures) - FREE_FAILURES), MAX_DELAY_S)
-    return max(0.0, failures[0] + delay - now)
+        if row["entity"] != "sign-in":
+            continue
+        if row["action"] == "sign-in":
+            signed_in.add(row["entity_id"])
+            attempt = json.loads(row["detail"]).get("attempt")
+            if attempt is not None:
+                succeeded.add(attempt)
+        elif row["action"] == "sign-in-attempt":
+            key, at = row["entity_id"], row["at"]
+            if key not in signed_in and at >= name_cutoff:
+                names.setdefault(key, _Streak(row["actor"])).count(at)
+            if row["client"] is not None and row["audit_id"] not in succeeded and at >= client_cutoff:
+                clients.setdefault(row["client"], _Streak(row["client"])).count(at)
+    return names, clients
+
+
+def _last_row_id(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT last_insert_rowid()").fetchone()[0]
 
 
 def sign_in(conn: sqlite3.Connection, name: str, code: str, client: str | None = None) -> User:
     """The active user with this name and code; every attempt, good or bad, is in the audit log.
 
+    Throttling holds under parallel attempts: the decision and its record are one write transaction
+    (BEGIN IMMEDIATE). Under the write lock the streaks of the name and of the client are read; the
+    attempt is then either refused ('sign-in-throttled') or let through and recorded at once as a
+    'sign-in-attempt', which counts as a failure for every attempt decided after it. The slow code
+    check runs after the commit, without the lock, and a second transaction records its outcome:
+    'sign-in' (which ends the name's streak) or 'sign-in-failed'. So of any number of simultaneous
+    guesses at most the free attempts left, then one per backoff window, reach the code check. An
+    attempt whose process dies during the check stays counted as a failure.
+
     An unknown name costs the same scrypt as a wrong code and gets the same message, so the form
     does not tell which names exist. It is logged only as a hash: people sometimes type their code
-    into the name field, and the log must not keep it.
+    into the name field, and the log must not keep it. Codes are compared in constant time.
     """
     name = " ".join(name.split())[:100]
-    row = conn.execute("SELECT * FROM reviewers WHERE name = ? AND active = 1", (name,)).fetchone()
-    if row is not None:
-        actor, key = row["name"], row["name"].casefold()
-    else:
-        actor, key = "(unknown name)", "unknown:" + hashlib.sha256(name.casefold().encode()).hexdigest()[:16]
-    wait = _retry_after(conn, key)
+    with transaction(conn):
+        now = audit_log.now()
+        row = conn.execute("SELECT * FROM reviewers WHERE name = ? AND active = 1", (name,)).fetchone()
+        if row is not None:
+            actor, key = row["name"], row["name"].casefold()
+        else:
+            actor, key = "(unknown name)", "unknown:" + hashlib.sha256(name.casefold().encode()).hexdigest()[:16]
+        names, clients = _streaks(conn, now)
+        waits = {"name": _name_wait(names.get(key), now),
+                 "client": _client_wait(clients.get(client), now) if client is not None else 0.0}
+        wait = max(waits.values())
+        if wait > 0:
+            audit(conn, actor, "sign-in-throttled", "sign-in", key,
+                  {"retry_after_s": round(wait, 1), "by": [by for by, w in waits.items() if w > 0]}, client)
+        else:
+            audit(conn, actor, "sign-in-attempt", "sign-in", key, {}, client)
+            attempt = _last_row_id(conn)
     if wait > 0:
-        with transaction(conn):
-            audit(conn, actor, "sign-in-throttled", "sign-in", key, {"retry_after_s": round(wait, 1)}, client)
         raise SignInThrottled(wait)
     if row is None:
         verify_code(code, b"", _DUMMY_SALT)
@@ -316,12 +395,37 @@ def sign_in(conn: sqlite3.Connection, name: str, code: str, client: str | None =
         ok = verify_code(code, row["code_hash"], row["code_salt"])
     with transaction(conn):
         if ok:
-            audit(conn, actor, "sign-in", "sign-in", key, {"reviewer_id": row["reviewer_id"]}, client)
+            audit(conn, actor, "sign-in", "sign-in", key, {"reviewer_id": row["reviewer_id"], "attempt": attempt},
+                  client)
         else:
-            audit(conn, actor, "sign-in-failed", "sign-in", key, {}, client)
+            audit(conn, actor, "sign-in-failed", "sign-in", key, {"attempt": attempt}, client)
     if not ok:
         raise SignInFailed()
     return _user(row)
+
+
+def locked_out(conn: sqlite3.Connection, *, actor_id: int | None, now: float | None = None) -> list[dict]:
+    """The names and clients whose sign-ins are slowed now, for staff; the longest wait first.
+
+    One dict each: `kind` ('name' or 'client'), `who` (the name as stored, '(unknown name)' for a
+    name no active user has, or the client), `key` (the audit log's entity_id for a name, the client
+    for a client), `failures` in the current streak (attempts being checked included),
+    `retry_after_s` (seconds until the next attempt goes through; 0: one may go through now, and if
+    it fails the wait doubles) and `last_attempt_at` (the newest failure counted). Listed once a
+    streak reaches its free failures (FREE_FAILURES for a name, CLIENT_FREE_FAILURES for a client),
+    until it ends: a success for a name, or the failures growing older than the window.
+    """
+    require_role(conn, actor_id)
+    now = audit_log.now() if now is None else now
+    names, clients = _streaks(conn, now)
+    listed = [(kind, key, streak, wait(streak, now))
+              for kind, streaks, free, wait in (("name", names, FREE_FAILURES, _name_wait),
+                                                ("client", clients, CLIENT_FREE_FAILURES, _client_wait))
+              for key, streak in streaks.items() if streak.failures >= free]
+    listed.sort(key=lambda item: (-item[3], item[0], item[2].who))
+    return [{"kind": kind, "who": streak.who, "key": key, "failures": streak.failures,
+             "retry_after_s": round(retry, 1), "last_attempt_at": streak.last_at}
+            for kind, key, streak, retry in listed]
 
 
 def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None, reason: str | None = None) -> None:
