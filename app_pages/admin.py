@@ -10,6 +10,7 @@ from app_pages.access import require_staff
 from rocore.generation import runs as generation
 from rocore.review import auth, blinding
 from rocore.review import studies as review
+from rocore.store.backup import last_backup
 from rocore.store.db import default_db_path, opened
 from rocore.model.prompts import TASKS
 
@@ -20,12 +21,25 @@ user = require_staff().as_session()
 client = auth.web_client(st.context.ip_address)
 
 st.title("Admin")
-tab_studies, tab_people, tab_audit = st.tabs(["Studies", "People", "Audit log"])
 
 with opened(DB) as conn:
     runs = generation.list_runs(conn)
     pair = generation.suggested_run_pair(conn)
     active = {p["reviewer_id"]: p for p in auth.list_users(conn) if p["active"]}
+    backup = last_backup(conn)
+    lockouts = auth.locked_out(conn, actor_id=user["id"])
+
+how_to_back_up = f"`python -m rocore backup --db {DB} --out FOLDER` (safe while the app runs)"
+if backup is None:
+    st.warning(f"This database has never been backed up: {how_to_back_up}.")
+else:
+    st.caption(f"Last backup: {backup['at'][:16].replace('T', ' ')} UTC by {backup['actor']}, to "
+               f"`{backup['path']}`. Back up again with {how_to_back_up}.")
+if lockouts:
+    st.warning(f"Sign-in is slowed for {len(lockouts)} name(s) or address(es) after failed attempts: "
+               "see People.")
+
+tab_studies, tab_people, tab_audit = st.tabs(["Studies", "People", "Audit log"])
 
 with tab_studies:
     if pair is None:
@@ -152,6 +166,15 @@ with tab_people:
     with opened(DB) as conn:
         people = auth.list_users(conn)
     st.dataframe(pd.DataFrame(people), hide_index=True)
+    if lockouts:
+        st.subheader("Slowed sign-ins")
+        st.caption("Failed sign-ins in a row slow the next attempt for that name, and for that address, "
+                   "doubling each time: a forgotten code or someone guessing. A successful sign-in ends a "
+                   "name's streak; failures older than 15 minutes are forgotten.")
+        st.dataframe(pd.DataFrame(lockouts).rename(columns={
+            "kind": "By", "who": "Name or address", "failures": "Failures in a row",
+            "retry_after_s": "Next attempt in (s)", "last_attempt_at": "Last failure"}).drop(columns="key"),
+            hide_index=True)
     names = [p["name"] for p in people]
     if names:
         chosen = st.selectbox("Person", names, key="admin-person")

@@ -395,6 +395,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from rocore.review.auth import operator_name
+    from rocore.store.backup import backup_database, describe_verification, verify_backup
+
+    if args.verify is not None:
+        if args.force:
+            print("--force goes with --out, not --verify", file=sys.stderr)
+            return 2
+        report = verify_backup(args.verify)
+        print(describe_verification(report), file=sys.stdout if report["ok"] else sys.stderr)
+        return 0 if report["ok"] else 1
+    result = backup_database(args.db, args.out, actor=operator_name(), client="cli", force=args.force)
+    print(result.describe())
+    if result.same_disk:
+        print(f"warning: {result.path} is on the same disk as {args.db}; keep backups on other storage "
+              "(docs/administration.md)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rocore", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -526,6 +545,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--power", type=float, default=0.8, help="plan: power to reach (default 0.8)")
     p.add_argument("--json", action="store_true", help="plan: print the plan as JSON")
     p.set_defaults(func=cmd_study)
+
+    p = commands.add_parser("backup", help="copy the database safely while the app runs (--out), or check a "
+                                           "copy can be restored (--verify)")
+    _db_arg(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, metavar="FILE",
+                        help="the backup file (0600), or an existing folder for DBNAME-UTCTIME.db in it; "
+                             "its folder must exist")
+    target.add_argument("--verify", type=Path, metavar="FILE",
+                        help="the restore check of a backup: integrity, schema version, rows per table")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=cmd_backup)
     return parser
 
 

@@ -133,7 +133,7 @@ def test_the_study_size_is_planned_before_creating(info):
     assert any("odd number" in i.value for i in at.info)
     next(n for n in at.number_input if n.key == "plan-finetuned").set_value(0.5)
     at.run()
-    assert "must differ" in at.warning[0].value
+    assert any("must differ" in w.value for w in at.warning)
 
 
 def test_a_study_created_without_a_seed_gets_a_random_one(info, db_path):
@@ -158,5 +158,29 @@ def test_each_study_shows_its_blinding_check(info, db_path):
         check = blinding.study_blinding(conn, info["study_id"], actor_id=info["admin_id"])
     assert check["shown"]["best_rule"]["rule"] == "the shorter text is run 1"
     given_away, text = blinding.describe(check)
-    assert given_away and [w.value for w in at.warning] == [text]
+    assert given_away and [w.value for w in at.warning if w.value.startswith("Blinding check")] == [text]
     assert "the shorter text is run 1 in 12 of 12 cases" in text
+
+
+def test_the_last_backup_and_slowed_sign_ins_are_shown(info, db_path, tmp_path):
+    from rocore.store.backup import backup_database
+
+    at = open_page(info)
+    assert [w.value for w in at.warning if "backed up" in w.value] == [
+        f"This database has never been backed up: `python -m rocore backup --db {db_path} --out FOLDER` "
+        "(safe while the app runs)."]
+    assert not any("slowed" in w.value for w in at.warning)
+
+    with opened(db_path) as conn:
+        for _ in range(auth.FREE_FAILURES):
+            with pytest.raises(auth.SignInFailed):
+                auth.sign_in(conn, "ada", "not her code", "web 10.0.0.7")
+    backup_database(db_path, tmp_path / "nightly.db", actor="cli:ops")
+    at = open_page(info)
+    assert not any("backed up" in w.value for w in at.warning)
+    assert any(c.value.startswith("Last backup: ") and "by cli:ops, to `" in c.value and "nightly.db`" in c.value
+               for c in at.caption)
+    assert "Sign-in is slowed for 1 name(s) or address(es) after failed attempts: see People." in [
+        w.value for w in at.warning]
+    slowed = next(df.value for df in at.dataframe if "Name or address" in df.value.columns)
+    assert slowed[["By", "Name or address", "Failures in a row"]].values.tolist() == [["name", "ada", 3]]
