@@ -24,6 +24,10 @@ ALL_ROLES, STAFF = auth.ROLES, auth.STAFF_ROLES
 # to fonts.gstatic.com on every page load. The st.Page icons below come from Streamlit's bundled font.
 ICON = Path(__file__).with_name("assets") / "icon.svg"
 SESSION_CHECK_S = 60
+# A restart of the app ends every browser session, a form being filled in included: its answers are
+# gone, and only "Saved case N" means a rating was stored.
+RESUME_NOTE = ("Signed out while rating? A rating is stored only once the page has said \"Saved case N\". "
+               "After signing in you continue at the first case you have not rated.")
 
 # (file, title, icon, roles that see it): the first page a role may see is its default.
 PAGES = [
@@ -68,6 +72,7 @@ def sign_in_page() -> None:
         name = st.text_input("Reviewer")
         code = st.text_input("Access code", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
+    st.caption(RESUME_NOTE)
     if submitted:
         start_session(lambda conn: auth.sign_in(conn, name, code, client()))
 

@@ -33,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rocore.data.case_import import import_cases
 from rocore.evaluation.dashboard import compute, Filters, ScoreCache
+from rocore.evaluation.outputs import RunPairs
 from rocore.store.db import opened, transaction
 from rocore.data.labels import MODALITIES
 from rocore.data.synthetic import generate_cases, write_jsonl
 
 TASKS = ("regimen", "modality", "icd10")
+RUNS = RunPairs(tuple((task, 1, 2) for task in TASKS))  # run 1 the base, run 2 the fine-tuned, every task
 BATCH = 64  # outputs per stored batch, as a generation run writes them
 HELD_BACK = 5  # batches of fine-tuned regimen outputs left out of the cold database, added one by one
 
@@ -149,13 +151,13 @@ def main() -> None:
         results: dict[str, list[tuple[float, float]]] = {}
         with opened(db_path) as conn:
             def refresh():
-                return compute(conn, cache, 1, 2)
+                return compute(conn, cache, RUNS)
 
             results["cold"] = [_timed(refresh)]
             scored = cache.rows_scored
             keeps_no_figures = ScoreCache(max_figures=0)
-            compute(conn, keeps_no_figures, 1, 2)
-            results["statistics"] = [_timed(lambda: compute(conn, keeps_no_figures, 1, 2))
+            compute(conn, keeps_no_figures, RUNS)
+            results["statistics"] = [_timed(lambda: compute(conn, keeps_no_figures, RUNS))
                                      for _ in range(args.repeats)]
             results["new generations"] = []
             for start in range(0, len(held), BATCH):
@@ -176,7 +178,7 @@ def main() -> None:
                 results["new ratings"].append(_timed(refresh))
             results["no change"] = [_timed(refresh) for _ in range(4 * args.repeats)]
             photon = Filters(modalities=("photon",))
-            results["filter change"] = [_timed(lambda: compute(conn, cache, 1, 2, photon))]
+            results["filter change"] = [_timed(lambda: compute(conn, cache, RUNS, photon))]
             final = refresh()
         summary = {
             "cpus": os.cpu_count(), "cases": args.cases, "outputs": len(final.scores),

@@ -37,9 +37,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(db_path: Path, log_path: Path) -> Iterator[str]:
-    """`streamlit run app.py` serving `db_path` on a free loopback port: its URL, once it answers."""
-    port = free_port()
+def streamlit_server(db_path: Path, log_path: Path, port: int | None = None) -> Iterator[str]:
+    """`streamlit run app.py` serving `db_path` on `port` (a free loopback port unless given, as a
+    restarted server is): its URL, once it answers."""
+    port = port or free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",

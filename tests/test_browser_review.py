@@ -8,7 +8,9 @@ websocket is recorded and searched for run ids, model names and paths.
 from __future__ import annotations
 
 import pytest
-from live_app import BROWSER_TEST, choose, page_shown_on_failure, settle, sign_in, streamlit_server
+from playwright.sync_api import expect
+from conftest import store_intact
+from live_app import BROWSER_TEST, choose, free_port, page_shown_on_failure, settle, sign_in, streamlit_server
 from test_review_studies import SECRETS, make_review_db
 
 from rocore.store.db import opened
@@ -91,3 +93,43 @@ def check_stored_and_blinded(db_path, info: dict, page, received: list[bytes], h
     sent = (b"\n".join(received).decode("utf-8", "replace") + "\n".join(html) + page.url).casefold()
     assert "gy in" in sent
     assert [secret for secret in SECRETS if secret.casefold() in sent] == []
+
+
+@pytest.mark.fault
+def test_a_server_restart_mid_form_loses_no_rating_silently(db_path, tmp_path, browser):
+    """The app restarts while a reviewer has a form filled in: nothing is stored that the reviewer was
+    not told was saved, the page says so, and the case is offered again after signing in."""
+    info = make_review_db(db_path)
+    port = free_port()
+    context = browser.new_context()
+    page = context.new_page()
+    with page_shown_on_failure(page):
+        with streamlit_server(db_path, tmp_path / "before.log", port) as url:
+            sign_in(page, url, "ada", info["codes"]["ada"])
+            settle(page, "Case 1 of 8")
+            fill_in_the_form(page)
+        # While the server is down the page keeps the answers but cannot send them: Submit is disabled.
+        expect(page.get_by_role("button", name="Submit")).to_be_disabled(timeout=30_000)
+        with streamlit_server(db_path, tmp_path / "after.log", port) as url:
+            # The restarted server knows no session: the reconnected page asks for a sign-in and says
+            # that only a "Saved" message means a rating was stored.
+            page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+            page.get_by_text("A rating is stored only once the page has said").wait_for(timeout=30_000)
+            assert "Saved case 1" not in page.inner_text("body")
+            assert store_intact(db_path)["ratings"] == 0
+            sign_in(page, url, "ada", info["codes"]["ada"])
+            settle(page, "Case 1 of 8")
+            page.get_by_text("0 of 8 rated").wait_for(timeout=30_000)
+            fill_in_the_form(page)
+            page.get_by_role("button", name="Submit").click()
+            page.get_by_text("Saved case 1.").wait_for(timeout=30_000)
+    context.close()
+    assert store_intact(db_path)["ratings"] == 1
+
+
+def fill_in_the_form(page) -> None:
+    choose(page, "Is Regimen A clinically acceptable?", "Acceptable")
+    choose(page, "Is Regimen B clinically acceptable?", "Not acceptable")
+    choose(page, "Score of Regimen A (1 poor, 5 excellent)", "4")
+    choose(page, "Score of Regimen B (1 poor, 5 excellent)", "2")
+    choose(page, "Which do you prefer?", "Regimen A")

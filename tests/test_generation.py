@@ -12,6 +12,7 @@ from rocore.generation.runs import (
     decoding_settings,
     generate_batch,
     get_or_create_run,
+    list_runs,
     matched_run_pairs,
     pending_items,
     run_generation,
@@ -301,3 +302,50 @@ def test_an_adapter_is_checked_against_the_base_before_either_loads(split_db, tm
             check_generation_request(conn, other, tiny_adapter_dir, "main", "test", ["regimen"])
         with pytest.raises(GenerationRequestError, match="LoRA adapter: .* it is not a LoRA adapter directory"):
             check_generation_request(conn, other, tmp_path, "main", "test", ["regimen"])
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_killed_generation_process_resumes_with_only_the_missing_outputs(split_db, tiny_model_dir):
+    """kill -9 mid-run: what was stored stays as it was, the run is marked failed (not left 'running'),
+    and the same command generates only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, store_intact
+
+    db_path, split_id = split_db
+    command = [sys.executable, "-m", "rocore", "generate", "--db", str(db_path), "--model", str(tiny_model_dir),
+               "--quantization", "fp32", "--batch-size", "1", "--max-new-tokens", "regimen=48"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    stored = 0
+    while stored < 3:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no output stored within 120 s"
+        time.sleep(0.05)
+        with opened(db_path) as conn:
+            stored = conn.execute("SELECT count(*) FROM generations").fetchone()[0]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    counts = store_intact(db_path)
+    with opened(db_path) as conn:
+        before = {tuple(r) for r in conn.execute("SELECT case_id, task, raw_text, created_at FROM generations")}
+        [run] = list_runs(conn)  # as the Generate page lists it
+        expected = len(split_case_ids(conn, split_id, "test")) * len(TASKS)
+    assert run["status"] == "failed" and "resume" in run["error"], "the dead process's run is not left running"
+    assert run["done"] == len(before)
+    assert 3 <= counts["generations"] == len(before) < expected
+
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming generation run {run['run_id']}" in resumed.stdout
+    assert f"generated {expected - len(before)} outputs" in resumed.stdout
+    after = store_intact(db_path)
+    assert after["generations"] == expected and after["generation_runs"] == 1
+    with opened(db_path) as conn:
+        assert before <= {tuple(r) for r in conn.execute("SELECT case_id, task, raw_text, created_at FROM generations")}
+        assert conn.execute("SELECT status FROM generation_runs").fetchone()[0] == "finished"

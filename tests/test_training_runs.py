@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, store_intact
 from rocore.store import db, jobs
 from rocore.store.db import opened
 from rocore.store.jobs import RunBusy
@@ -298,6 +298,7 @@ def test_speed_and_eta_after_a_resume_count_only_the_new_process_steps(split_db,
 
 
 @pytest.mark.slow
+@pytest.mark.fault
 def test_a_killed_process_is_detected_and_its_points_past_the_checkpoint_are_replaced(split_db, tiny_model_dir,
                                                                                       tmp_path):
     db_path, _ = split_db
@@ -316,6 +317,7 @@ def test_a_killed_process_is_detected_and_its_points_past_the_checkpoint_are_rep
     with opened(db_path) as conn:
         before = {m["step"]: tuple(m) for m in run_metrics(conn, run_id)}
     assert max(before) > 10, "the killed process got past its checkpoint"
+    assert store_intact(db_path)["training_runs"] == 1
 
     assert run_training(db_path, run_id, resume=True) == "finished"
     with opened(db_path) as conn:
@@ -326,6 +328,8 @@ def test_a_killed_process_is_detected_and_its_points_past_the_checkpoint_are_rep
         step: row for step, row in before.items() if step <= 10}
     assert all(row[-1] >= resumed_at for step, row in after.items() if step > 10), \
         "the points after the checkpoint are the resumed process's, none left from the killed one"
+    counts = store_intact(db_path)
+    assert counts["training_metrics"] == 20 and counts["training_runs"] == 1
 
 
 def test_a_version_2_database_gains_the_cancelling_status_keeping_every_row(tmp_path):
