@@ -59,18 +59,17 @@ with tab_import:
     if upload is not None:
         data = upload.getvalue()
         try:
-            table = tables.read_table(data, upload.name)
+            shown = tables.preview_table(data, upload.name)
         except tables.ImportRefused as exc:
             st.error("This file cannot be read.")
             st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)
             st.stop()
-        st.caption(f"{len(table.rows):,} rows, {len(table.columns)} columns. First rows:")
-        st.dataframe(pd.DataFrame([values for _, values in table.rows[:20]], columns=table.columns),
-                     hide_index=True, height=240)
+        st.caption(f"{shown.n_rows:,} rows, {len(shown.columns)} columns. First rows:")
+        st.dataframe(pd.DataFrame(shown.first_rows, columns=shown.columns), hide_index=True, height=240)
 
         st.subheader("Columns")
-        guess = case_import.guess_column_map(table.columns)
-        options = ["(none)", *table.columns]
+        guess = case_import.guess_column_map(shown.columns)
+        options = ["(none)", *shown.columns]
         mapping = {}
         grid = st.columns(4)
         for i, field in enumerate(case_import.FIELDS):
@@ -89,7 +88,8 @@ with tab_import:
         with opened(DB) as conn:
             stored = case_import.stored_case_ids(conn)
         try:
-            validation = case_import.validate(table, mapping, stored, update, PAGE_OPTIONS)
+            validation = case_import.validate(tables.TableReader(data, upload.name), mapping, stored, update,
+                                              PAGE_OPTIONS)
         except tables.ImportRefused as exc:
             st.error("Map every required column before importing.")
             st.code(tables.format_problems(exc.problems), language=None, wrap_lines=True)

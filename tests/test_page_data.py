@@ -148,3 +148,27 @@ def test_the_file_watcher_is_off():
     """Streamlit's inotify watcher overflowed (thousands of log lines an hour); the app is not edited live."""
     server = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
     assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
+
+
+def test_checking_a_large_upload_does_not_hold_its_rows(page):
+    """The page previews and checks an upload as a stream: the rows of a 20,000-case file are never all
+    in memory at once (the page held each as a dict, several times the file, before)."""
+    import tracemalloc
+
+    data = csv_bytes(*[row(f"P{i:05d}", diagnosis=f"{40 + i % 50}-year-old, prostate adenocarcinoma, "
+                           f"Gleason {6 + i % 4}, PSA {i % 30} ng/mL, cT{1 + i % 3}N0M0, no prior therapy")
+                       for i in range(20_000)])
+    page.file_uploader[0].set_value(("small.csv", csv_bytes(row("P1")), "text/csv"))
+    page.run()  # what any check loads once (the ICD-10-CM code set), before memory is traced
+    page.file_uploader[0].set_value(("big.csv", data, "text/csv"))
+    tracemalloc.start()
+    try:
+        page.run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not page.exception
+    assert page.caption[0].value.startswith("20,000 rows, 5 columns.")
+    assert [m.value for m in page.metric[1:4]] == ["20000", "0", "0"]
+    print(f"file {len(data):,} bytes, peak traced {peak:,} bytes")
+    assert peak < 3 * len(data)

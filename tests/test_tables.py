@@ -15,7 +15,8 @@ import openpyxl
 import pytest
 
 from conftest import HEADER, csv_bytes, row
-from rocore.data.tables import LIMITS, MB, ImportRefused, Limits, TableReader, neutralise, read_table
+from rocore.data.tables import (LIMITS, MB, ImportRefused, Limits, TableReader, neutralise, preview_table,
+                                read_table)
 
 FIELDS = HEADER.split(",")
 CASE = ["P1", "d", "r", "photon", "C61"]
@@ -433,3 +434,13 @@ def test_cells_a_spreadsheet_would_run_are_neutralised(cell):
 @pytest.mark.parametrize("value", ["60 Gy in 20 fractions", "photon", "", "C61", -1.0, 3, None])
 def test_other_cells_are_kept(value):
     assert neutralise(value) == value
+
+
+def test_a_preview_keeps_only_the_first_rows_but_learns_every_column_and_counts_the_rows():
+    lines = [json.dumps({"case_id": f"P{i}", "diagnosis": f"case {i}"}) for i in range(40)]
+    lines[30] = json.dumps({"case_id": "P30", "diagnosis": "case 30", "site": "prostate"})  # a key seen late
+    shown = preview_table(("\n".join(lines) + "\n").encode(), "cases.jsonl", first=3)
+    assert shown.n_rows == 40 and shown.columns == ["case_id", "diagnosis", "site"]
+    assert shown.first_rows == [{"case_id": f"P{i}", "diagnosis": f"case {i}"} for i in range(3)]
+    with pytest.raises(ImportRefused, match="is empty"):
+        preview_table(b"", "empty.csv")

@@ -156,6 +156,28 @@ def read_table(source: bytes | BinaryIO, name: str, limits: Limits = LIMITS) -> 
     return Table(name, reader.columns, rows, reader.problems, reader.unreadable)
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What a page shows of a file before it is checked: its columns, how many rows fit, the first rows."""
+
+    columns: list[str]
+    n_rows: int
+    first_rows: list[dict[str, str]]
+
+
+def preview_table(source: bytes | BinaryIO, name: str, first: int = 20, limits: Limits = LIMITS) -> Preview:
+    """The file read to its end, for its columns (JSON keys and unnamed columns appear as rows are read)
+    and its limits, keeping only the first rows: the Data page then checks it as a stream, so a file
+    of 100,000 rows is never held as rows."""
+    reader = TableReader(source, name, limits)
+    n_rows, kept = 0, []
+    for _, values in reader:
+        n_rows += 1
+        if len(kept) < first:
+            kept.append(values)
+    return Preview(list(reader.columns), n_rows, kept)
+
+
 class TableReader:
     """A user's file (CSV/TSV, .xlsx, JSON lines or a JSON array; by extension and content) read one
     row at a time within `limits`, so that an import can check and stage each row as it comes instead
