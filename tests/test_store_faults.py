@@ -350,9 +350,10 @@ NOT_SAVED = {
     "read-only file": "Your rating was not saved: the database is read-only for the app (its file, folder or disk "
                       "does not allow writing). Your answers are still on the form: submit again once a study "
                       "administrator has fixed this.",
-    # SQLite cannot open the file at all, without its -wal and -shm beside it.
-    "read-only folder": "Your rating was not saved: the database file could not be opened. Your answers are still "
-                        "on the form: submit again once a study administrator has fixed this.",
+    # SQLite cannot open the file at all, without its -wal and -shm beside it: read-only all the same.
+    "read-only folder": "Your rating was not saved: the database is read-only for the app (its file, folder or "
+                        "disk does not allow writing). Your answers are still on the form: submit again once a "
+                        "study administrator has fixed this.",
     "full disk": "Your rating was not saved: the disk that holds the database could not be written. Your answers "
                  "are still on the form: submit again once a study administrator has fixed this.",
 }

@@ -634,7 +634,7 @@ _STORE_PROBLEMS = {
 def store_problem(exc: BaseException) -> str:
     """Why the store refused a write, in words a reviewer can pass on, and when to try again."""
     cause = exc.__cause__ if isinstance(exc, SchemaError) and exc.__cause__ is not None else exc
-    code = getattr(cause, "sqlite_errorcode", None)
+    code = getattr(exc, "sqlite_errorcode", None) or getattr(cause, "sqlite_errorcode", None)
     what, when = _STORE_PROBLEMS.get(code & 0xFF if code is not None else None,
                                      (f"the database reported '{cause}'", "once this is fixed"))
     return f"Your rating was not saved: {what}. Your answers are still on the form: submit again {when}."

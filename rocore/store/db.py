@@ -71,7 +71,13 @@ NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 class SchemaError(RuntimeError):
-    """The database cannot be used: missing, unreadable, unwritable, or of a schema this rocore does not know."""
+    """The database cannot be used: missing, unreadable, unwritable, or of a schema this rocore does not know.
+    `sqlite_errorcode`: SQLite's result code as `unusable` read it (a folder SQLite cannot write its -wal
+    file in counts as read-only), for callers that word the cause for someone else."""
+
+    def __init__(self, message: str, sqlite_errorcode: int | None = None) -> None:
+        super().__init__(message)
+        self.sqlite_errorcode = sqlite_errorcode
 
 
 class DatabaseMissing(SchemaError):
@@ -123,7 +129,7 @@ def unusable(path: str | Path, exc: sqlite3.Error) -> SchemaError:
     if code & 0xFF == sqlite3.SQLITE_CANTOPEN and _in_read_only_folder(Path(path)):
         code = sqlite3.SQLITE_READONLY  # SQLite could not make the -wal or -shm file beside it
     cause = _CAUSES.get(code, _CAUSES.get(code & 0xFF, "not a usable SQLite database"))
-    return SchemaError(f"{path}: {cause} (SQLite: {exc})")
+    return SchemaError(f"{path}: {cause} (SQLite: {exc})", code)
 
 
 def _is_store_error(exc: BaseException) -> bool:
