@@ -71,6 +71,13 @@ if item is None:
     total = by_id[study_id]["total"]
     st.progress(1.0, text=f"{total} of {total} rated")
     st.success(f"You have rated all {total} cases of this study. Thank you!")
+    with opened(DB) as conn:
+        mine = review.my_summary(conn, user["id"], study_id)
+    rated, flagged, revised, commented = st.columns(4)
+    rated.metric("Rated", mine["rated"])
+    flagged.metric("Flagged as unratable", mine["flagged"])
+    revised.metric("Revised after a first rating", mine["revised"])
+    commented.metric("With a comment", mine["commented"])
     st.button("Look through my ratings", on_click=go_to, args=(1,), key="review-again")
     st.stop()
 

@@ -186,8 +186,10 @@ def test_all_done_and_look_through_again(db_path, monkeypatch):
     monkeypatch.setenv("ROCORE_DB", str(db_path))
     monkeypatch.chdir(ROOT)
     info = make_review_db(db_path, n_cases=2, reviewers=("ada",), overlap=1)
-    at = rate(rate(open_page(info)))
+    at = rate(rate(open_page(info), comment="dose too low for the stage"))
     assert at.success[-1].value == "You have rated all 2 cases of this study. Thank you!"
+    assert {m.label: m.value for m in at.metric} == {"Rated": "2", "Flagged as unratable": "0",
+                                                     "Revised after a first rating": "0", "With a comment": "1"}
     next(b for b in at.button if b.label == "Look through my ratings").click()
     at.run()
     assert at.subheader[0].value == "Case 1 of 2"
@@ -242,6 +244,9 @@ def test_nothing_sent_to_the_reviewer_reveals_runs_models_or_sides(study, db_pat
     at.run()
     at = rate(at, b="Acceptable")  # a revision
     pages.append(everything_sent(at))
+    while not any(s.value.startswith("You have rated all") for s in at.success):
+        at = rate(at)
+    pages.append(everything_sent(at))  # the reviewer's own summary
     sent = "\n".join(pages).casefold()
     assert "regimen a" in sent and "gy in" in sent
     leaked = [secret for secret in SECRETS if secret.casefold() in sent]

@@ -670,3 +670,19 @@ def test_plan_study_is_the_exact_plan_with_the_advice():
     assert plan["ratings"] == 2 * plan["cases"] and len(plan["notes"]) == 1 and "odd" in plan["notes"][0]
     with pytest.raises(ReviewError, match="Cannot plan"):
         review.plan_study(0.6, 0.6)
+
+
+def test_a_reviewers_summary_counts_only_what_they_did_and_nothing_unblinded(db_path, study):
+    ada, ben = study["ids"]["ada"], study["ids"]["ben"]
+    with opened(db_path) as conn:
+        items = [review.open_item(conn, ada, study["study_id"], position) for position in (1, 2, 3)]
+        review.submit_rating(conn, ada, items[0].assignment_id, good_rating(comment="fine"), 0)
+        review.submit_rating(conn, ada, items[0].assignment_id, good_rating(acceptable_b=True), 1)
+        review.submit_rating(conn, ada, items[1].assignment_id, Rating(unratable_reason="no stage given"), 0)
+        review.submit_rating(conn, ada, items[2].assignment_id, good_rating(), 0)
+        other = review.open_item(conn, ben, study["study_id"], 1)
+        review.submit_rating(conn, ben, other.assignment_id, good_rating(comment="his"), 0)
+        summary = review.my_summary(conn, ada, study["study_id"])
+        total = review.my_studies(conn, ada)[0]["total"]
+    # The revision dropped the comment: only the current rating counts.
+    assert summary == {"cases": total, "rated": 2, "flagged": 1, "revised": 1, "commented": 0}

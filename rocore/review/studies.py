@@ -473,6 +473,24 @@ def my_studies(conn: sqlite3.Connection, reviewer_id: int) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def my_summary(conn: sqlite3.Connection, reviewer_id: int, study_id: int) -> dict:
+    """What the reviewer did in a study, from their own assignments only: `cases` assigned, `rated`,
+    `flagged` unratable (their current rating), `revised` (rated more than once) and `commented`.
+    Nothing about which run wrote what, and no share acceptable: a reviewer who saw how often they
+    accepted each side could start to tell the sides apart."""
+    _reviewer(conn, reviewer_id)
+    row = conn.execute(
+        "SELECT count(*) AS cases, "
+        "coalesce(sum(r.rating_id IS NOT NULL AND r.unratable_reason IS NULL), 0) AS rated, "
+        "coalesce(sum(r.unratable_reason IS NOT NULL), 0) AS flagged, "
+        "coalesce(sum(r.revision > 1), 0) AS revised, "
+        "coalesce(sum(r.comment IS NOT NULL), 0) AS commented "
+        "FROM assignments a LEFT JOIN ratings r ON r.assignment_id = a.assignment_id AND r.revision = "
+        "  (SELECT max(revision) FROM ratings WHERE assignment_id = a.assignment_id) "
+        "WHERE a.reviewer_id = ? AND a.study_id = ?", (reviewer_id, study_id)).fetchone()
+    return dict(row)
+
+
 def _rating_of(row: sqlite3.Row) -> Rating:
     def flag(value):
         return None if value is None else bool(value)
