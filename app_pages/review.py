@@ -17,6 +17,9 @@ from rocore.store.db import default_db_path, opened
 
 DB = default_db_path()
 CHOICES = ("Acceptable", "Not acceptable")
+# The regimen boxes: characters a line of st.text holds in half of a 1366-pixel screen, and the
+# tallest box before its text scrolls inside it (the forms must stay within a laptop's screen).
+LINE_CHARS, LINE_PX, MAX_BOX_PX = 70, 24, 240
 
 user = st.session_state.get("user")
 if not user:
@@ -107,6 +110,13 @@ key = f"{item.assignment_id}-{item.revision}"
 asked = item.form
 
 
+def box_height(*texts: str) -> int:
+    """One height for both regimen boxes, from the longer text, so that the two forms below them start
+    level whatever the lengths."""
+    lines = max(sum(1 + len(line) // LINE_CHARS for line in text.splitlines() or [""]) for text in texts)
+    return min(56 + LINE_PX * lines, MAX_BOX_PX)
+
+
 def index_of(options, value):
     """The radio index of a stored answer, None (nothing chosen) without one."""
     return options.index(value) if value in options else None
@@ -115,9 +125,10 @@ def index_of(options, value):
 with st.form(f"rate-{key}", border=False):
     columns = st.columns(2)
     answers = {}
+    height = box_height(item.text_a, item.text_b)
     for column, side, text in ((columns[0], "a", item.text_a), (columns[1], "b", item.text_b)):
         with column:
-            with st.container(border=True):
+            with st.container(border=True, height=height):
                 st.markdown(f"**{item.label} {side.upper()}**")
                 st.text(text)
             accepted = getattr(current, f"acceptable_{side}")

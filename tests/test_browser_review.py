@@ -133,3 +133,22 @@ def fill_in_the_form(page) -> None:
     choose(page, "Score of Regimen A (1 poor, 5 excellent)", "4")
     choose(page, "Score of Regimen B (1 poor, 5 excellent)", "2")
     choose(page, "Which do you prefer?", "Regimen A")
+
+
+def test_both_forms_start_level_whatever_the_lengths_of_the_two_regimens(db_path, tmp_path, browser):
+    """One regimen of one line, the other of eight: the two acceptability questions sit at the same
+    height, and the case, both regimens and both questions fit a 1366x768 laptop screen unscrolled."""
+    long = "\n".join(f"Phase {i}: 50.4 Gy in 28 fractions of 1.8 Gy to the prostate and seminal vesicles, "
+                     "IMRT with daily image guidance" for i in range(1, 9))
+    info = make_review_db(db_path, n_cases=4, reviewers=("ada",), overlap=1,
+                          raw_outputs=lambda i: (f"Answer: {long}", "Answer: 60 Gy in 20 fractions"))
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    with page_shown_on_failure(page), streamlit_server(db_path, tmp_path / "streamlit.log") as url:
+        sign_in(page, url, "ada", info["codes"]["ada"])
+        settle(page, "Case 1 of 4")
+        questions = [page.get_by_role("radiogroup", name=f"Is Regimen {side} clinically acceptable?").bounding_box()
+                     for side in "AB"]
+        assert abs(questions[0]["y"] - questions[1]["y"]) < 2, questions
+        assert all(q["y"] + q["height"] <= 768 for q in questions), f"below the screen: {questions}"
+    context.close()
