@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rocore.store.audit import audit
-from rocore.store.db import (BUSY_TIMEOUT_S, SCHEMA_VERSION, DatabaseMissing, SchemaError, _stored_version,
+from rocore.store.db import (BUSY_TIMEOUT_S, SCHEMA_VERSION, DatabaseMissing, SchemaError, stored_version,
                              transaction, unusable)
 
 # Pages copied per backup step (4 MiB at SQLite's default 4 KiB page): small enough to report
@@ -153,7 +153,7 @@ def verify_backup(path: str | Path) -> dict:
         report["integrity"] = "ok" if messages == ["ok"] else messages
         if messages != ["ok"]:
             problems.append(f"the integrity check failed: {'; '.join(messages)}")
-        version = report["schema_version"] = _stored_version(conn)
+        version = report["schema_version"] = stored_version(conn)
         if not version:
             problems.append("no schema version: not a rocore database")
         elif version > SCHEMA_VERSION:
@@ -227,7 +227,7 @@ def _open_source(db_path: Path) -> sqlite3.Connection:
         raise unusable(db_path, exc) from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        version = _stored_version(conn)
+        version = stored_version(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise unusable(db_path, exc) from exc
@@ -256,7 +256,7 @@ def _copy(src: sqlite3.Connection, db_path: Path, tmp: Path, out: Path, progress
     # copy is one committed state and other connections' writes never restart the backup.
     src.execute("BEGIN")
     try:
-        version = _stored_version(src)
+        version = stored_version(src)
         try:
             dst = sqlite3.connect(tmp, isolation_level=None)
         except sqlite3.Error as exc:
@@ -298,7 +298,7 @@ def _check_copy(dst: sqlite3.Connection, db_path: Path, out: Path, version: int)
     if messages != ["ok"]:
         raise SchemaError(f"{out}: the copy failed its integrity check ({'; '.join(messages)}): {db_path} itself, "
                           "or the disk written to, is damaged; no backup was written")
-    copied = _stored_version(dst)
+    copied = stored_version(dst)
     if copied != version:
         raise SchemaError(f"{out}: the copy's schema version ({copied}) is not the database's ({version}); "
                           "no backup was written")

@@ -141,7 +141,7 @@ def _in_read_only_folder(path: Path) -> bool:
     return path.is_file() and not os.access(path.parent, os.W_OK | os.X_OK)
 
 
-def _stored_version(conn: sqlite3.Connection) -> int:
+def stored_version(conn: sqlite3.Connection) -> int:
     """Plain SQL rather than sqlite-utils: every connection asks this, and importing sqlite-utils
     (which imports pandas) would add about half a second to every process that opens the store."""
     exists = conn.execute(
@@ -161,14 +161,14 @@ def ensure_schema(conn: sqlite3.Connection) -> int:
     with them on, a step that rebuilds a table (create, copy, drop, rename) would cascade-delete the
     rows that reference it. `PRAGMA foreign_key_check` before the commit takes their place.
     """
-    if _stored_version(conn) == SCHEMA_VERSION:
+    if stored_version(conn) == SCHEMA_VERSION:
         return SCHEMA_VERSION
     conn.execute("PRAGMA foreign_keys = OFF")
     if conn.execute("PRAGMA foreign_keys").fetchone()[0]:
         raise SchemaError("cannot migrate inside an open transaction: foreign keys cannot be switched off")
     try:
         with transaction(conn):
-            version = _stored_version(conn)
+            version = stored_version(conn)
             if version == SCHEMA_VERSION:
                 return SCHEMA_VERSION
             if version > SCHEMA_VERSION:
@@ -195,7 +195,7 @@ def ensure_schema(conn: sqlite3.Connection) -> int:
 
 def _store(conn: sqlite3.Connection) -> sqlite_utils.Database:
     """The connection wrapped for the migration steps, its settings untouched (no recursive_triggers
-    pragma, no plugin hooks). Imported here, not at the top, for the reason `_stored_version` gives."""
+    pragma, no plugin hooks). Imported here, not at the top, for the reason `stored_version` gives."""
     import sqlite_utils
 
     return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
