@@ -2,12 +2,15 @@ import os
 import sqlite3
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import sqlite_utils
 from sqlite_utils.db import TransactionError
 
 from rocore.store import db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Parents with ON DELETE CASCADE children (split_cases, training_metrics, generations): the tables a
 # naive rebuild would empty the children of.
@@ -461,3 +464,24 @@ def test_many_threads_opening_an_older_database_at_once_migrate_it_once(db_path,
     assert runs == [1]
     with db.opened(db_path) as conn:
         _all_kept(conn, columns, before)
+
+
+def test_a_version_2_database_migrated_to_the_current_version_has_the_columns_and_checks_of_a_new_one(tmp_path):
+    path = tmp_path / "v2.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.row_factory = sqlite3.Row
+    old.executescript((ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(encoding="utf-8"))
+    old.execute("INSERT INTO schema_migrations (version, description) VALUES (1, 'created'), (2, 'migrated from 1')")
+    old.execute("PRAGMA foreign_keys = ON")
+    _populate(old)
+    columns = _columns(old)
+    before = _rows(old, columns)
+    old.close()
+    with db.opened(path) as conn, db.opened(tmp_path / "new.db") as new:
+        _all_kept(conn, columns, before)
+        assert _columns(conn) == _columns(new)
+        assert {r[0] for r in conn.execute("SELECT DISTINCT backend FROM generation_runs")} == {"local"}
+        assert {r[0] for r in conn.execute("SELECT DISTINCT processes FROM training_runs")} == {None}
+        for statement in ("UPDATE generation_runs SET backend = 'vllm'", "UPDATE training_runs SET processes = 0"):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute(statement)

@@ -201,7 +201,7 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
             conn.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir) "
                          "VALUES (?, ?, '{}', '/runs/run-1')", (model_id, split_id))
         # Back to version 1: training_runs as version 2 made it (tests/data/reviews-v2.db.schema), then
-        # the columns version 2 added dropped and the later migration rows removed.
+        # the columns versions 2 and 4 added dropped and the later migration rows removed.
         conn.execute("PRAGMA foreign_keys = OFF")
         with transaction(conn):
             version_2 = re.search(r"CREATE TABLE IF NOT EXISTS training_runs \(.*?\n\);",
@@ -212,7 +212,9 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
             conn.execute("DROP TABLE training_runs")
             conn.execute("ALTER TABLE training_runs_v2 RENAME TO training_runs")
             for table, column in (("training_runs", "prompt_format"), ("generation_runs", "prompt_format"),
-                                  ("generations", "finish_reason"), ("generations", "prompt")):
+                                  ("generations", "finish_reason"), ("generations", "prompt"),
+                                  ("generation_runs", "backend"), ("generation_runs", "server_url"),
+                                  ("generation_runs", "served_model")):
                 conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
             conn.execute("DELETE FROM schema_migrations WHERE version > 1")
         before = {t: [tuple(r) for r in conn.execute(f"SELECT * FROM {t}")]

@@ -62,7 +62,19 @@ def _cancelling_training_runs(store: sqlite_utils.Database) -> None:
                   "CHECK (total_steps IS NULL OR total_steps >= 0)")
 
 
-MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs}
+def _served_generation_and_processes(store: sqlite_utils.Database) -> None:
+    """Version 4: a generation run records its backend (local, or an OpenAI-compatible server with its
+    URL and served model name), and a training run how many processes trained it."""
+    store.execute("ALTER TABLE training_runs ADD COLUMN processes INTEGER "
+                  "CHECK (processes IS NULL OR processes >= 1)")
+    store.execute("ALTER TABLE generation_runs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local' "
+                  "CHECK (backend IN ('local', 'openai'))")
+    store.execute("ALTER TABLE generation_runs ADD COLUMN server_url TEXT")
+    store.execute("ALTER TABLE generation_runs ADD COLUMN served_model TEXT")
+
+
+MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs,
+                               4: _served_generation_and_processes}
 
 BUSY_TIMEOUT_S = 30.0
 
