@@ -7,6 +7,7 @@ import streamlit as st
 
 from app_pages.access import require_staff
 from rocore.review import auth
+from rocore.generation import openai_compatible as served
 from rocore.generation import runs as generation
 from rocore.store import jobs
 from rocore.model import loading as models
@@ -39,10 +40,23 @@ adapter = right.selectbox("LoRA adapter (empty: the base model alone)", adapters
 split_name = left.selectbox("Split", [s["name"] for s in reversed(stored_splits)])
 part = right.selectbox("Part", splits.PARTS, index=splits.PARTS.index("test"))
 tasks = left.multiselect("Tasks", prompts.TASKS, default=list(prompts.TASKS))
-quantization = right.selectbox("Quantization", models.QUANTIZATIONS,
-                               help="auto: bf16 on a GPU with room for it, else nf4; fp32 for small models on the CPU")
-batch_size = left.number_input("Batch size", 1, 512, 32)
-device = right.selectbox("Device", models.DEVICES)
+backend = right.radio("Backend", ["local", "openai"], horizontal=True,
+                      format_func={"local": "This machine (transformers)", "openai": "OpenAI-compatible server"}.get,
+                      help="A server (vLLM, transformers serve) answers prompts the product builds from the model "
+                           "directory above, so its outputs compare with local ones. An API key, where it wants "
+                           f"one, is read from ${served.API_KEY_ENV[0]} in the app's environment.")
+if backend == "local":
+    quantization = left.selectbox("Quantization", models.QUANTIZATIONS,
+                                  help="auto: bf16 on a GPU with room for it, else nf4; fp32 for small models on "
+                                       "the CPU")
+    device = right.selectbox("Device", models.DEVICES)
+else:
+    base_url = left.text_input("Server URL", placeholder="http://127.0.0.1:8000/v1")
+    served_model = right.text_input("Served model name",
+                                    help="vLLM: --served-model-name, or the name of a --lora-modules adapter (e.g. "
+                                         "finetuned); transformers serve: the model path it was started with.")
+    concurrency = left.number_input("Requests at once", 1, 256, served.DEFAULT_CONCURRENCY)
+batch_size = right.number_input("Batch size (outputs stored together)", 1, 512, 32)
 prompt_format = left.selectbox("Prompt format", ["auto", *prompts.PROMPT_FORMATS],
                                help="chat: the model's chat template; plain: the '### Patient' layout. auto: the "
                                     "adapter's own, else chat for an instruction-tuned model with a chat template.")
@@ -52,8 +66,13 @@ limit = right.number_input("Outputs to try first (0: all)", 0, 100_000, 0,
 submitted = st.button("Start generation", type="primary")
 
 args = ["generate", "--db", str(DB), "--model", str(model or ""), "--split", part, "--split-name", split_name,
-        "--tasks", ",".join(tasks), "--quantization", quantization, "--device", device, "--batch-size", str(batch_size),
-        "--prompt-format", prompt_format, "--actor", user.name, "--client", auth.web_client(st.context.ip_address)]
+        "--tasks", ",".join(tasks), "--batch-size", str(batch_size), "--prompt-format", prompt_format,
+        "--actor", user.name, "--client", auth.web_client(st.context.ip_address)]
+if backend == "local":
+    args += ["--quantization", quantization, "--device", device]
+else:
+    args += ["--backend", "openai", "--base-url", base_url, "--served-model", served_model,
+             "--concurrency", str(concurrency)]
 if adapter:
     args += ["--adapter", str(adapter)]
 if limit:
@@ -62,8 +81,12 @@ st.caption("Command line equivalent")
 st.code(jobs.command_line("rocore", args), language="bash", wrap_lines=True)
 if submitted:
     try:
+        server = served.Server(base_url, served_model, concurrency) if backend == "openai" else None
         with opened(DB) as conn:
-            generation.check_generation_request(conn, model, adapter, split_name, part, tasks, prompt_format, device)
+            generation.check_generation_request(conn, model, adapter, split_name, part, tasks, prompt_format,
+                                                device if backend == "local" else "auto", server=server)
+    except served.ServerError as exc:
+        st.error(f"Not started.\n\nServer: {exc}")
     except generation.GenerationRequestError as exc:
         st.error("\n\n".join(["Not started.", *exc.problems]))
     else:
@@ -109,6 +132,7 @@ def runs_table():
         "run": r["run_id"], "status": r["status"], "model": r["base_path"].rsplit("/", 1)[-1],
         "adapter": (r["adapter_path"] or "").rsplit("/", 1)[-1] or "(base)", "split": f"{r['split_name']}/{r['part']}",
         "format": r["prompt_format"] or "",
+        "backend": f"{r['served_model']} at {r['server_url']}" if r["backend"] == "openai" else "local",
         "outputs": f"{r['done']:,} / {r['total']:,}", "quantization": r["quantization"],
         "started": r["created_at"], "error": r["error"] or ""} for r in runs])
     st.dataframe(table, hide_index=True)

@@ -19,6 +19,7 @@ from rocore.store.db import SCHEMA_VERSION, SchemaError, create_database, defaul
 from rocore.model.loading import DEVICES, QUANTIZATIONS
 from rocore.model.prompts import PROMPT_FORMATS, TASKS
 from rocore.data.splits import PARTS
+from rocore.generation.openai_compatible import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
 from rocore.generation.runs import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -191,37 +192,49 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rocore.review.auth import operator_name
-    from rocore.generation.runs import (GenerationRequestError, check_generation_request, decoding_settings,
-                                        get_or_create_run, run_generation)
+    from rocore.generation.openai_compatible import Server, ServerError, load_served
+    from rocore.generation.runs import (SERVED_QUANTIZATION, GenerationRequestError, check_generation_request,
+                                        decoding_settings, get_or_create_run, run_generation)
     from rocore.store.registry import register_model
     from rocore.store.jobs import RunBusy
     from rocore.model.loading import ModelError, attach_adapter, load_model
 
     actor = args.actor or operator_name()
     try:
+        server = (Server(args.base_url or "", args.served_model or "", args.concurrency, args.request_timeout)
+                  if args.backend == "openai" else None)
         with opened(args.db, create=False) as conn:
             request = check_generation_request(conn, args.model, args.adapter, args.split_name, args.split,
                                                args.tasks, args.prompt_format, args.device,
-                                               dict(args.max_new_tokens))
+                                               dict(args.max_new_tokens), server)
+    except ServerError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except GenerationRequestError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 1
     try:
-        loaded = load_model(args.model, args.quantization, args.device)
-        if args.adapter:
-            attach_adapter(loaded, args.adapter, "finetuned")
+        if server:
+            loaded = load_served(server, args.model, args.adapter)
+        else:
+            loaded = load_model(args.model, args.quantization, args.device)
+            if args.adapter:
+                attach_adapter(loaded, args.adapter, "finetuned")
+        quantization = SERVED_QUANTIZATION if server else loaded.quantization
         with opened(args.db, create=False) as conn:
             base_id = register_model(conn, args.model, "base")
             adapter_id = register_model(conn, args.adapter, "adapter", base_id) if args.adapter else None
             run_id, resumed = get_or_create_run(conn, base_id, adapter_id, request.split_id, args.split,
-                                                request.tasks, loaded.quantization,
+                                                request.tasks, quantization,
                                                 decoding_settings(dict(args.max_new_tokens)),
-                                                request.prompt_format, actor, args.client)
+                                                request.prompt_format, actor, args.client, server)
     except ModelError as exc:
         print(exc, file=sys.stderr)
         return 1
+    where = (f"served as {server.model} by {server.url}, {server.concurrency} requests at a time" if server
+             else f"{loaded.quantization}, {loaded.device}")
     print(f"{'resuming' if resumed else 'starting'} generation run {run_id}: {args.model}"
-          f"{' + ' + str(args.adapter) if args.adapter else ''} ({loaded.quantization}, {loaded.device}), "
+          f"{' + ' + str(args.adapter) if args.adapter else ''} ({where}), "
           f"split part '{args.split}', tasks {', '.join(request.tasks)}, {request.prompt_format} prompt format")
     bar = tqdm(unit="output", dynamic_ncols=True)
 
@@ -234,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         final = run_generation(args.db, run_id, loaded, adapter="finetuned" if args.adapter else None,
                                batch_size=args.batch_size, progress=show, limit=args.limit, actor=actor,
                                client=args.client)
-    except RunBusy as exc:
+    except (RunBusy, ServerError) as exc:
         bar.close()
         print(exc, file=sys.stderr)
         return 1
@@ -476,6 +489,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-format", default="auto", choices=("auto", *PROMPT_FORMATS),
                    help="chat: the tokenizer's chat template; plain: the '### Patient' layout; auto (default): "
                         "an adapter's own format, else chat for an instruction-tuned model with a chat template")
+    p.add_argument("--backend", default="local", choices=("local", "openai"),
+                   help="local (default): transformers in this process; openai: an OpenAI-compatible server "
+                        "(vLLM, transformers serve) at --base-url serving --served-model, with --model (and "
+                        "--adapter) the folders it serves, whose tokenizer builds the prompts; an API key, where "
+                        "the server wants one, goes in $ROCORE_OPENAI_API_KEY (docs/scale-out.md)")
+    p.add_argument("--base-url", help="the server's URL, e.g. http://127.0.0.1:8000/v1 (backend openai)")
+    p.add_argument("--served-model", help="the model name the server serves: vLLM's --served-model-name or a "
+                                          "--lora-modules name; for transformers serve, the path it was started with")
+    p.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+                   help=f"requests in flight at once (backend openai; default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--request-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"per request, before it is retried (backend openai; default {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--actor", help="who the audit log names as running the generation (default: cli:USER, the "
                                    "operating-system user; the Generate page passes the signed-in person)")
     # The Generate page passes its browser's client, as the Train page does to `python -m train`.

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -115,6 +120,57 @@ def smollm2_dir() -> Path:
     from rocore.model.smollm2 import fetch_smollm2
 
     return fetch_smollm2()
+
+
+SERVE = Path(sys.executable).parent / "transformers"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`transformers serve MODEL` on 127.0.0.1, in float32 on the CPU; start() waits until /health answers."""
+
+    def __init__(self, model_dir: Path, log_dir: Path, port: int | None = None):
+        self.model_dir, self.log_dir, self.port = model_dir, log_dir, port or free_port()
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 120) -> "ServeProcess":
+        log = open(self.log_dir / f"serve-{self.port}.log", "ab")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(self.log_dir / "hf-home")}
+        self.process = subprocess.Popen(
+            [str(SERVE), "serve", str(self.model_dir), "--host", "127.0.0.1", "--port", str(self.port),
+             "--device", "cpu", "--dtype", "float32"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.log_dir / f"serve-{self.port}.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"transformers serve did not start in {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model_dir, tmp_path_factory):
+    """`transformers serve` with the tiny model, for the whole session (it takes 10-20 s to start)."""
+    process = ServeProcess(tiny_model_dir, tmp_path_factory.mktemp("serve")).start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -220,7 +220,8 @@ def test_a_run_is_audited_from_creation_through_each_start_to_its_end(split_db, 
         ("create-generation-run", str(run_id), "cli")]
     assert created[0]["detail"] == {"base_model_id": 1, "adapter_model_id": None, "split_id": split_id, "part": "test",
                                     "tasks": list(TASKS), "quantization": "fp32", "decoding": DECODING,
-                                    "prompt_format": "plain"}
+                                    "prompt_format": "plain", "backend": "local", "served_model": None,
+                                    "server_url": None}
 
     def interrupt(progress):
         raise KeyboardInterrupt

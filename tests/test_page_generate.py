@@ -103,3 +103,54 @@ def test_a_launched_process_that_fails_shows_its_exit_code_and_the_end_of_its_lo
     assert f"{broken} could not be loaded in fp32" in at.code[-1].value
     with opened(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM generation_runs").fetchone()[0] == 0
+
+
+def test_a_server_that_is_down_or_a_url_with_credentials_is_refused_on_the_page(page_for, split_db, tiny_model_dir):
+    from conftest import free_port
+
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        register_model(conn, tiny_model_dir, "base")
+    at = page_for(db_path)
+    at.radio[0].set_value("openai")
+    at.run()
+    assert not [b for b in at.selectbox if b.label in ("Quantization", "Device")]
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    at.text_input[0].set_value("http://user:secret@127.0.0.1:8000/v1")
+    at.text_input[1].set_value("base")
+    at.button[0].click()
+    at.run()
+    assert at.error[0].value == ("Not started.\n\nServer: the server URL must not carry credentials or a query: give the API key "
+                                 "in $ROCORE_OPENAI_API_KEY instead")
+    at.text_input[0].set_value(url)
+    at.button[0].click()
+    at.run()
+    assert at.error[0].value.startswith(f"Not started.\n\nServer: server {url} (model base): cannot connect")
+    assert "generate-job" not in at.session_state
+
+
+@pytest.mark.slow
+def test_a_run_through_a_server_started_from_the_page(page_for, split_db, tiny_model_dir, served):
+    db_path, _ = split_db
+    with opened(db_path) as conn:
+        register_model(conn, tiny_model_dir, "base")
+    at = page_for(db_path)
+    at.multiselect[0].set_value(["icd10"])
+    at.radio[0].set_value("openai")
+    at.run()
+    at.text_input[0].set_value(served.url)
+    at.text_input[1].set_value(str(tiny_model_dir))
+    next(n for n in at.number_input if n.label.startswith("Outputs to try first")).set_value(6)
+    at.run()
+    assert (f"--backend openai --base-url {served.url} --served-model {tiny_model_dir} --concurrency 8 --limit 6"
+            in at.code[0].value)
+    at.button[0].click()
+    at.run()
+    job = at.session_state["generate-job"]
+    deadline = time.monotonic() + 120
+    while jobs.exit_code(job["pid"]) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert at.success[0].value == f"Process {job['pid']} is done: run 1 is queued."
+    table = at.dataframe[0].value
+    assert table.loc[0, "backend"] == f"{tiny_model_dir} at {served.url}" and table.loc[0, "outputs"].startswith("6 /")

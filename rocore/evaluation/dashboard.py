@@ -437,9 +437,11 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
 
 def _run_notes(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> list[str]:
     """What the reader of a comparison must know about the runs themselves: how many outputs each cut
-    at the new-token limit (an answer cut short is scored as it stands), and prompt formats that differ."""
+    at the new-token limit (an answer cut short is scored as it stands), prompt formats that differ, and
+    where a run was generated when one came from a server (another engine, possibly other weights' precision)."""
     runs = {r["run_id"]: r for r in conn.execute(
-        "SELECT r.run_id, r.prompt_format, count(g.case_id) AS n, "
+        "SELECT r.run_id, r.prompt_format, r.backend, r.server_url, r.served_model, r.quantization, "
+        "count(g.case_id) AS n, "
         "sum(g.finish_reason = 'length') AS cut, sum(g.finish_reason IS NULL) AS unrecorded "
         "FROM generation_runs r LEFT JOIN generations g USING (run_id) WHERE r.run_id IN (?, ?) "
         "GROUP BY r.run_id", (base_run, finetuned_run))}
@@ -459,6 +461,12 @@ def _run_notes(conn: sqlite3.Connection, base_run: int, finetuned_run: int) -> l
     if formats[0] != formats[1]:
         notes.append(f"the runs use different prompt formats (run {base_run}: {formats[0]}, run {finetuned_run}: "
                      f"{formats[1]}): the difference mixes the fine-tune with the prompt layout")
+    if any(runs[run_id]["backend"] != "local" for run_id in (base_run, finetuned_run)):
+        where = [f"run {run_id} ({name}) " + (
+            f"by the OpenAI-compatible server {runs[run_id]['server_url']} as {runs[run_id]['served_model']}"
+            if runs[run_id]["backend"] == "openai" else f"locally in {runs[run_id]['quantization']}")
+            for name, run_id in (("base", base_run), ("fine-tuned", finetuned_run))]
+        notes.append(f"generated {'; '.join(where)}")
     return notes
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from rocore.store.audit import audit, timestamp
 from rocore.store.db import NOW, opened, transaction
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
+from rocore.generation.openai_compatible import ServedModel, ServerError, check_server, complete_all, Server
 from rocore.model.loading import (LoadedModel, ModelError, check_adapter_dir, check_model_dir, resolve_device,
                                   using_adapter)
 from rocore.model.answers import extract_answer
@@ -76,11 +77,13 @@ class GenerationRequest:
 def check_generation_request(conn: sqlite3.Connection, model: str | Path, adapter: str | Path | None,
                              split_name: str | None, part: str, tasks: list[str] | str,
                              prompt_format: str = "auto", device: str = "auto",
-                             max_new_tokens: dict[str, int] | None = None) -> GenerationRequest:
+                             max_new_tokens: dict[str, int] | None = None,
+                             server: Server | None = None) -> GenerationRequest:
     """Every check a generation run makes that needs no model weights, so that the Generate page refuses a
     request at once instead of launching a process that fails after loading the model, and the command
-    line refuses it the same way. split_name None: the newest split. Raises GenerationRequestError
-    listing every problem."""
+    line refuses it the same way. split_name None: the newest split. server: the run goes through it
+    (the model folder still gives the tokenizer and prompt format), so it must answer. Raises
+    GenerationRequestError listing every problem."""
     from transformers import AutoConfig, AutoTokenizer
 
     problems = []
@@ -102,9 +105,14 @@ def check_generation_request(conn: sqlite3.Connection, model: str | Path, adapte
     except SplitError as exc:
         problems.append(f"Split: {exc}")
     try:
-        resolve_device(device)
+        if server is None:
+            resolve_device(device)
+        else:
+            check_server(server)
     except ModelError as exc:
         problems.append(f"Device: {exc}")
+    except ServerError as exc:
+        problems.append(f"Server: {exc}")
     resolved = None
     try:
         if not model:
@@ -132,28 +140,41 @@ def check_generation_request(conn: sqlite3.Connection, model: str | Path, adapte
     return GenerationRequest(split_id, tasks, resolved)
 
 
+# What a served run records as its quantization: the server chose how to hold the weights.
+SERVED_QUANTIZATION = "served"
+
+
 def get_or_create_run(conn: sqlite3.Connection, base_model_id: int, adapter_model_id: int | None,
                       split_id: int, part: str, tasks: list[str], quantization: str,
                       decoding: dict, prompt_format: str, actor: str = "cli",
-                      client: str | None = None) -> tuple[int, bool]:
-    """(run id, resumed): a run with the same model, data, settings and prompt format is resumed, not repeated."""
+                      client: str | None = None, server: Server | None = None) -> tuple[int, bool]:
+    """(run id, resumed): a run with the same model, data, settings, prompt format and backend (local,
+    or the same served model name) is resumed, not repeated. A served run resumed from another URL (the
+    server moved) records the new one."""
     tasks = check_tasks(tasks)
+    backend, served_model = ("openai", server.model) if server else ("local", None)
     key = (base_model_id, adapter_model_id, split_id, part, json.dumps(tasks), quantization,
-           json.dumps(decoding, sort_keys=True), prompt_format)
+           json.dumps(decoding, sort_keys=True), prompt_format, backend, served_model)
     with transaction(conn):
         row = conn.execute(
-            "SELECT run_id FROM generation_runs WHERE base_model_id = ? AND adapter_model_id IS ? AND "
+            "SELECT run_id, server_url FROM generation_runs WHERE base_model_id = ? AND adapter_model_id IS ? AND "
             "split_id = ? AND part = ? AND tasks = ? AND quantization = ? AND decoding = ? AND prompt_format = ? "
-            "ORDER BY run_id DESC LIMIT 1", key).fetchone()
+            "AND backend = ? AND served_model IS ? ORDER BY run_id DESC LIMIT 1", key).fetchone()
         if row:
+            if server and row["server_url"] != server.url:
+                conn.execute("UPDATE generation_runs SET server_url = ? WHERE run_id = ?", (server.url, row[0]))
+                audit(conn, actor, "move-generation-run", "generation_runs", row[0],
+                      {"from": row["server_url"], "to": server.url}, client)
             return row[0], True
         run_id = conn.execute(
             "INSERT INTO generation_runs (base_model_id, adapter_model_id, split_id, part, tasks, "
-            "quantization, decoding, prompt_format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", key).lastrowid
+            "quantization, decoding, prompt_format, backend, served_model, server_url) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*key, server and server.url)).lastrowid
         audit(conn, actor, "create-generation-run", "generation_runs", run_id,
               {"base_model_id": base_model_id, "adapter_model_id": adapter_model_id, "split_id": split_id,
                "part": part, "tasks": tasks, "quantization": quantization, "decoding": decoding,
-               "prompt_format": prompt_format}, client)
+               "prompt_format": prompt_format, "backend": backend, "served_model": served_model,
+               "server_url": server and server.url}, client)
     return run_id, False
 
 
@@ -218,8 +239,9 @@ def list_runs(conn: sqlite3.Connection) -> list[dict]:
     runs = []
     for r in rows:
         kind = f"fine-tuned ({Path(r['adapter_path']).name})" if r["adapter_path"] else "base"
-        label = (f"run {r['run_id']}: {Path(r['base_path']).name}, {kind}, {r['prompt_format'] or 'unrecorded'} "
-                 f"format, {r['split_name']}/{r['part']}, "
+        served = f", served as {r['served_model']} by {r['server_url']}" if r["backend"] == "openai" else ""
+        label = (f"run {r['run_id']}: {Path(r['base_path']).name}, {kind}{served}, "
+                 f"{r['prompt_format'] or 'unrecorded'} format, {r['split_name']}/{r['part']}, "
                  f"{r['done']:,} outputs ({r['status']})")
         runs.append({**dict(r), "label": label})
     return runs
@@ -263,7 +285,7 @@ def suggested_run_pair(conn: sqlite3.Connection) -> tuple[int, int] | None:
     return (newest[1], newest[0]) if len(newest) == 2 else None
 
 
-def _batches(loaded: LoadedModel, items: list[tuple[str, str, str]], batch_size: int, prompt_format: str):
+def _batches(loaded: LoadedModel | ServedModel, items: list[tuple[str, str, str]], batch_size: int, prompt_format: str):
     """Batches of one task each, longest prompts first (an out-of-memory error shows at once)."""
     tokenizer = loaded.tokenizer
     by_task: dict[str, list[tuple[int, str, str]]] = {}
@@ -285,15 +307,22 @@ class Stops:
     strings: tuple[str, ...] = ()
 
 
-def stops_for(loaded: LoadedModel, prompt_format: str | None) -> Stops:
+def configured_stop_ids(loaded: LoadedModel | ServedModel) -> list[int]:
+    """The stop tokens of the model's generation config (what a server stops on by itself)."""
+    if isinstance(loaded, ServedModel):
+        return loaded.configured_stop_ids
+    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    return [configured] if isinstance(configured, int) else list(configured or [])
+
+
+def stops_for(loaded: LoadedModel | ServedModel, prompt_format: str | None) -> Stops:
     """The model's own stop tokens merged, never replaced: generation_config.eos_token_id (an int or a
     list: Llama-3 Instruct lists <|eot_id|> beside <|end_of_text|>), the tokenizer's EOS (what a plain
     fine-tune ends its answers with), and for chat the template's end-of-turn marker (<|im_end|>,
     <end_of_turn>), as a stop string where it is not one token. The plain layout also stops where a
     base model starts a next section (PLAIN_STOP), which is where its answer ends."""
     tokenizer = loaded.tokenizer
-    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    ids = configured_stop_ids(loaded)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     strings = []
@@ -360,24 +389,71 @@ def generate_fitting(loaded: LoadedModel, prompts: list[str], max_new_tokens: in
     return outputs, size
 
 
-def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapter: str | None = None,
+def _store_outputs(db_path: Path, run_id: int, tokenizer, prompt_format: str, task: str,
+                   rows: list[tuple[str, str, tuple[str, int, int, float, str]]]) -> None:
+    """(case id, prompt, (text, prompt tokens, new tokens, seconds, finish reason)) rows in one transaction."""
+    with opened(db_path) as conn, transaction(conn):
+        conn.executemany(
+            "INSERT OR IGNORE INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
+            "prompt_tokens, output_tokens, seconds, finish_reason, prompt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, case_id, task, template_id(tokenizer, task, prompt_format), text, extract_answer(task, text),
+              n_prompt, n_new, seconds, reason, prompt)
+             for case_id, prompt, (text, n_prompt, n_new, seconds, reason) in rows])
+
+
+def _answer_locally(loaded: LoadedModel, adapter: str | None, stops: Stops, batch_size: int):
+    """answer(prompts, max new tokens) -> outputs, through transformers in this process; the batch size
+    that fitted the GPU carries over from batch to batch."""
+    fitting = batch_size
+
+    def answer(prompts: list[str], max_new_tokens: int, store_partial) -> list[tuple[str, int, int, float, str]]:
+        nonlocal fitting
+        started = time.monotonic()
+        outputs, fitting = generate_fitting(loaded, prompts, max_new_tokens, adapter, stops, fitting)
+        per_row = (time.monotonic() - started) / len(prompts)
+        return [(text, n_prompt, n_new, per_row, reason) for text, n_prompt, n_new, reason in outputs]
+    return answer
+
+
+def _answer_served(served: ServedModel, stops: Stops):
+    """answer(prompts, max new tokens, store_partial) -> outputs, from the server; each output's seconds
+    are its own request's. A stop token the server would not stop on by itself is asked for by id."""
+    extra_ids = sorted(set(stops.token_ids) - served.server_stop_ids)
+
+    def answer(prompts: list[str], max_new_tokens: int, store_partial) -> list[tuple[str, int, int, float, str]]:
+        def row(c):
+            return (c.text, c.prompt_tokens, c.output_tokens, c.seconds, c.finish_reason)
+
+        completions = complete_all(served.server, served.tokenizer, prompts, max_new_tokens, stops.strings,
+                                   extra_ids, stored=lambda done: store_partial([(i, row(c)) for i, c in done]))
+        return [row(c) for c in completions]
+    return answer
+
+
+def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel | ServedModel, adapter: str | None = None,
                    batch_size: int = 16, progress: Callable[[Progress], None] | None = None,
                    limit: int | None = None, actor: str = "cli", client: str | None = None) -> Progress:
-    """Generate every missing output of a run; each batch is stored in its own transaction. The start and
-    the end are audited as `actor`."""
+    """Generate every missing output of a run, locally (`loaded` a LoadedModel, `adapter` the name of the
+    attached adapter to use) or through a server (a ServedModel, whose server already serves the adapter
+    or not); each batch is stored in its own transaction, and a server's failure stores the answers
+    it gave first. The start and the end are audited as `actor`."""
     db_path = Path(db_path)
+    served = isinstance(loaded, ServedModel)
     with opened(db_path) as conn:
         run = conn.execute("SELECT decoding, prompt_format FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
         items = pending_items(conn, run_id)
     max_new = json.loads(run["decoding"])["max_new_tokens"]
     if run["prompt_format"] is None:
         raise ValueError(f"run {run_id} was made before prompt formats were recorded; start a new run")
-    prompt_format = resolve_prompt_format(loaded.tokenizer, loaded.path, run["prompt_format"],
-                                          loaded.adapters.get(adapter) if adapter else None)
+    adapter_path = loaded.adapter_path if served else (loaded.adapters.get(adapter) if adapter else None)
+    prompt_format = resolve_prompt_format(loaded.tokenizer, loaded.path, run["prompt_format"], adapter_path)
     stops = stops_for(loaded, prompt_format)
+    answer = _answer_served(loaded, stops) if served else _answer_locally(loaded, adapter, stops, batch_size)
     items = items[:limit] if limit is not None else items
+    where = ({"server": loaded.server.url, "served_model": loaded.server.model,
+              "concurrency": loaded.server.concurrency} if served else {"device": loaded.device})
     _set_status(db_path, run_id, "running", None, actor, client,
-                {"outputs_to_generate": len(items), "batch_size": batch_size, "device": loaded.device})
+                {"outputs_to_generate": len(items), "batch_size": batch_size, **where})
     started, done, new_tokens = time.monotonic(), 0, 0
 
     def spent() -> dict:
@@ -385,23 +461,16 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel, adapte
         return {"generated": done, "new_tokens": new_tokens, "seconds": round(time.monotonic() - started, 1)}
 
     state = Progress(0, len(items), 0.0, 0)
-    fitting = batch_size
     try:
         for task, batch in _batches(loaded, items, batch_size, prompt_format):
-            batch_started = time.monotonic()
-            outputs, fitting = generate_fitting(loaded, [prompt for _, _, prompt in batch], max_new[task], adapter,
-                                                stops, fitting)
-            per_row = (time.monotonic() - batch_started) / len(batch)
-            with opened(db_path) as conn, transaction(conn):
-                conn.executemany(
-                    "INSERT OR IGNORE INTO generations (run_id, case_id, task, template_id, raw_text, answer, "
-                    "prompt_tokens, output_tokens, seconds, finish_reason, prompt) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(run_id, case_id, task, template_id(loaded.tokenizer, task, prompt_format), text,
-                      extract_answer(task, text), n_prompt, n_new, per_row, reason, prompt)
-                     for (_, case_id, prompt), (text, n_prompt, n_new, reason) in zip(batch, outputs)])
-            done += len(batch)
-            new_tokens += sum(n for _, _, n, _ in outputs)
+            def store(outputs, batch=batch, task=task) -> None:
+                nonlocal done, new_tokens
+                _store_outputs(db_path, run_id, loaded.tokenizer, prompt_format, task,
+                               [(batch[i][1], batch[i][2], output) for i, output in outputs])
+                done += len(outputs)
+                new_tokens += sum(output[2] for _, output in outputs)
+
+            store(list(enumerate(answer([prompt for _, _, prompt in batch], max_new[task], store))))
             state = Progress(done, len(items), time.monotonic() - started, new_tokens)
             if progress:
                 progress(state)

@@ -238,7 +238,7 @@ def _run(conn: sqlite3.Connection, run_id: int) -> sqlite3.Row:
 def _model_words(run: sqlite3.Row) -> set[str]:
     """Names by which a run's models could be recognised, to keep them out of what reviewers see."""
     words = set()
-    for value in (run["base_name"], run["base_path"], run["adapter_name"], run["adapter_path"]):
+    for value in (run["base_name"], run["base_path"], run["adapter_name"], run["adapter_path"], run["served_model"]):
         if value:
             words |= {value.casefold(), Path(value).name.casefold()}
     return {w for w in words if len(w) >= 3}
