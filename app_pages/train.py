@@ -125,6 +125,10 @@ def live_runs():
                    "checkpoint; the run is cancelled, and can be resumed, once that process has exited.")
     status_line = (f"**{run['status']}** · base `{run['base_path']}` · split {run['split_name']} · "
                    f"{run['prompt_format'] or 'unrecorded'} prompt format")
+    # Recorded when training starts; a run started before schema version 4 had one process.
+    processes = run["processes"] or (1 if run["started_at"] else None)
+    if processes:
+        status_line += f" · {processes} training process{'es' if processes > 1 else ''}"
     if run["adapter_path"]:
         status_line += f" · adapter `{run['adapter_path']}`"
     st.markdown(status_line)
@@ -148,6 +152,10 @@ def live_runs():
         with opened(DB) as conn:
             training_runs.request_cancel(conn, choice, actor=user.name, client=CLIENT)
         st.rerun()
+    if run["status"] in ("failed", "cancelled", "cancelling") and processes and processes > 1:
+        st.caption(f"Trained by {processes} processes; Resume here goes on in one. To keep {processes}, resume from "
+                   f"a shell with the launch that started it, on one node: `torchrun --nproc_per_node {processes} "
+                   f"-m train --resume {choice} --db {DB}` (docs/scale-out.md)")
     if run["status"] in ("failed", "cancelled", "cancelling") and st.button(
             "Resume", key=f"resume-{choice}", disabled=run["status"] == "cancelling",
             help="Continues from the run's last checkpoint."):

@@ -142,3 +142,22 @@ def test_launch_watch_and_cancel_a_run(split_db, tiny_model_dir, open_page):
             break
         time.sleep(1)
     assert (run["status"], run["pid"], run["adapter_path"]) == ("cancelled", None, None)
+
+
+def test_a_run_shows_how_many_processes_train_it(split_db, tiny_model_dir, tmp_path, open_page):
+    db_path, _ = split_db
+    queued = recorded_run(db_path, tiny_model_dir, tmp_path)
+    older = recorded_run(db_path, tiny_model_dir, tmp_path, status="failed", started_at="2025-01-01T09:00:00Z")
+    data_parallel = recorded_run(db_path, tiny_model_dir, tmp_path, status="cancelled", processes=2,
+                                 started_at="2025-01-01T10:00:00Z")
+    at = open_page(PAGE, db_path)
+    assert at.selectbox(key="train-run").value == data_parallel
+    assert any("**cancelled**" in m.value and m.value.endswith(" · 2 training processes") for m in at.markdown)
+    assert any(c.value.startswith("Trained by 2 processes; Resume here goes on in one.") and
+               f"`torchrun --nproc_per_node 2 -m train --resume {data_parallel} --db {db_path}`" in c.value
+               for c in at.caption)
+    at.selectbox(key="train-run").set_value(older).run()
+    assert any(m.value.endswith(" · 1 training process") for m in at.markdown), "NULL: before schema 4, one process"
+    assert not any("Trained by" in c.value for c in at.caption)
+    at.selectbox(key="train-run").set_value(queued).run()
+    assert not any("training process" in m.value for m in at.markdown), "unknown until the run starts"

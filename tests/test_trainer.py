@@ -1,17 +1,24 @@
 """QLoRA fine-tuning for real: bitsandbytes NF4 base + peft LoRA + transformers Trainer on the CPU."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from rocore.model.loading import ModelError, attach_adapter, load_model
 from rocore.model.prompts import build_example
 from rocore.training.trainer import (
     IGNORE_INDEX,
+    Processes,
     TrainingCancelled,
     TrainingConfig,
     check_config,
+    from_main,
+    join_processes,
     load_for_training,
     sft_examples,
     train_adapter,
@@ -135,3 +142,51 @@ def test_the_default_precision_on_the_cpu_is_fp32_and_the_loss_is_logged_from_th
     info = json.loads((adapter_dir / "rocore_adapter.json").read_text())
     assert (info["quantization"], info["precision"]) == ("fp32", "fp32"), "not 4-bit, 20 times slower on a CPU"
     assert Logs.steps[0] == 1, "a loss at the first step, not only at step 10"
+
+
+# Run by two processes of `torchrun`: what each process hears from the main one.
+AGREEING = """
+import json, os
+from rocore.training.trainer import TrainingCancelled, from_main, join_processes
+
+processes = join_processes("cpu")
+heard = [processes.rank, processes.count, os.getpid(), from_main(os.getpid)]
+for error in (TrainingCancelled("run 1 was cancelled"), ZeroDivisionError("division by zero")):
+    def fail(error=error):
+        raise error
+    try:
+        from_main(fail)
+    except Exception as exc:
+        heard.append(f"{type(exc).__name__}: {exc}")
+print("heard", json.dumps(heard), flush=True)
+"""
+
+
+def test_one_process_is_its_own_main_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert join_processes("cpu") == Processes(0, 1) and Processes().main
+    assert from_main(os.getpid) == os.getpid()
+
+
+@pytest.mark.parametrize("variable, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_sharded_launches_are_refused_before_anything_loads(monkeypatch, variable, name):
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ValueError, match=f"^{name} is not supported: rocore trains data parallel"):
+        join_processes("cpu")
+
+
+@pytest.mark.slow
+def test_processes_hear_the_main_process_result_and_stop_with_it(tmp_path):
+    script = tmp_path / "agreeing.py"
+    script.write_text(AGREEING)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    heard = sorted(json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("heard "))
+    (main, count, main_pid, main_heard, *main_errors), (other, _, other_pid, other_heard, *other_errors) = heard
+    assert (main, other, count) == (0, 1, 2) and main_pid != other_pid
+    assert main_heard == other_heard == main_pid, "the main process's result, everywhere"
+    assert main_errors == ["TrainingCancelled: run 1 was cancelled", "ZeroDivisionError: division by zero"]
+    assert other_errors == ["TrainingCancelled: run 1 was cancelled",
+                            "MainProcessFailed: the main process stopped: ZeroDivisionError: division by zero"]

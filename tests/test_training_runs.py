@@ -3,14 +3,17 @@
 A run is held by one live process: the cancel and resume tests run real `python -m train` processes."""
 
 import json
+import math
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, store_intact
 from rocore.store import db, jobs
@@ -57,6 +60,11 @@ def wait_for(condition, timeout=180.0, what="the condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def last_step(db_path) -> int:
+    with opened(db_path) as conn:
+        return conn.execute("SELECT coalesce(max(step), 0) FROM training_metrics").fetchone()[0]
 
 
 def hold(db_path, run_id, pid, status="running"):
@@ -157,6 +165,96 @@ def test_cancel_and_resume_with_real_processes_keep_one_process_per_run(split_db
     details = " ".join(detail for _, _, detail in trail)
     assert not any(case["diagnosis"] in details or case["regimen"] in details for case in synthetic_cases), \
         "no case text in the audit log"
+
+
+# On the CPU (gloo): `torchrun`, and `accelerate launch --multi_gpu` told to use the CPU by ACCELERATE_USE_CPU;
+# `accelerate launch --cpu --num_processes 2` starts one process (docs/scale-out.md).
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train"]
+ACCELERATE_TWO_PROCESSES = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+                            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", "-m", "train"]
+
+# A sitecustomize.py for the launched processes: each notes its rank and every SQLite file it opens.
+NOTE_DATABASE_OPENS = """
+import os, sys
+
+def _note(line):
+    with open(os.path.join({folder!r}, str(os.getpid())), "a") as notes:
+        notes.write(line + "\\n")
+
+_note("rank " + os.environ.get("RANK", "-"))
+sys.addaudithook(lambda event, args: event == "sqlite3.connect" and _note("opened " + str(args[0])))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_recorded_by_the_main_one_through_a_cancel_and_a_resume(split_db, tiny_model_dir,
+                                                                                           tmp_path):
+    """Started with torchrun, resumed with accelerate launch."""
+    db_path, _ = split_db
+    notes, hooks = tmp_path / "notes", tmp_path / "hooks"
+    notes.mkdir()
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(NOTE_DATABASE_OPENS.format(folder=str(notes)))
+    env = {**os.environ, "PYTHONPATH": str(hooks)}
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"base_model": str(tiny_model_dir), "split": "main",
+                                      "output_root": str(tmp_path / "runs"), **FAST, "max_steps": 20,
+                                      "logging_steps": 1}))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen([*TWO_PROCESSES, str(config), "--db", str(db_path)], cwd=ROOT, env=env,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: last_step(db_path) >= 3, what="step 3")
+        with opened(db_path) as conn:
+            assert request_cancel(conn, 1) == "cancelling"
+        assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    first_log = (tmp_path / "first.log").read_text()
+    assert first_log.count("training run 1: cancelled; resume it by launching 2 processes of: "
+                           "python -m train --resume 1") == 1, "said once, by the main process"
+    run = listed(db_path, 1)
+    assert (run["status"], run["processes"], run["adapter_model_id"]) == ("cancelled", 2, None)
+    checkpoint = tmp_path / "runs" / "run-1" / "checkpoints" / f"checkpoint-{run['step']}"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}, \
+        "a checkpoint where both stopped, with each process's random state"
+
+    with open(tmp_path / "second.log", "w") as log:
+        second = subprocess.run([*ACCELERATE_TWO_PROCESSES, "--resume", "1", "--db", str(db_path)], cwd=ROOT,
+                                env={**env, "ACCELERATE_USE_CPU": "1"}, stdout=log, stderr=subprocess.STDOUT,
+                                timeout=300)
+    assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert (tmp_path / "second.log").read_text().count("training run 1: finished") == 1
+
+    assert store_intact(db_path)["training_runs"] == 1, "one run row"
+    run = listed(db_path, 1)
+    assert (run["status"], run["processes"], run["total_steps"], run["pid"]) == ("finished", 2, 20, None)
+    with opened(db_path) as conn:
+        adapters = conn.execute("SELECT model_id, path FROM models WHERE kind = 'adapter'").fetchall()
+        metrics = run_metrics(conn, 1)
+    assert [tuple(a) for a in adapters] == [(run["adapter_model_id"], str(tmp_path / "runs" / "run-1" / "adapter"))]
+    info = json.loads((tmp_path / "runs" / "run-1" / "adapter" / "rocore_adapter.json").read_text())
+    assert info["processes"] == 2
+    assert [m["step"] for m in metrics] == list(range(1, 21)), "each step once"
+    # Two processes of 16 examples a step go through an epoch in half the steps one process takes.
+    assert metrics[-1]["epoch"] == pytest.approx(20 / math.ceil(info["n_train_examples"] / 32))
+
+    trail = audit_trail(db_path, 1)
+    assert [action for action, _, _ in trail] == ["create-training-run", "start-training-run", "cancel-training-run",
+                                                  "mark-cancelled", "resume-training-run", "finish-training-run"]
+    start, resume, finish = (json.loads(trail[i][2]) for i in (1, 4, 5))
+    assert start["processes"] == resume["processes"] == 2 and finish["pid"] == resume["pid"] != start["pid"]
+
+    ranks = {}
+    for note in notes.iterdir():
+        lines = note.read_text().splitlines()
+        ranks[int(note.name)] = (lines[0].removeprefix("rank "),
+                                 any(line == f"opened {db_path}" for line in lines[1:]))
+    assert sorted(rank for rank, _ in ranks.values() if rank != "-") == ["0", "0", "1", "1"]
+    assert {pid for pid, (_, opened_db) in ranks.items() if opened_db} == {start["pid"], resume["pid"]}, \
+        "only the main process of each launch opened the database"
 
 
 @pytest.mark.slow
@@ -392,3 +490,9 @@ def test_train_cli_refuses_bad_config_files(split_db, tmp_path, tiny_model_dir):
     bad_yaml = subprocess.run([sys.executable, "-m", "train", str(config), "--db", str(db_path)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert bad_yaml.returncode == 1 and "is not valid YAML" in bad_yaml.stderr
+    config.write_text(f"base_model: {tiny_model_dir}\n")
+    sharded = subprocess.run([sys.executable, "-m", "train", str(config), "--db", str(db_path)], cwd=ROOT,
+                             env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true"}, capture_output=True, text=True,
+                             timeout=120)
+    assert sharded.returncode == 1 and "not started: DeepSpeed is not supported" in sharded.stderr
+    assert store_intact(db_path)["training_runs"] == 0

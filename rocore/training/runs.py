@@ -9,6 +9,10 @@ A run is held by one live process at a time, its `pid`: only that process record
 progress, its end and its adapter, each write checking in its own transaction that it still holds
 the run; a second process (a Resume while the first still runs) is refused. A cancel makes the run
 'cancelling'; it is 'cancelled' only once its process has exited.
+
+A run trained data parallel (`torchrun` or `accelerate launch` of `python -m train`) is held by its
+main process (rank 0), which alone opens the database: it takes the run and hands the others what
+they train on, and at each step it tells them whether to go on, so all stop together on a cancel.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from rocore.store.jobs import mark_dead_runs, pid_alive, refuse_if_running_elsew
 from rocore.model.loading import ModelError, check_model_dir
 from rocore.model.prompts import PROMPT_FORMATS, check_prompt_format, default_prompt_format
 from rocore.data.splits import SplitError, split_cases, split_by_name_or_newest
-from rocore.training.trainer import TrainingCancelled, TrainingConfig, check_config, train_adapter
+from rocore.training.trainer import (TrainingCancelled, TrainingConfig, check_config, from_main, join_processes,
+                                     train_adapter)
 
 log = logging.getLogger(__name__)
 # The audit actor of what a process does on its own: a run's end, a dead process noticed.
@@ -136,7 +141,9 @@ def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
     class DatabaseProgress(TrainerCallback):
         """Records the run's progress from its first step (the step count, speed and ETA every `every`
         seconds, the losses at each log) while this process holds the run, and stops training within
-        `every` seconds of a cancel: between steps, during an evaluation, and before and after a checkpoint."""
+        `every` seconds of a cancel: between steps, during an evaluation, and before and after a checkpoint.
+        In a data-parallel run only the main process looks at the database, and every process hears from
+        it at each of these points (from_main), so all of them stop at the same one."""
 
         def __init__(self):
             self.started, self.first_step, self.first_tokens = time.monotonic(), 0, 0
@@ -151,10 +158,13 @@ def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
             return True
 
         def _stop_if_cancelling(self, seconds: float) -> None:
-            if self._due(seconds):
-                with opened(db_path) as conn:
-                    if _held_status(conn, run_id) == "cancelling":
-                        raise TrainingCancelled(f"run {run_id} was cancelled")
+            def look():
+                if self._due(seconds):
+                    with opened(db_path) as conn:
+                        if _held_status(conn, run_id) == "cancelling":
+                            raise TrainingCancelled(f"run {run_id} was cancelled")
+
+            from_main(look)
 
         def _eta(self, state) -> float | None:
             done = max(state.global_step - self.first_step, 1)
@@ -187,13 +197,17 @@ def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
         def on_train_begin(self, args, state, control, **kwargs):
             # The state is loaded from the checkpoint by now: points past it were recorded by a process
             # whose steps after that checkpoint are lost, and this one records its own in their place.
-            with opened(db_path) as conn, transaction(conn):
-                status = _held_status(conn, run_id)
-                conn.execute("DELETE FROM training_metrics WHERE run_id = ? AND step > ?", (run_id, state.global_step))
-                conn.execute("UPDATE training_runs SET total_steps = ? WHERE run_id = ?", (state.max_steps, run_id))
-            log.info("training from step %d to %d", state.global_step, state.max_steps)
-            if status == "cancelling":
-                raise TrainingCancelled(f"run {run_id} was cancelled")
+            def begin():
+                with opened(db_path) as conn, transaction(conn):
+                    status = _held_status(conn, run_id)
+                    conn.execute("DELETE FROM training_metrics WHERE run_id = ? AND step > ?",
+                                 (run_id, state.global_step))
+                    conn.execute("UPDATE training_runs SET total_steps = ? WHERE run_id = ?", (state.max_steps, run_id))
+                log.info("training from step %d to %d", state.global_step, state.max_steps)
+                if status == "cancelling":
+                    raise TrainingCancelled(f"run {run_id} was cancelled")
+
+            from_main(begin)
 
         def on_step_begin(self, args, state, control, **kwargs):
             # Rates count only this process's steps: after a resume the state already holds the steps
@@ -203,14 +217,17 @@ def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
                 self.first_tokens, self.counting = state.num_input_tokens_seen, True
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not self._due(every):
-                return
-            status = self._record(state, {})
-            eta = self._eta(state)
-            log.info("step %d of %d, epoch %.2f%s", state.global_step, state.max_steps, state.epoch or 0,
-                     f", about {eta / 60:.1f} min left" if eta is not None else "")
-            if status == "cancelling":
-                raise TrainingCancelled(f"run {run_id} was cancelled")
+            def record():
+                if not self._due(every):
+                    return
+                status = self._record(state, {})
+                eta = self._eta(state)
+                log.info("step %d of %d, epoch %.2f%s", state.global_step, state.max_steps, state.epoch or 0,
+                         f", about {eta / 60:.1f} min left" if eta is not None else "")
+                if status == "cancelling":
+                    raise TrainingCancelled(f"run {run_id} was cancelled")
+
+            from_main(record)
 
         def on_prediction_step(self, args, state, control, **kwargs):
             self._stop_if_cancelling(every)  # an evaluation can take minutes
@@ -222,7 +239,7 @@ def _progress_callback(db_path: Path, run_id: int, every: float = 2.0):
             self._stop_if_cancelling(0)  # the checkpoint just saved is the one to resume from
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            self._record(state, logs or {})
+            from_main(lambda: self._record(state, logs or {}))
 
     return DatabaseProgress()
 
@@ -266,8 +283,41 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
     """Train a recorded run in this process, which takes the run for itself (RunBusy while another
     live process holds it) and alone records how it goes and ends; returns 'finished' or 'cancelled'.
     A cancelled run stays 'cancelling' while this process lives: the next look at the runs after it
-    has exited (mark_dead_runs) makes it 'cancelled'."""
+    has exited (mark_dead_runs) makes it 'cancelled'. Launched in several processes, the main one takes
+    the run, records it as trained by all of them and hands the others its cases; they never open the
+    database, and every process returns the same outcome."""
     db_path = Path(db_path)
+    processes = join_processes(device)
+    run = from_main(lambda: _take(db_path, run_id, resume, device, actor, client, processes.count))
+    if run is None:
+        return "cancelled"  # cancelled on the page while this process was still starting
+    config = config_from_dict(json.loads(run["config"]))
+    output_dir = Path(run["output_dir"])
+    try:
+        train_cases, eval_cases, resume = from_main(lambda: _training_data(db_path, run, output_dir, resume))
+        adapter_dir = train_adapter(run["base_path"], train_cases, eval_cases, output_dir, config, device=device,
+                                    callbacks=[_progress_callback(db_path, run_id)], resume=resume,
+                                    details={"training_run": run_id, "split_id": run["split_id"],
+                                             "versions": json.loads(run["versions"])})
+    except TrainingCancelled:
+        if processes.main:
+            _stopped(db_path, run_id)
+        return "cancelled"
+    except KeyboardInterrupt:
+        if processes.main:
+            _stopped(db_path, run_id, interrupted_by=(actor, client))
+        raise
+    except BaseException as exc:  # RunTakenOver included: then the run is not this process's to mark
+        if processes.main:
+            _failed(db_path, run_id, exc)
+        raise
+    return from_main(lambda: _finish(db_path, run, adapter_dir))
+
+
+def _take(db_path: Path, run_id: int, resume: bool, device: str, actor: str, client: str | None,
+          processes: int) -> dict | None:
+    """Take the run for this process (and the `processes` it trains with); None when it was cancelled
+    before this process got to it."""
     with opened(db_path) as conn, transaction(conn):
         run = conn.execute("SELECT r.*, m.path AS base_path FROM training_runs r JOIN models m "
                            "ON m.model_id = r.base_model_id WHERE r.run_id = ?", (run_id,)).fetchone()
@@ -276,42 +326,42 @@ def run_training(db_path: str | Path, run_id: int, resume: bool = False, device:
         refuse_if_running_elsewhere(conn, "training_runs", run_id)
         status = run["status"]
         if (status == "cancelling" and run["pid"] == os.getpid()) or (status == "cancelled" and not resume):
-            return "cancelled"  # cancelled on the page while this process was still starting
+            return None
         if status == "finished":
             raise TrainingConfigError(f"run {run_id} has finished; its adapter is ready")
         if status != "queued" and not resume:
             raise TrainingConfigError(f"run {run_id} is {status}; continue it with: python -m train --resume {run_id}")
-        conn.execute(f"UPDATE training_runs SET status = 'running', pid = ?, error = NULL, finished_at = NULL, "
-                     f"started_at = coalesce(started_at, {NOW}) WHERE run_id = ?", (os.getpid(), run_id))
+        conn.execute(f"UPDATE training_runs SET status = 'running', pid = ?, processes = ?, error = NULL, "
+                     f"finished_at = NULL, started_at = coalesce(started_at, {NOW}) WHERE run_id = ?",
+                     (os.getpid(), processes, run_id))
         audit(conn, actor, "resume-training-run" if resume else "start-training-run", "training_runs", run_id,
-              {"pid": os.getpid(), "device": device}, client)
-    config = config_from_dict(json.loads(run["config"]))
-    output_dir = Path(run["output_dir"])
-    try:
-        with opened(db_path) as conn:
-            train_cases = split_cases(conn, run["split_id"], "train")
-            eval_cases = split_cases(conn, run["split_id"], "validation")
-        resume = resume and any(output_dir.glob("checkpoints/checkpoint-*"))
-        adapter_dir = train_adapter(run["base_path"], train_cases, eval_cases, output_dir, config, device=device,
-                                    callbacks=[_progress_callback(db_path, run_id)], resume=resume,
-                                    details={"training_run": run_id, "split_id": run["split_id"],
-                                             "versions": json.loads(run["versions"])})
-    except TrainingCancelled:
-        _stopped(db_path, run_id)
-        return "cancelled"
-    except KeyboardInterrupt:
-        _stopped(db_path, run_id, interrupted_by=(actor, client))
-        raise
-    except BaseException as exc:  # RunTakenOver included: then the run is not this process's to mark
-        with opened(db_path) as conn, transaction(conn):
-            if conn.execute(f"UPDATE training_runs SET status = 'failed', error = ?, pid = NULL, finished_at = {NOW} "
-                            "WHERE run_id = ? AND pid = ?", (_failure_message(exc), run_id, os.getpid())).rowcount:
-                # The type only: an exception's text can quote the data it failed on.
-                audit(conn, SYSTEM, "fail-training-run", "training_runs", run_id,
-                      {"pid": os.getpid(), "error": type(exc).__name__})
-        raise
+              {"pid": os.getpid(), "device": device, "processes": processes}, client)
+    return dict(run)
+
+
+def _training_data(db_path: Path, run: dict, output_dir: Path, resume: bool) -> tuple[list, list, bool]:
+    """The run's training and validation cases, and whether there is a checkpoint to resume from."""
+    with opened(db_path) as conn:
+        train_cases = split_cases(conn, run["split_id"], "train")
+        eval_cases = split_cases(conn, run["split_id"], "validation")
+    return train_cases, eval_cases, resume and any(output_dir.glob("checkpoints/checkpoint-*"))
+
+
+def _failed(db_path: Path, run_id: int, exc: BaseException) -> None:
     with opened(db_path) as conn, transaction(conn):
-        if _held_status(conn, run_id) == "cancelling":  # cancelled after training's last look
+        if conn.execute(f"UPDATE training_runs SET status = 'failed', error = ?, pid = NULL, finished_at = {NOW} "
+                        "WHERE run_id = ? AND pid = ?", (_failure_message(exc), run_id, os.getpid())).rowcount:
+            # The type only: an exception's text can quote the data it failed on.
+            audit(conn, SYSTEM, "fail-training-run", "training_runs", run_id,
+                  {"pid": os.getpid(), "error": type(exc).__name__})
+
+
+def _finish(db_path: Path, run: dict, adapter_dir: Path) -> str:
+    """Register the adapter and end the run: 'finished', or 'cancelled' when the cancel came after
+    training's last look at the run."""
+    run_id = run["run_id"]
+    with opened(db_path) as conn, transaction(conn):
+        if _held_status(conn, run_id) == "cancelling":
             conn.execute(f"UPDATE training_runs SET finished_at = {NOW} WHERE run_id = ?", (run_id,))
             return "cancelled"
         adapter_id = register_model_in_transaction(conn, adapter_dir, "adapter", run["base_model_id"],

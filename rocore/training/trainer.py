@@ -1,18 +1,22 @@
 """QLoRA supervised fine-tuning: a 4-bit base (bitsandbytes NF4) with a LoRA adapter (peft), trained
 with transformers' Trainer on prompt/answer pairs from rocore.model.prompts, loss on the answer tokens only.
 
-The same function trains the embedded demo's adapter on the CPU and a 7B model's on a GPU.
+The same function trains the embedded demo's adapter on the CPU and a 7B model's on a GPU, in one
+process or data parallel in several (`torchrun` or `accelerate launch`: one copy of the base per
+process, on its own GPU), of which the main one saves the adapter.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rocore.model.loading import QUANTIZATIONS, device_precision, load_base, write_adapter_info
+from rocore.model.loading import QUANTIZATIONS, device_precision, load_base, resolve_device, write_adapter_info
 from rocore.model.prompts import (PROMPT_FORMATS, TASKS, build_example, chat_template_id, check_prompt_format,
                                   check_tasks, default_prompt_format, template_id)
 
@@ -23,6 +27,71 @@ log = logging.getLogger(__name__)
 class TrainingCancelled(Exception):
     """Raised by a callback to stop training at once, from a step, an evaluation or a save:
     train_adapter then keeps a checkpoint of where training stopped and saves no adapter."""
+
+
+class MainProcessFailed(RuntimeError):
+    """Raised in the other processes of a data-parallel run when the main process failed at work they
+    were waiting for: they stop too (the main process reports why) instead of waiting for it forever."""
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the data-parallel processes of one run: rank 0 is the main process."""
+
+    rank: int = 0
+    count: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_processes(device: str = "auto") -> Processes:
+    """One process, unless a launcher (torchrun, accelerate launch) started several (WORLD_SIZE > 1):
+    then their process group is started here (gloo on the CPU, nccl on GPUs, as the Trainer would), so
+    that they can agree on their run before training. Safe to call again. FSDP and DeepSpeed (from
+    `accelerate launch` with their configuration) are refused: each process here loads the whole base
+    on its own GPU, and the main one saves the adapter from its own copy (docs/scale-out.md)."""
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise ValueError(f"{name} is not supported: rocore trains data parallel, one copy of the base per "
+                             "process; launch with torchrun --nproc_per_node N or accelerate launch --multi_gpu "
+                             "(docs/scale-out.md)")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes()
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    # On the CPU the state must be told so: without cpu=True accelerate 1.15 starts the group but
+    # then counts a single process. The timeout is the Trainer's (ddp_timeout), which reuses this group.
+    PartialState(cpu=resolve_device(device) == "cpu", timeout=datetime.timedelta(seconds=1800))
+    return Processes(dist.get_rank(), dist.get_world_size())
+
+
+def from_main(work: Callable[[], object]) -> object:
+    """`work()` done by the main process alone, its result handed to every process. When it raises, the
+    main process raises that and the others raise it too (TrainingCancelled, so that all keep their
+    checkpoint together) or MainProcessFailed. In one process, just `work()`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return work()
+    if dist.get_rank() != 0:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+        if error is not None:
+            raise error
+        return result
+    try:
+        result = work()
+    except BaseException as exc:
+        shared = exc if isinstance(exc, TrainingCancelled) else MainProcessFailed(
+            f"the main process stopped: {type(exc).__name__}: {exc}")
+        dist.broadcast_object_list([(None, shared)], src=0)
+        raise
+    dist.broadcast_object_list([(result, None)], src=0)
+    return result
 
 
 @dataclass
@@ -166,13 +235,15 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
                   output_dir: str | Path, config: TrainingConfig | None = None, device: str = "auto",
                   callbacks: Sequence = (), resume: bool = False, details: dict | None = None) -> Path:
     """Fine-tune and save the adapter (with its tokenizer and a record of how it was made, plus
-    `details`) in `output_dir/adapter`; checkpoints go to `output_dir/checkpoints` for resuming."""
+    `details`) in `output_dir/adapter`; checkpoints go to `output_dir/checkpoints` for resuming.
+    Launched in several processes, each trains on its share of every batch and the main one saves."""
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     config = config or TrainingConfig()
     problems = check_config(config)
     if problems:
         raise ValueError("; ".join(problems))
+    processes = join_processes(device)
     set_seed(config.seed)
     output_dir = Path(output_dir)
     model, tokenizer, device, quantization = load_for_training(base_path, config, device)
@@ -185,10 +256,12 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
     validation = sft_examples(tokenizer, eval_cases or (), config.tasks, config.max_length, prompt_format)
     eval_set = validation_subsample(validation, config.eval_max_examples, config.seed) or None
     longest = max((len(example["input_ids"]) for example in train_set), default=1)
-    checkpointing = needs_gradient_checkpointing(config, model.config, device, longest)
+    # The main process's choice: free memory can differ between the GPUs.
+    checkpointing = from_main(lambda: needs_gradient_checkpointing(config, model.config, device, longest))
     precision = device_precision(device)
-    log.info("%d training and %d validation examples (%s prompts), %s compute, gradient checkpointing %s",
-             len(train_set), len(eval_set or []), prompt_format, precision, "on" if checkpointing else "off")
+    log.info("%d training and %d validation examples (%s prompts), %s compute, gradient checkpointing %s, "
+             "%d process%s", len(train_set), len(eval_set or []), prompt_format, precision,
+             "on" if checkpointing else "off", processes.count, "" if processes.count == 1 else "es")
     by_steps = config.eval_steps is not None
     args = TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -218,6 +291,8 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         # Reentrant checkpointing needs inputs that require grad and breaks with frozen 4-bit bases.
         activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=device == "cpu",
+        # Every LoRA weight takes part in every forward pass: DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
         seed=config.seed,
         report_to=[],
         disable_tqdm=True,
@@ -234,11 +309,13 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
         _keep_checkpoint(trainer)
         raise
     adapter_dir = output_dir / "adapter"
+    if not processes.main:
+        return adapter_dir
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
     write_adapter_info(adapter_dir, base_path, {
         **(details or {}), "config": asdict(config), "quantization": quantization, "device": device,
-        "precision": precision, "gradient_checkpointing": checkpointing,
+        "precision": precision, "gradient_checkpointing": checkpointing, "processes": processes.count,
         "prompt_format": prompt_format,
         "chat_template": chat_template_id(tokenizer) if prompt_format == "chat" else None,
         "templates": {t: template_id(tokenizer, t, prompt_format) for t in config.tasks},
@@ -253,9 +330,10 @@ def train_adapter(base_path: str | Path, train_cases: Sequence[dict], eval_cases
 def _keep_checkpoint(trainer) -> None:
     """A checkpoint at the step training was stopped at, so a resume loses nothing, unless the stop
     came right after one was saved there. A stop during an evaluation skips the save that follows it;
-    Trainer has no public call for a checkpoint off its schedule, so this is the one its loop makes."""
+    Trainer has no public call for a checkpoint off its schedule, so this is the one its loop makes.
+    Every process of the run saves it together (each writes its own random state), or none does."""
     step = trainer.state.global_step
-    if step and not (Path(trainer.args.output_dir) / f"checkpoint-{step}").is_dir():
+    if step and not from_main(lambda: (Path(trainer.args.output_dir) / f"checkpoint-{step}").is_dir()):
         trainer._save_checkpoint(trainer.model, trial=None)
         log.info("saved checkpoint-%d", step)
 
