@@ -115,6 +115,24 @@ def test_base_and_finetuned_runs_pair_up_case_by_case(split_db, loaded, tiny_ada
     assert sum(p["base"] != p["tuned"] for p in pairs) > len(pairs) / 2
 
 
+def test_a_finetuned_run_merges_its_adapter_and_stores_what_the_unmerged_adapter_generates(split_db, loaded,
+                                                                                           tiny_adapter_dir):
+    db_path, split_id = split_db
+    merged_run, _ = new_run(db_path, split_id, loaded, tiny_adapter_dir)
+    run_generation(db_path, merged_run, loaded, adapter="finetuned", batch_size=8)
+    with opened(db_path) as conn:
+        stored = {(r["case_id"], r["task"]): (r["raw_text"], r["output_tokens"], r["finish_reason"])
+                  for r in conn.execute("SELECT * FROM generations WHERE run_id = ?", (merged_run,))}
+        prompts = {(r["case_id"], r["task"]): r["prompt"]
+                   for r in conn.execute("SELECT * FROM generations WHERE run_id = ?", (merged_run,))}
+    unmerged = {key: generate_batch(loaded, [prompt], DECODING["max_new_tokens"][key[1]], "finetuned")[0]
+                for key, prompt in list(prompts.items())[:12]}
+    assert {key: stored[key] for key in unmerged} == {key: (t, n, r) for key, (t, _, n, r) in unmerged.items()}
+    assert loaded.merged is None, "the base's own weights are back after the run"
+    ended = [r["detail"] for r in audit_rows(db_path) if r["action"] == "finish-generation-run"]
+    assert ended[-1]["adapter_merged"] is True
+
+
 def test_runs_are_matched_per_task_with_a_base_run_of_the_same_model_part_and_format(split_db):
     """The real CLI case: a regimen-only fine-tuned run and a modality/ICD-10 one, each needing its own base run."""
     db_path, split_id = split_db

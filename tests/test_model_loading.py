@@ -9,7 +9,8 @@ import torch
 
 from conftest import save_tiny_llama
 from rocore.generation.runs import generate_batch
-from rocore.model.loading import ModelError, attach_adapter, load_model, resolve_quantization, using_adapter
+from rocore.model.loading import (ModelError, adapter_for_generation, attach_adapter, load_model, resolve_quantization,
+                                  using_adapter)
 
 PROMPTS = ["### Task: modality\n### Patient: prostate cancer\n### Answer:", "### Patient: left breast"]
 
@@ -67,6 +68,92 @@ def test_concurrent_requests_cannot_switch_the_adapter_under_each_other(tiny_mod
     for t in threads:
         t.join()
     assert not errors and len(seen) == 30 and all(seen)
+
+
+BATCH = [f"### Task: regimen\n### Patient: case {i} with {site} cancer\n### Answer:"
+         for i, site in enumerate(["prostate", "left breast", "lung", "rectal", "cervical", "glioma"] * 4)]
+
+
+def weights(loaded) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in loaded.model.state_dict().items()}
+
+
+def test_a_merged_adapter_answers_as_the_unmerged_one_and_leaves_the_base_as_it_was(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "fp32")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    base = generate_batch(loaded, BATCH, 10, None)
+    unmerged = generate_batch(loaded, BATCH, 10, "finetuned")
+    before = weights(loaded)
+    assert unmerged != base, "the random adapter must change the outputs for the comparison to mean anything"
+    with adapter_for_generation(loaded, "finetuned") as merged:
+        assert merged and loaded.merged.name == "finetuned"
+        q_proj = loaded.model.base_model.model.model.layers[0].self_attn.q_proj
+        assert q_proj.merged and not torch.equal(q_proj.base_layer.weight, before[
+            "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"]), "the weights carry the delta"
+        assert generate_batch(loaded, BATCH, 10, "finetuned") == unmerged
+        with adapter_for_generation(loaded, "finetuned") as again:  # re-entered by a caller's caller
+            assert again and generate_batch(loaded, BATCH, 10, "finetuned") == unmerged
+        assert loaded.merged is not None
+    assert loaded.merged is None and not q_proj.merged
+    after = weights(loaded)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before), "restored bit for bit, not within a tolerance"
+    assert generate_batch(loaded, BATCH, 10, None) == base
+    assert generate_batch(loaded, BATCH, 10, "finetuned") == unmerged
+
+
+def test_the_base_asked_for_inside_a_merged_span_gets_the_base_weights(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "fp32")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    base, before = generate_batch(loaded, BATCH, 10, None), weights(loaded)
+    with adapter_for_generation(loaded, "finetuned"):
+        assert generate_batch(loaded, BATCH, 10, None) == base
+        assert loaded.merged is None, "the merge ends rather than the base answering from merged weights"
+    assert all(torch.equal(t, before[k]) for k, t in weights(loaded).items())
+
+
+def test_the_merged_span_holds_the_lock(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "fp32")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    base = generate_batch(loaded, BATCH[:2], 6, None)
+    seen = []
+    with adapter_for_generation(loaded, "finetuned"):
+        other = threading.Thread(target=lambda: seen.append(generate_batch(loaded, BATCH[:2], 6, None)))
+        other.start()
+        other.join(timeout=1)
+        assert other.is_alive() and not seen, "a base request from another thread waits for the span to end"
+    other.join()
+    assert seen == [base]
+
+
+def test_nf4_and_opted_out_adapters_stay_unmerged(tiny_model_dir, tiny_adapter_dir):
+    loaded = load_model(tiny_model_dir, "nf4")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    unmerged = generate_batch(loaded, BATCH[:4], 6, "finetuned")
+    with adapter_for_generation(loaded, "finetuned") as merged:
+        assert not merged and loaded.merged is None
+        assert generate_batch(loaded, BATCH[:4], 6, "finetuned") == unmerged
+    loaded = load_model(tiny_model_dir, "fp32")
+    attach_adapter(loaded, tiny_adapter_dir, "finetuned")
+    loaded.merge_for_generation = False
+    with adapter_for_generation(loaded, "finetuned") as merged:
+        assert not merged and loaded.merged is None
+    with pytest.raises(ModelError, match="no adapter named 'x'"), adapter_for_generation(loaded, "x"):
+        pass
+
+
+def test_an_adapter_on_a_tied_weight_stays_unmerged(tmp_path, tiny_tokenizer):
+    """Merging into lm_head's weight would change the input embeddings tied to it as well."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = save_tiny_llama(tmp_path / "tied", tiny_tokenizer, tie_word_embeddings=True)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), lora).save_pretrained(tmp_path / "adapter")
+    loaded = load_model(base_dir, "fp32")
+    attach_adapter(loaded, tmp_path / "adapter", "finetuned")
+    with adapter_for_generation(loaded, "finetuned") as merged:
+        assert not merged and loaded.merged is None
 
 
 def test_missing_and_wrong_model_directories(tmp_path):

@@ -7,6 +7,7 @@ Prompts are grouped by task, sorted by length and left-padded, so a batch wastes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -19,8 +20,8 @@ from rocore.store.audit import audit, timestamp
 from rocore.store.db import NOW, opened, transaction
 from rocore.store.jobs import mark_dead_runs, refuse_if_running_elsewhere
 from rocore.generation.openai_compatible import ServedModel, ServerError, check_server, complete_all, Server
-from rocore.model.loading import (LoadedModel, ModelError, check_adapter_dir, check_model_dir, resolve_device,
-                                  using_adapter)
+from rocore.model.loading import (LoadedModel, ModelError, adapter_for_generation, check_adapter_dir,
+                                  check_model_dir, resolve_device, using_adapter)
 from rocore.model.answers import extract_answer
 from rocore.model.prompts import (TASKS, TaskError, build_prompt, check_tasks, end_of_turn, resolve_prompt_format,
                                   template_id)
@@ -434,9 +435,10 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel | Serve
                    batch_size: int = 16, progress: Callable[[Progress], None] | None = None,
                    limit: int | None = None, actor: str = "cli", client: str | None = None) -> Progress:
     """Generate every missing output of a run, locally (`loaded` a LoadedModel, `adapter` the name of the
-    attached adapter to use) or through a server (a ServedModel, whose server already serves the adapter
-    or not); each batch is stored in its own transaction, and a server's failure stores the answers
-    it gave first. The start and the end are audited as `actor`."""
+    attached adapter to use, merged into the weights for the run where adapter_for_generation can) or
+    through a server (a ServedModel, whose server already serves the adapter or not); each batch is
+    stored in its own transaction, and a server's failure stores the answers it gave first. The start
+    and the end are audited as `actor`."""
     db_path = Path(db_path)
     served = isinstance(loaded, ServedModel)
     with opened(db_path) as conn:
@@ -454,26 +456,30 @@ def run_generation(db_path: str | Path, run_id: int, loaded: LoadedModel | Serve
               "concurrency": loaded.server.concurrency} if served else {"device": loaded.device})
     _set_status(db_path, run_id, "running", None, actor, client,
                 {"outputs_to_generate": len(items), "batch_size": batch_size, **where})
-    started, done, new_tokens = time.monotonic(), 0, 0
+    started, done, new_tokens, merged = time.monotonic(), 0, 0, None
 
     def spent() -> dict:
-        """The end's audit detail: what this process stored, and how long it took."""
-        return {"generated": done, "new_tokens": new_tokens, "seconds": round(time.monotonic() - started, 1)}
+        """The end's audit detail: what this process stored, how long it took, and whether a local
+        adapter was merged into the weights (in bf16 that can move a greedy near-tie)."""
+        return {"generated": done, "new_tokens": new_tokens, "seconds": round(time.monotonic() - started, 1),
+                **({"adapter_merged": merged} if merged is not None else {})}
 
     state = Progress(0, len(items), 0.0, 0)
     try:
-        for task, batch in _batches(loaded, items, batch_size, prompt_format):
-            def store(outputs, batch=batch, task=task) -> None:
-                nonlocal done, new_tokens
-                _store_outputs(db_path, run_id, loaded.tokenizer, prompt_format, task,
-                               [(batch[i][1], batch[i][2], output) for i, output in outputs])
-                done += len(outputs)
-                new_tokens += sum(output[2] for _, output in outputs)
+        with contextlib.nullcontext() if served or adapter is None else adapter_for_generation(loaded, adapter) \
+                as merged:
+            for task, batch in _batches(loaded, items, batch_size, prompt_format):
+                def store(outputs, batch=batch, task=task) -> None:
+                    nonlocal done, new_tokens
+                    _store_outputs(db_path, run_id, loaded.tokenizer, prompt_format, task,
+                                   [(batch[i][1], batch[i][2], output) for i, output in outputs])
+                    done += len(outputs)
+                    new_tokens += sum(output[2] for _, output in outputs)
 
-            store(list(enumerate(answer([prompt for _, _, prompt in batch], max_new[task], store))))
-            state = Progress(done, len(items), time.monotonic() - started, new_tokens)
-            if progress:
-                progress(state)
+                store(list(enumerate(answer([prompt for _, _, prompt in batch], max_new[task], store))))
+                state = Progress(done, len(items), time.monotonic() - started, new_tokens)
+                if progress:
+                    progress(state)
     except KeyboardInterrupt:
         _set_status(db_path, run_id, "cancelled", "interrupted; rerun the same command to resume", actor, client,
                     spent())

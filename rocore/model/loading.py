@@ -2,7 +2,9 @@
 
 Base and fine-tuned outputs come from one loaded base: adapters are attached to it by name and
 switched per request under the model's lock, so app sessions sharing a model (Streamlit's
-`st.cache_resource`) cannot switch an adapter under each other's generate call.
+`st.cache_resource`) cannot switch an adapter under each other's generate call. For a whole
+generation run, `adapter_for_generation` merges a LoRA adapter into a copy of the weights it
+touches, so the fine-tuned model generates at the base's speed.
 """
 
 from __future__ import annotations
@@ -16,12 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp16", "fp32")
+MERGEABLE = ("fp32", "bf16", "fp16")  # the precisions a LoRA delta can be added to as it is
 DEVICES = ("auto", "cpu", "cuda")
 ADAPTER_INFO = "rocore_adapter.json"
 
 
 class ModelError(RuntimeError):
     """A model or adapter that cannot be used; the message says what to change."""
+
+
+@dataclass
+class MergedAdapter:
+    """An adapter merged into copies of its layers' base weights, and the base's own tensors, which
+    are swapped back on unmerging: bit for bit, where subtracting the delta again would round."""
+    name: str
+    layers: list
+    originals: list  # (parameter, the base's tensor)
 
 
 @dataclass
@@ -33,6 +45,9 @@ class LoadedModel:
     device: str
     adapters: dict[str, Path] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    merged: MergedAdapter | None = None
+    # False keeps adapters unmerged in generation runs: bench/generate.py times both ways.
+    merge_for_generation: bool = True
 
 
 def base_fingerprint(path: str | Path) -> str:
@@ -105,10 +120,14 @@ def check_model_dir(path: Path) -> dict:
 
 
 def load_kwargs(quantization: str, device: str) -> dict:
+    """How from_pretrained loads the base: the whole model on one device, on a GPU the one of this
+    process's LOCAL_RANK, so each data-parallel training process holds its own copy on its own GPU."""
+    import os
+
     import torch
     from transformers import BitsAndBytesConfig
 
-    placement = {"device_map": {"": 0 if device == "cuda" else "cpu"}}
+    placement = {"device_map": {"": int(os.environ.get("LOCAL_RANK", "0")) if device == "cuda" else "cpu"}}
     if quantization == "nf4":
         return {**placement, "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -189,10 +208,21 @@ def attach_adapter(loaded: LoadedModel, adapter_path: str | Path, name: str = "f
         loaded.adapters[name] = adapter_path
 
 
+def _check_attached(loaded: LoadedModel, name: str) -> None:
+    if name not in loaded.adapters:
+        raise ModelError(f"no adapter named {name!r} is attached (attached: {', '.join(loaded.adapters) or 'none'})")
+
+
 @contextlib.contextmanager
 def using_adapter(loaded: LoadedModel, name: str | None) -> Iterator[object]:
-    """Hold the model's lock with adapter `name` active (None: the plain base) and yield the model."""
+    """Hold the model's lock with adapter `name` active (None: the plain base) and yield the model.
+    Within `adapter_for_generation` for the same adapter this costs nothing; asking for another (or
+    the base) there unmerges first, since the merged weights are not the base's."""
     with loaded.lock:
+        if loaded.merged is not None and loaded.merged.name == name:
+            yield loaded.model
+            return
+        _unmerge(loaded)
         if name is None:
             if loaded.adapters:
                 with loaded.model.disable_adapter():
@@ -200,10 +230,101 @@ def using_adapter(loaded: LoadedModel, name: str | None) -> Iterator[object]:
             else:
                 yield loaded.model
             return
-        if name not in loaded.adapters:
-            raise ModelError(f"no adapter named {name!r} is attached (attached: {', '.join(loaded.adapters) or 'none'})")
+        _check_attached(loaded, name)
         loaded.model.set_adapter(name)
         yield loaded.model
+
+
+def _available_memory(device) -> int:
+    """Bytes free on the torch `device`: the GPU's (with what torch holds unused), or the system's
+    available memory; 0 where it cannot be told, so nothing is merged blindly."""
+    import torch
+
+    if device.type == "cuda":
+        return (torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+                - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _mergeable_layers(loaded: LoadedModel, name: str) -> list | None:
+    """The LoRA layers of adapter `name`, or None where merging would not compute what the unmerged
+    adapter does or does not fit: a quantized base (nf4/int8 weights cannot take the delta without requantizing:
+    generation stays unmerged), another kind of adapter, a layer whose weight is shared with another
+    (tied embeddings: merging would change both), or a copy taking over half the free memory (the
+    other half is left to the batches' activations and KV cache)."""
+    from peft import PeftType
+    from peft.tuners.lora import LoraLayer
+
+    if loaded.quantization not in MERGEABLE or loaded.model.peft_config[name].peft_type != PeftType.LORA:
+        return None
+    layers = [m for m in loaded.model.modules() if isinstance(m, LoraLayer) and name in m.scaling]
+    touched = [p for layer in layers for p in layer.get_base_layer().parameters(recurse=False)]
+    uses: dict[int, int] = {}
+    for _, parameter in loaded.model.named_parameters(remove_duplicate=False):
+        uses[id(parameter)] = uses.get(id(parameter), 0) + 1
+    if any(uses[id(p)] > 1 for p in touched):
+        return None
+    copy_bytes = sum(p.numel() * p.element_size() for p in touched)
+    return layers if touched and copy_bytes * 2 <= _available_memory(touched[0].device) else None
+
+
+def _merge(loaded: LoadedModel, name: str) -> bool:
+    """Merge adapter `name` into copies of its layers' weights (peft's safe merge writes the sum to a
+    new tensor and leaves the base's untouched); False where it is not merged."""
+    import torch
+
+    layers = _mergeable_layers(loaded, name)
+    if not layers:
+        return False
+    originals = [(p, p.data) for layer in layers for p in layer.get_base_layer().parameters(recurse=False)]
+    loaded.model.set_adapter(name)
+    loaded.merged = MergedAdapter(name, [], originals)
+    with torch.no_grad():
+        try:
+            for layer in layers:
+                layer.merge(safe_merge=True, adapter_names=[name])
+                loaded.merged.layers.append(layer)
+        except BaseException:
+            _unmerge(loaded)
+            raise
+    return True
+
+
+def _unmerge(loaded: LoadedModel) -> None:
+    """Swap the base's own tensors back; nothing to do when nothing is merged."""
+    merged, loaded.merged = loaded.merged, None
+    if merged is None:
+        return
+    for parameter, tensor in merged.originals:
+        parameter.data = tensor
+    for layer in merged.layers:
+        layer.merged_adapters.remove(merged.name)
+
+
+@contextlib.contextmanager
+def adapter_for_generation(loaded: LoadedModel, name: str | None) -> Iterator[bool]:
+    """Hold the model's lock for a whole generation run with adapter `name` (None: the base), merged
+    into a copy of the weights it touches where `_mergeable_layers` allows, so each batch costs what
+    the base's does (an unmerged LoRA adds two small matmuls per layer and token). `using_adapter`
+    per batch works as before inside. On exit the base's weights are back, bit for bit. Outputs equal
+    the unmerged adapter's in fp32; in bf16/fp16 the merged weights round differently, which moves a
+    greedy answer where two tokens tie within that rounding (docs/benchmarks.md). Yields whether the
+    adapter is merged; re-entered for the adapter already merged, it changes nothing."""
+    with loaded.lock:
+        if name is None or (loaded.merged is not None and loaded.merged.name == name):
+            yield name is not None
+            return
+        _check_attached(loaded, name)
+        _unmerge(loaded)
+        merged = loaded.merge_for_generation and _merge(loaded, name)
+        try:
+            yield merged
+        finally:
+            _unmerge(loaded)
 
 
 def write_adapter_info(adapter_dir: str | Path, base_path: str | Path, details: dict) -> None:
