@@ -25,7 +25,9 @@ st.title("Admin")
 with opened(DB) as conn:
     runs = generation.list_runs(conn)
     pair = generation.suggested_run_pair(conn)
-    active = {p["reviewer_id"]: p for p in auth.list_users(conn) if p["active"]}
+    everyone = auth.list_users(conn)
+    active = {p["reviewer_id"]: p for p in everyone if p["active"]}
+    id_of = {p["name"]: p["reviewer_id"] for p in everyone}
     backup = last_backup(conn)
     lockouts = auth.locked_out(conn, actor_id=user["id"])
 
@@ -41,7 +43,56 @@ if lockouts:
 
 tab_studies, tab_people, tab_audit = st.tabs(["Studies", "People", "Audit log"])
 
+
+def change_study(action, said, **arguments) -> None:
+    """Run one of rocore's changes to a study; `said(result)` is shown after the page reloads with it."""
+    try:
+        with opened(DB) as conn:
+            result = action(conn, actor_id=user["id"], client=client, **arguments)
+    except (review.ReviewError, auth.AuthError) as exc:
+        st.error(str(exc))
+        return
+    st.session_state["admin-notice"] = said(result)
+    st.rerun()
+
+
+def counted(by_name: dict) -> str:
+    return ", ".join(f"{name} ({n})" for name, n in by_name.items())
+
+
+def study_controls(study: dict, progress: list[dict]) -> None:
+    """Grow, repair or close a running study."""
+    sid, in_study = study["study_id"], {row["reviewer"] for row in progress}
+    join, repair, close = st.columns(3)
+    newcomer = join.selectbox("Add a reviewer", [r for r in active if active[r]["name"] not in in_study],
+                              format_func=lambda r: active[r]["name"], index=None, key=f"join-{sid}",
+                              help="They take over unrated cases from the reviewers with the most left; "
+                                   "each case keeps its number of reviewers and ratings given stay.")
+    if join.button("Add to the study", key=f"join-button-{sid}", disabled=newcomer is None):
+        change_study(review.add_reviewer_to_study, lambda r: (
+            f"Added '{r['reviewer']}' to '{study['name']}': {r['n_assignments']} unrated cases taken over from "
+            f"{counted(r['from'])}."), study_id=sid, reviewer_id=newcomer)
+    departing = repair.selectbox("Reassign the unrated cases of",
+                                 [row["reviewer"] for row in progress if row["done"] < row["assigned"]],
+                                 index=None, key=f"from-{sid}", help="Ratings they gave stay.")
+    to = repair.multiselect("To (none chosen: every other active reviewer of the study)",
+                            [r for r in active if active[r]["name"] != departing],
+                            format_func=lambda r: active[r]["name"], key=f"to-{sid}")
+    if repair.button("Reassign", key=f"reassign-{sid}", disabled=departing is None):
+        change_study(review.reassign_unrated, lambda r: (
+            f"Reassigned {r['moved']} unrated cases of '{r['from']}' to {counted(r['to'])}."
+            + (f" {r['left']} stay with them: every other reviewer already has those cases." if r["left"] else "")),
+            study_id=sid, from_reviewer_id=id_of[departing], to_reviewer_ids=to or None)
+    sure = close.checkbox("Close the study for good: no more ratings", key=f"close-sure-{sid}")
+    if close.button("Close the study", key=f"close-{sid}", disabled=not sure):
+        change_study(review.close_study, lambda r: (
+            f"Closed '{study['name']}': {r['n_rated']} of {r['n_assignments']} assignments rated."), study_id=sid)
+
+
 with tab_studies:
+    notice = st.session_state.pop("admin-notice", None)
+    if notice:
+        st.success(notice)
     if pair is None:
         st.info("A study compares two generation runs over the same split part: "
                 "make them on the Generate page.")
@@ -115,7 +166,8 @@ with tab_studies:
         for study in studies:
             progress = review.study_progress(conn, study["study_id"], actor_id=user["id"])
             summary = review.study_summary(conn, study["study_id"], actor_id=user["id"])
-            with st.expander(f"{study['name']}: {study['n_done']} of {study['n_assignments']} ratings done",
+            closed = " (closed)" if study["closed_at"] else ""
+            with st.expander(f"{study['name']}: {study['n_done']} of {study['n_assignments']} ratings done{closed}",
                              expanded=study is studies[0]):
                 sampled = " (sample)" if study["sample_n"] else ""
                 st.caption(f"Task {study['task']}; runs {study['run_1_id']} and {study['run_2_id']}; "
@@ -142,6 +194,11 @@ with tab_studies:
                 given_away, check = blinding.describe(
                     blinding.study_blinding(conn, study["study_id"], actor_id=user["id"]))
                 (st.warning if given_away else st.caption)(check)
+                if study["closed_at"]:
+                    st.info(f"Closed on {review.closed_on(study['closed_at'])} by "
+                            f"{study['closed_by_name'] or 'the command line'}: it takes no more ratings.")
+                else:
+                    study_controls(study, progress)
     if not studies:
         st.caption("No studies yet.")
 

@@ -48,8 +48,8 @@ def go_to(position: int | None) -> None:
 
 by_id = {s["study_id"]: s for s in studies}
 if st.session_state.get("review-study") not in by_id:
-    st.session_state["review-study"] = next((s["study_id"] for s in studies if s["done"] < s["total"]),
-                                            studies[0]["study_id"])
+    st.session_state["review-study"] = next((s["study_id"] for s in studies
+                                             if s["done"] < s["total"] and not s["closed_at"]), studies[0]["study_id"])
 if len(studies) > 1:
     # The study's name only: a keyed select box keeps the label its choice had when first drawn, so a
     # count in it would go stale. The progress bar below counts the ratings.
@@ -60,6 +60,24 @@ study_id = st.session_state["review-study"]
 notice = st.session_state.pop("review-notice", None)
 if notice:
     getattr(st, notice[0])(notice[1])
+
+
+def my_counts() -> None:
+    """The reviewer's own counts in the study, once it is done or closed."""
+    with opened(DB) as conn:
+        mine = review.my_summary(conn, user["id"], study_id)
+    rated, flagged, revised, commented = st.columns(4)
+    rated.metric("Rated", mine["rated"])
+    flagged.metric("Flagged as unratable", mine["flagged"])
+    revised.metric("Revised after a first rating", mine["revised"])
+    commented.metric("With a comment", mine["commented"])
+
+
+closed_at = by_id[study_id]["closed_at"]
+if closed_at:
+    st.info(f"This study was closed on {review.closed_on(closed_at)}: it takes no more ratings. Thank you!")
+    my_counts()
+    st.stop()
 
 shown = (st.session_state.get("review-assignment"), st.session_state.get("review-revision"))
 try:
@@ -74,13 +92,7 @@ if item is None:
     total = by_id[study_id]["total"]
     st.progress(1.0, text=f"{total} of {total} rated")
     st.success(f"You have rated all {total} cases of this study. Thank you!")
-    with opened(DB) as conn:
-        mine = review.my_summary(conn, user["id"], study_id)
-    rated, flagged, revised, commented = st.columns(4)
-    rated.metric("Rated", mine["rated"])
-    flagged.metric("Flagged as unratable", mine["flagged"])
-    revised.metric("Revised after a first rating", mine["revised"])
-    commented.metric("With a comment", mine["commented"])
+    my_counts()
     st.button("Look through my ratings", on_click=go_to, args=(1,), key="review-again")
     st.stop()
 

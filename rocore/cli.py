@@ -357,21 +357,54 @@ def cmd_study_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [name for name in (n.strip() for n in text.split(",")) if name]
+
+
+def _counted(by_name: dict[str, int]) -> str:
+    """{'ada': 3, 'ben': 2} as 'ada (3), ben (2)'."""
+    return ", ".join(f"{name} ({n})" for name, n in by_name.items())
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from rocore.review.auth import AuthError, user_by_name
-    from rocore.review.studies import (Form, ReviewError, create_study, list_studies, study_id_by_name,
-                               study_progress, study_summary)
+    from rocore.review.studies import (Form, ReviewError, add_reviewer_to_study, close_study, closed_on, create_study,
+                                       list_studies, reassign_unrated, study_id_by_name, study_progress,
+                                       study_summary)
 
     if args.action == "plan":
         return cmd_study_plan(args)
+    needs = {"show": {"--name": args.name}, "close": {"--name": args.name},
+             "add-reviewer": {"--name": args.name, "--reviewer": args.reviewer},
+             "reassign": {"--name": args.name, "--from": args.from_reviewer}}.get(args.action, {})
+    if not all(needs.values()):
+        print(f"study {args.action} needs {' and '.join(needs)}", file=sys.stderr)
+        return 2
     with opened(args.db, create=False) as conn:
         try:
-            if args.action == "create":
+            if args.action == "add-reviewer":
+                added = add_reviewer_to_study(conn, actor_id=None, study_id=study_id_by_name(conn, args.name),
+                                              reviewer_id=user_by_name(conn, args.reviewer).id, client="cli")
+                print(f"added '{added['reviewer']}' to study '{args.name}': {added['n_assignments']} unrated "
+                      f"cases taken over from {_counted(added['from'])}")
+            elif args.action == "reassign":
+                to = None if not args.to else [user_by_name(conn, name).id for name in _names(args.to)]
+                moved = reassign_unrated(conn, actor_id=None, study_id=study_id_by_name(conn, args.name),
+                                         from_reviewer_id=user_by_name(conn, args.from_reviewer).id,
+                                         to_reviewer_ids=to, client="cli")
+                left = (f"; {moved['left']} left with {moved['from']}: every other reviewer already has them"
+                        if moved["left"] else "")
+                print(f"reassigned {moved['moved']} unrated cases of '{moved['from']}' in study '{args.name}' to "
+                      f"{_counted(moved['to'])}{left}")
+            elif args.action == "close":
+                closed = close_study(conn, actor_id=None, study_id=study_id_by_name(conn, args.name), client="cli")
+                print(f"closed study '{args.name}' on {closed_on(closed['closed_at'])}: {closed['n_rated']} of "
+                      f"{closed['n_assignments']} assignments rated; no more ratings are taken")
+            elif args.action == "create":
                 if not (args.name and args.runs and args.reviewers):
                     print("study create needs --name, --runs RUN_1 RUN_2 and --reviewers", file=sys.stderr)
                     return 2
-                ids = [user_by_name(conn, name).id
-                       for name in filter(None, (n.strip() for n in args.reviewers.split(",")))]
+                ids = [user_by_name(conn, name).id for name in _names(args.reviewers)]
                 study_id = create_study(conn, actor_id=None, name=args.name, run_1_id=args.runs[0],
                                         run_2_id=args.runs[1], reviewer_ids=ids, task=args.task,
                                         sample_n=args.sample, seed=args.seed, overlap=args.overlap,
@@ -380,9 +413,6 @@ def cmd_study(args: argparse.Namespace) -> int:
                 print(f"created study '{study['name']}' (id {study_id}, seed {study['seed']}): "
                       f"{study['n_cases']} cases, {study['n_assignments']} assignments")
             elif args.action == "show":
-                if not args.name:
-                    print("study show needs --name", file=sys.stderr)
-                    return 2
                 study_id = study_id_by_name(conn, args.name)
                 for row in study_progress(conn, study_id, actor_id=None):
                     print(f"{row['reviewer']:<24} {row['done']} of {row['assigned']} done "
@@ -399,9 +429,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                           f"run 1) p = {summary['likert']['wilcoxon_p_one_sided']:.3g}")
             else:
                 for s in list_studies(conn, actor_id=None):
+                    closed = f" closed={s['closed_at']}" if s["closed_at"] else ""
                     print(f"{s['study_id']:>3} {s['name']:<28} task={s['task']} "
                           f"runs={s['run_1_id']},{s['run_2_id']} cases={s['n_cases']} overlap={s['overlap']} "
-                          f"done={s['n_done']}/{s['n_assignments']} seed={s['seed']}")
+                          f"done={s['n_done']}/{s['n_assignments']} seed={s['seed']}{closed}")
         except (AuthError, ReviewError) as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -548,10 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="reviewer", choices=ROLES)
     p.set_defaults(func=cmd_reviewer)
 
-    p = commands.add_parser("study", help="plan, create, list or show blinded review studies")
-    p.add_argument("action", choices=("create", "list", "show", "plan"))
+    p = commands.add_parser("study", help="plan, create, list or show blinded review studies; add a reviewer to one, "
+                                          "reassign a reviewer's unrated cases, or close one")
+    p.add_argument("action", choices=("create", "list", "show", "plan", "add-reviewer", "reassign", "close"))
     _db_arg(p)
     p.add_argument("--name")
+    p.add_argument("--reviewer", help="add-reviewer: who joins; they take over unrated cases from the busiest")
+    p.add_argument("--from", dest="from_reviewer", metavar="NAME",
+                   help="reassign: whose unrated cases go to the others (ratings given stay)")
+    p.add_argument("--to", metavar="a,b", help="reassign: comma-separated reviewers to take them (default: every "
+                                                "other active reviewer of the study)")
     p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"), help="the two generation runs")
     p.add_argument("--task", default="regimen", choices=TASKS)
     p.add_argument("--reviewers", help="comma-separated reviewer names")

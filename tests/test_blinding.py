@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_review_studies import RUN_1, make_review_db
+from conftest import ROOT
+from streamlit.testing.v1 import AppTest
+from test_page_review import everything_sent
+from test_review_studies import RUN_1, SECRETS, good_rating, make_review_db
 
-from rocore.review import blinding
+from rocore.review import auth, blinding
 from rocore.review import studies as review
 from rocore.store.db import opened
 
@@ -82,3 +85,36 @@ def test_one_telling_feature_is_found_and_named():
     given_away, text = blinding.describe({"shown": scan, "raw": scan})
     assert given_away and "pick run 1 in 100% of 12 cases" in text
     assert blinding.scan_pairs(pairs[:3])["classifier"] is None
+
+
+def test_a_reviewer_added_to_a_running_study_is_blinded_like_the_others(db_path, monkeypatch):
+    """Everything the Review page sends a reviewer who joined late, case by case and once the study is
+    closed, holds no run id, model name or side; their texts are the extracted answers, as everyone's."""
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = make_review_db(db_path, n_cases=20, reviewers=("ada", "ben"), overlap=1, raw_outputs=demo_like_outputs)
+    with opened(db_path) as conn:
+        item = review.open_item(conn, info["ids"]["ada"], info["study_id"])
+        review.submit_rating(conn, info["ids"]["ada"], item.assignment_id, good_rating(), 0)
+        dora = auth.add_user(conn, "dora", actor_id=info["admin_id"])[0].id
+        added = review.add_reviewer_to_study(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+                                             reviewer_id=dora)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "review.py"), default_timeout=30)
+    at.session_state["user"] = {"id": dora, "name": "dora", "role": "reviewer"}
+    at.run()
+    pages, texts = [], []
+    for position in range(1, added["n_assignments"] + 1):
+        assert not at.exception and at.subheader[0].value == f"Case {position} of {added['n_assignments']}"
+        pages.append(everything_sent(at))
+        texts += [t.value for t in at.text[-2:]]
+        if position < added["n_assignments"]:
+            next(b for b in at.button if b.label == "Next case").click().run()
+    with opened(db_path) as conn:
+        review.close_study(conn, actor_id=info["admin_id"], study_id=info["study_id"])
+    at.run()
+    assert at.info[0].value.startswith("This study was closed on ")
+    pages.append(everything_sent(at))
+    sent = "\n".join(pages).casefold()
+    assert "regimen a" in sent and [secret for secret in SECRETS if secret.casefold() in sent] == []
+    assert len(texts) == 2 * added["n_assignments"]
+    assert not [t for t in texts if "icd" in t.casefold() or "modality" in t.casefold()]

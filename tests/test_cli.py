@@ -289,3 +289,41 @@ def test_evaluate_json_keeps_its_keys_and_adds_the_documented_ones(tmp_path):
     refused = rocore("evaluate", outputs, "--primary", "icd10=valid_rate")
     assert refused.returncode == 1 and "cannot be a primary endpoint" in refused.stderr
     assert rocore("evaluate", outputs, "--primary", "dose=accuracy").returncode == 2
+
+
+def test_study_add_reviewer_reassign_and_close(tmp_path):
+    from test_review_studies import make_review_db
+
+    db = tmp_path / "r.db"
+    make_review_db(db, reviewers=("ada", "ben"), overlap=1)  # 12 cases: 6 each
+    assert rocore("reviewer", "add", "cleo", "--db", db).returncode == 0
+    added = rocore("study", "add-reviewer", "--name", "Prostate pilot", "--reviewer", "cleo", "--db", db)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "added 'cleo' to study 'Prostate pilot': 4 unrated cases taken over from ada (2), ben (2)\n"
+    again = rocore("study", "add-reviewer", "--name", "Prostate pilot", "--reviewer", "cleo", "--db", db)
+    assert again.returncode == 1 and again.stderr == "cleo is already a reviewer of study 'Prostate pilot'.\n"
+
+    moved = rocore("study", "reassign", "--name", "Prostate pilot", "--from", "ben", "--to", "ada, cleo", "--db", db)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout == "reassigned 4 unrated cases of 'ben' in study 'Prostate pilot' to ada (2), cleo (2)\n"
+    with opened(db) as conn:
+        loads = dict(conn.execute("SELECT p.name, count(*) FROM assignments JOIN reviewers p USING (reviewer_id) "
+                                  "GROUP BY p.name").fetchall())
+        actions = [r[0] for r in conn.execute("SELECT actor || ' ' || action FROM audit_log WHERE entity = 'studies' "
+                                              "ORDER BY audit_id")]
+    assert loads == {"ada": 6, "cleo": 6}
+    assert [a.split(" ", 1)[1] for a in actions] == ["create-study", "add-reviewer-to-study", "reassign-unrated"]
+    assert actions[1].startswith("cli")
+
+    closed = rocore("study", "close", "--name", "Prostate pilot", "--db", db)
+    assert closed.returncode == 0, closed.stderr
+    assert closed.stdout.startswith("closed study 'Prostate pilot' on ") and closed.stdout.endswith(
+        " UTC: 0 of 12 assignments rated; no more ratings are taken\n")
+    refused = rocore("study", "close", "--name", "Prostate pilot", "--db", db)
+    assert refused.returncode == 1 and "'Prostate pilot' was closed on " in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert " closed=20" in rocore("study", "list", "--db", db).stdout
+    assert rocore("study", "reassign", "--name", "Prostate pilot", "--db", db).stderr == (
+        "study reassign needs --name and --from\n")
+    unknown = rocore("study", "add-reviewer", "--name", "Nope", "--reviewer", "cleo", "--db", db)
+    assert unknown.returncode == 1 and unknown.stderr == "There is no study named 'Nope'.\n"

@@ -482,6 +482,13 @@ def test_a_version_2_database_migrated_to_the_current_version_has_the_columns_an
         assert _columns(conn) == _columns(new)
         assert {r[0] for r in conn.execute("SELECT DISTINCT backend FROM generation_runs")} == {"local"}
         assert {r[0] for r in conn.execute("SELECT DISTINCT processes FROM training_runs")} == {None}
+        assert [tuple(r) for r in conn.execute("SELECT closed_at, closed_by FROM studies")] == [(None, None)]
+        with pytest.raises(sqlite3.IntegrityError, match="a rated assignment cannot change"):
+            conn.execute("UPDATE assignments SET position = 2")
+        conn.execute("UPDATE studies SET closed_at = '2026-01-01T00:00:00.000Z', closed_by = 1")
+        with pytest.raises(sqlite3.IntegrityError, match="the study is closed"):
+            conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, reviewer_id) "
+                         "VALUES (1, 2, 1, 1, 1)")
         for statement in ("UPDATE generation_runs SET backend = 'vllm'", "UPDATE training_runs SET processes = 0"):
             with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
                 conn.execute(statement)

@@ -184,3 +184,62 @@ def test_the_last_backup_and_slowed_sign_ins_are_shown(info, db_path, tmp_path):
         w.value for w in at.warning]
     slowed = next(df.value for df in at.dataframe if "Name or address" in df.value.columns)
     assert slowed[["By", "Name or address", "Failures in a row"]].values.tolist() == [["name", "ada", 3]]
+
+
+def test_grow_repair_and_close_a_study_from_its_section(info, db_path):
+    sid, ids = info["study_id"], info["ids"]
+    with opened(db_path) as conn:
+        dora = auth.add_user(conn, "dora", actor_id=info["admin_id"])[0].id
+    at = open_page(info)
+    assert at.button(key=f"join-button-{sid}").disabled and at.button(key=f"close-{sid}").disabled
+    assert at.selectbox(key=f"join-{sid}").options == ["boss", "dora"], "active people not in the study"
+    at.selectbox(key=f"join-{sid}").set_value(dora).run()
+    at.button(key=f"join-button-{sid}").click().run()
+    assert not at.exception and not at.error
+    assert at.success[0].value == "Added 'dora' to 'Prostate pilot': 6 unrated cases taken over from ada (2), ben (2), " \
+                                  "cleo (2)."
+    assert list(at.dataframe[0].value["assigned"]) == [6, 6, 6, 6]
+
+    with opened(db_path) as conn:
+        auth.set_active(conn, "ben", False, actor_id=info["admin_id"])
+    at.run()
+    at.selectbox(key=f"from-{sid}").set_value("ben").run()
+    at.button(key=f"reassign-{sid}").click().run()
+    assert not at.exception and not at.error
+    assert at.success[0].value.startswith("Reassigned 6 unrated cases of 'ben' to ")
+    progress = at.dataframe[0].value
+    assert list(progress["reviewer"]) == ["ada", "cleo", "dora"] and sum(progress["assigned"]) == 24
+
+    at.checkbox(key=f"close-sure-{sid}").check().run()
+    at.button(key=f"close-{sid}").click().run()
+    assert at.success[0].value == "Closed 'Prostate pilot': 0 of 24 assignments rated."
+    assert at.expander[1].label == "Prostate pilot: 0 of 24 ratings done (closed)"
+    assert any(i.value.startswith("Closed on ") and i.value.endswith(" by boss: it takes no more ratings.")
+               for i in at.info)
+    assert not [b for b in at.button if b.key and b.key.endswith(f"-{sid}")], "a closed study has no controls"
+    with opened(db_path) as conn:
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE entity = 'studies' AND actor = 'boss' "
+                                              "ORDER BY audit_id")]
+    assert actions == ["create-study", "add-reviewer-to-study", "reassign-unrated", "close-study"]
+
+    review_page = AppTest.from_file(str(ROOT / "app_pages" / "review.py"), default_timeout=30)
+    review_page.session_state["user"] = {"id": ids["ada"], "name": "ada", "role": "reviewer"}
+    review_page.run()
+    assert not review_page.exception
+    assert review_page.info[0].value.startswith("This study was closed on ")
+    assert [m.label for m in review_page.metric] == ["Rated", "Flagged as unratable", "Revised after a first rating",
+                                                     "With a comment"]
+    assert not review_page.radio and not review_page.text, "no case, no form"
+
+
+def test_a_refused_change_to_a_study_says_why(info, db_path):
+    with opened(db_path) as conn:
+        pair = review.create_study(conn, actor_id=info["admin_id"], name="Pair", run_1_id=RUN_1, run_2_id=RUN_2,
+                                   reviewer_ids=[info["ids"]["ada"], info["ids"]["ben"]], sample_n=4, overlap=2)
+    at = open_page(info)
+    at.selectbox(key=f"from-{pair}").set_value("ben").run()
+    assert info["ids"]["ben"] not in at.multiselect(key=f"to-{pair}").options
+    at.button(key=f"reassign-{pair}").click().run()
+    assert not at.exception and not at.success
+    assert at.error[0].value == ("Each of ben's 4 unrated case(s) is already with every other chosen reviewer: "
+                                 "none can be reassigned.")

@@ -7,6 +7,7 @@ distinctive ids and model paths, so a blinding test can search for them in whate
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from rocore.model.answers import extract_answer
 from rocore.review import auth
 from rocore.review import studies as review
 from rocore.data.case_import import import_cases
+from rocore.store import audit as audit_log
 from rocore.store import db
 from rocore.store.db import connect, opened
 from rocore.review.studies import Form, Rating, ReviewError, StaleRating
@@ -277,7 +279,7 @@ def test_every_case_done_returns_none(db_path):
         while (item := review.open_item(conn, ada, info["study_id"])) is not None:
             review.submit_rating(conn, ada, item.assignment_id, good_rating(), item.revision)
         assert review.my_studies(conn, ada) == [{"study_id": info["study_id"], "name": "Prostate pilot",
-                                                 "task": "regimen", "total": 3, "done": 3}]
+                                                 "task": "regimen", "closed_at": None, "total": 3, "done": 3}]
         assert review.open_item(conn, ada, info["study_id"], position=99).position == 3
 
 
@@ -477,6 +479,272 @@ def test_demo_reviewers_hook(db_path):
         assert auth.sign_in(conn, "admin", codes["admin"]).role == "admin"
         counts = conn.execute("SELECT count(DISTINCT case_id), count(*) FROM assignments").fetchone()
         assert tuple(counts) == (12, 24)
+
+
+# --- Growing, repairing and closing a study ------------------------------------------------------
+
+def rate_first(conn, reviewer_id: int, study_id: int, n: int, flag_last: bool = False) -> None:
+    """The reviewer rates their first `n` open cases (the last flagged unratable, if asked)."""
+    for number in range(n):
+        item = review.open_item(conn, reviewer_id, study_id)
+        rating = Rating(unratable_reason="no stage") if flag_last and number == n - 1 else good_rating(item.form)
+        review.submit_rating(conn, reviewer_id, item.assignment_id, rating, 0)
+
+
+def running_study(db_path, reviewers=("ada", "ben", "cleo"), n_cases=30, overlap=2) -> dict:
+    """A study under way: some reviewers have rated a few cases (one flagged), and dora is waiting to join."""
+    info = make_review_db(db_path, n_cases=n_cases, reviewers=reviewers, overlap=overlap)
+    with opened(db_path) as conn:
+        for name, n in zip(reviewers, (3, 2, 1)):
+            rate_first(conn, info["ids"][name], info["study_id"], n, flag_last=name == "ben")
+        info["ids"]["dora"] = auth.add_user(conn, "dora", actor_id=info["admin_id"])[0].id
+    return info
+
+
+def assignments_of(conn, study_id: int) -> list[dict]:
+    return [dict(r) for r in conn.execute(
+        "SELECT a.*, EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id) AS rated "
+        "FROM assignments a WHERE study_id = ? ORDER BY assignment_id", (study_id,))]
+
+
+def check_study_holds(rows: list[dict], n_cases: int, overlap: int, recipients: Sequence[int] = ()) -> None:
+    """Every case with `overlap` reviewers, none twice, each reviewer's positions distinct; the sides of those
+    who received cases (who started even) are still even within one."""
+    assert Counter(r["case_id"] for r in rows) == Counter({case: overlap for case in {r["case_id"] for r in rows}})
+    assert len({r["case_id"] for r in rows}) == n_cases
+    assert len({(r["reviewer_id"], r["case_id"]) for r in rows}) == len(rows)
+    for reviewer in {r["reviewer_id"] for r in rows}:
+        mine = [r for r in rows if r["reviewer_id"] == reviewer]
+        assert len({r["position"] for r in mine}) == len(mine)
+        if reviewer in recipients:
+            assert abs(2 * sum(r["run_a_id"] == RUN_1 for r in mine) - len(mine)) <= 1, "sides stay even"
+
+
+def unrated_load(rows: list[dict]) -> Counter:
+    return Counter(r["reviewer_id"] for r in rows if not r["rated"])
+
+
+def test_a_reviewer_added_to_a_running_study_takes_unrated_cases_and_the_counts_match(db_path, tmp_path):
+    info = running_study(db_path)
+    sid, dora, admin = info["study_id"], info["ids"]["dora"], info["admin_id"]
+    with opened(db_path) as conn:
+        before = assignments_of(conn, sid)
+        ratings = [tuple(r) for r in conn.execute("SELECT * FROM ratings ORDER BY rating_id")]
+        added = review.add_reviewer_to_study(conn, actor_id=admin, study_id=sid, reviewer_id=dora, client="test")
+        after = assignments_of(conn, sid)
+        assert [tuple(r) for r in conn.execute("SELECT * FROM ratings ORDER BY rating_id")] == ratings
+        progress = {p["reviewer"]: p for p in review.study_progress(conn, sid, actor_id=admin)}
+        listed = review.list_studies(conn, actor_id=admin)[0]
+        entry = conn.execute("SELECT * FROM audit_log WHERE action = 'add-reviewer-to-study'").fetchone()
+        items = [review.open_item(conn, dora, sid, position) for position in range(1, added["n_assignments"] + 1)]
+        ada_items = [review.open_item(conn, info["ids"]["ada"], sid, position)
+                     for position in range(1, progress["ada"]["assigned"] + 1)]
+
+    # 30 cases, 2 reviewers each: 20 assignments apiece, 6 rated; 54 unrated shared by four: 13 or 14 each.
+    assert len(after) == len(before) == 60 and listed["n_assignments"] == 60 and listed["n_done"] == 6
+    check_study_holds(after, n_cases=30, overlap=2, recipients=[dora])
+    assert sorted(unrated_load(after).values()) == [13, 13, 14, 14]
+    n = added["n_assignments"]
+    assert n == progress["dora"]["assigned"] == unrated_load(after)[dora] and progress["dora"]["done"] == 0
+    assert added["from"] == {name: 20 - progress[name]["assigned"] for name in ("ada", "ben", "cleo")}
+    assert sum(added["from"].values()) == n and added["reviewer"] == "dora"
+    assert sum(p["assigned"] for p in progress.values()) == 60 and sum(p["done"] for p in progress.values()) == 6
+    rated_before = {r["assignment_id"]: r for r in before if r["rated"]}
+    assert {r["assignment_id"]: r for r in after if r["rated"]} == rated_before, "rated assignments untouched"
+    mine = sorted((r for r in after if r["reviewer_id"] == dora), key=lambda r: r["position"])
+    assert [r["position"] for r in mine] == list(range(1, n + 1))
+    assert abs(2 * sum(r["run_a_id"] == RUN_1 for r in mine) - n) <= 1
+
+    assert [item.position for item in items] == list(range(1, n + 1)) and items[0].total == n
+    assert [item.assignment_id for item in items] == [r["assignment_id"] for r in mine]
+    assert not [s for s in SECRETS if s.casefold() in repr(items).casefold()], "the new reviewer sees no run"
+    assert len({item.assignment_id for item in ada_items}) == len(ada_items) == progress["ada"]["assigned"]
+    assert ada_items[-1].position == len(ada_items), "a queue with gaps still counts 1..N"
+
+    assert (entry["actor"], entry["entity"], entry["entity_id"], entry["client"]) == ("boss", "studies", str(sid),
+                                                                                      "test")
+    detail = json.loads(entry["detail"])
+    assert detail["reviewer_id"] == dora and detail["n_assignments"] == n
+    assert sorted(i for ids in detail["from"].values() for i in ids) == sorted(r["assignment_id"] for r in mine)
+    assert "P0" not in entry["detail"] and "Gy" not in entry["detail"]
+
+    # The same study, the same ratings and the same step give the same assignments: the draw is keyed.
+    again = running_study(tmp_path / "again.db")
+    with opened(tmp_path / "again.db") as conn:
+        review.add_reviewer_to_study(conn, actor_id=again["admin_id"], study_id=again["study_id"],
+                                     reviewer_id=again["ids"]["dora"])
+        assert assignments_of(conn, again["study_id"]) == after
+
+
+def test_adding_a_reviewer_is_refused_where_it_cannot_help(db_path):
+    info = running_study(db_path)
+    sid, ids, admin = info["study_id"], info["ids"], info["admin_id"]
+    with opened(db_path) as conn:
+        def add(reviewer_id, actor_id=admin, study_id=sid):
+            return review.add_reviewer_to_study(conn, actor_id=actor_id, study_id=study_id, reviewer_id=reviewer_id)
+
+        with pytest.raises(auth.AccessDenied):
+            add(ids["dora"], actor_id=ids["ada"])
+        with pytest.raises(ReviewError, match="ben is already a reviewer of study 'Prostate pilot'"):
+            add(ids["ben"])
+        with pytest.raises(ReviewError, match="There is no study 99"):
+            add(ids["dora"], study_id=99)
+        auth.set_active(conn, "dora", False, actor_id=admin)
+        with pytest.raises(ReviewError, match="does not exist or is deactivated"):
+            add(ids["dora"])
+        before = assignments_of(conn, sid)
+
+        small = review.create_study(conn, actor_id=admin, name="Small", run_1_id=RUN_1, run_2_id=RUN_2,
+                                    reviewer_ids=[ids["ada"], ids["ben"]], sample_n=2, seed=1)
+        with pytest.raises(ReviewError, match="No reviewer of study 'Small' has more than one unrated case left"):
+            add(ids["cleo"], study_id=small)
+        for name in ("ada", "ben"):
+            rate_first(conn, ids[name], small, 1)
+        with pytest.raises(ReviewError, match="Every case of study 'Small' is rated: there is nothing to hand over"):
+            add(ids["cleo"], study_id=small)
+        assert assignments_of(conn, sid) == before
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE action = 'add-reviewer-to-study'").fetchone()[0] == 0
+        rated = conn.execute("SELECT assignment_id FROM ratings LIMIT 1").fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError, match="a rated assignment cannot change"):
+            conn.execute("UPDATE assignments SET reviewer_id = ? WHERE assignment_id = ?", (ids["cleo"], rated))
+
+
+def test_a_departed_reviewers_unrated_cases_go_to_the_others(db_path):
+    info = running_study(db_path, reviewers=("ada", "ben", "cleo", "eve"))
+    sid, ids, admin = info["study_id"], info["ids"], info["admin_id"]
+    ben = ids["ben"]
+    with opened(db_path) as conn:
+        before = assignments_of(conn, sid)
+        auth.set_active(conn, "ben", False, actor_id=admin)
+        moved = review.reassign_unrated(conn, actor_id=admin, study_id=sid, from_reviewer_id=ben, client="test")
+        after = assignments_of(conn, sid)
+        entry = conn.execute("SELECT detail FROM audit_log WHERE action = 'reassign-unrated'").fetchone()[0]
+        auth.set_active(conn, "ben", True, actor_id=admin)
+        bens = [r["assignment_id"] for r in after if r["reviewer_id"] == ben]
+        with pytest.raises(auth.AccessDenied, match="not assigned to you"):
+            review.submit_rating(conn, ben, next(r["assignment_id"] for r in before if r["reviewer_id"] == ben
+                                                 and not r["rated"]), good_rating(), 0)
+        assert review.my_summary(conn, ben, sid)["cases"] == 2 and review.open_item(conn, ben, sid) is None
+
+    # 4 reviewers, 15 cases each; ben had rated 2 and the other 13 go to ada, cleo and eve (not dora, who
+    # is not in the study), each case to one who lacks it and has the least unrated work.
+    assert moved == {"from": "ben", "to": moved["to"], "moved": 13, "left": 0}
+    assert set(moved["to"]) == {"ada", "cleo", "eve"} and sum(moved["to"].values()) == 13
+    check_study_holds(after, n_cases=30, overlap=2, recipients=[ids[n] for n in moved["to"]])
+    assert sorted(r["assignment_id"] for r in after if r["reviewer_id"] == ben) == sorted(
+        r["assignment_id"] for r in before if r["reviewer_id"] == ben and r["rated"]) == sorted(bens)
+    load = unrated_load(after)
+    assert ben not in load and max(load.values()) - min(load.values()) <= 1, load
+    assert {r["assignment_id"]: r for r in after if r["rated"]} == {r["assignment_id"]: r for r in before
+                                                                     if r["rated"]}
+    detail = json.loads(entry)
+    assert detail["from_reviewer_id"] == ben and detail["left"] == []
+    assert sorted(i for ids_ in detail["to"].values() for i in ids_) == sorted(
+        r["assignment_id"] for r in before if r["reviewer_id"] == ben and not r["rated"])
+
+
+def test_reassigning_to_chosen_reviewers_leaves_the_cases_they_already_have(db_path):
+    info = running_study(db_path)
+    sid, ids, admin = info["study_id"], info["ids"], info["admin_id"]
+    with opened(db_path) as conn:
+        def reassign(from_name, to_names=None):
+            return review.reassign_unrated(conn, actor_id=admin, study_id=sid, from_reviewer_id=ids[from_name],
+                                           to_reviewer_ids=None if to_names is None else [ids[n] for n in to_names])
+
+        before = assignments_of(conn, sid)
+        cleos = {r["case_id"] for r in before if r["reviewer_id"] == ids["cleo"]}
+        bens_open = [r for r in before if r["reviewer_id"] == ids["ben"] and not r["rated"]]
+        moved = reassign("ben", ["cleo"])
+        after = assignments_of(conn, sid)
+        shared = [r for r in bens_open if r["case_id"] in cleos]
+        for from_name, to_names, message in (
+                ("ben", ["ben"], "Choose reviewers other than ben to take their cases"),
+                ("boss", None, "boss has no cases in study 'Prostate pilot'"),
+                ("ben", ["cleo"], f"Each of ben's {len(shared)} unrated case\\(s\\) is already with every other "
+                                  "chosen reviewer: none can be reassigned")):
+            with pytest.raises(ReviewError, match=message):
+                reassign(from_name, to_names)
+        assert assignments_of(conn, sid) == after
+        rest = reassign("ben", ["dora"])
+        with pytest.raises(ReviewError, match="ben has rated every case of study 'Prostate pilot': nothing to reassign"):
+            reassign("ben")
+        final = assignments_of(conn, sid)
+    # ben's open cases that cleo already has cannot go to her: they stay with ben, and are counted.
+    assert 0 < len(shared) < len(bens_open)
+    assert moved == {"from": "ben", "to": {"cleo": len(bens_open) - len(shared)}, "moved": len(bens_open) - len(shared),
+                     "left": len(shared)}
+    assert {r["assignment_id"] for r in after if r["reviewer_id"] == ids["ben"] and not r["rated"]} == {
+        r["assignment_id"] for r in shared}
+    assert rest == {"from": "ben", "to": {"dora": len(shared)}, "moved": len(shared), "left": 0}
+    check_study_holds(after, n_cases=30, overlap=2, recipients=[ids["cleo"]])
+    check_study_holds(final, n_cases=30, overlap=2, recipients=[ids["cleo"], ids["dora"]])
+
+
+def test_a_closed_study_takes_no_more_ratings_and_says_when_it_closed(db_path, monkeypatch):
+    info = running_study(db_path)
+    sid, ids, admin = info["study_id"], info["ids"], info["admin_id"]
+    monkeypatch.setattr(audit_log, "now", lambda: 1767225600.0)  # 2026-01-01 00:00 UTC
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ids["ada"], sid)
+        closed = review.close_study(conn, actor_id=admin, study_id=sid, client="test")
+        assert closed == {"closed_at": "2026-01-01T00:00:00.000Z", "n_rated": 6, "n_assignments": 60}
+        n_ratings = conn.execute("SELECT count(*) FROM ratings").fetchone()[0]
+        with pytest.raises(ReviewError, match=r"^This study was closed on 2026-01-01 00:00 UTC, so your rating "
+                                              r"was not stored\.$"):
+            review.submit_rating(conn, ids["ada"], item.assignment_id, good_rating(), 0)
+        with pytest.raises(sqlite3.IntegrityError, match="the study is closed"):
+            conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, reviewer_id) "
+                         "VALUES (?, 1, 1, 1, ?)", (item.assignment_id, ids["ada"]))
+        assert conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == n_ratings
+        assert review.open_item(conn, ids["ada"], sid).assignment_id == item.assignment_id, "still readable"
+        assert review.my_studies(conn, ids["ada"])[0]["closed_at"] == "2026-01-01T00:00:00.000Z"
+        listed = review.list_studies(conn, actor_id=admin)[0]
+        assert (listed["closed_at"], listed["closed_by"], listed["closed_by_name"]) == (
+            "2026-01-01T00:00:00.000Z", admin, "boss")
+        for change in (lambda: review.close_study(conn, actor_id=admin, study_id=sid),
+                       lambda: review.add_reviewer_to_study(conn, actor_id=admin, study_id=sid,
+                                                            reviewer_id=ids["dora"]),
+                       lambda: review.reassign_unrated(conn, actor_id=admin, study_id=sid,
+                                                       from_reviewer_id=ids["ben"])):
+            with pytest.raises(ReviewError, match="'Prostate pilot' was closed on 2026-01-01 00:00 UTC: it takes "
+                                                  "no more changes"):
+                change()
+        with pytest.raises(auth.AccessDenied):
+            review.close_study(conn, actor_id=ids["ada"], study_id=sid)
+        entries = conn.execute("SELECT actor, detail, client FROM audit_log WHERE action = 'close-study'").fetchall()
+        assert [tuple(e) for e in entries] == [("boss", '{"n_rated": 6, "n_assignments": 60}', "test")]
+
+
+def test_save_rating_in_a_closed_study_stores_nothing(db_path):
+    info = running_study(db_path)
+    with opened(db_path) as conn:
+        item = review.open_item(conn, info["ids"]["cleo"], info["study_id"])
+        review.close_study(conn, actor_id=None, study_id=info["study_id"])
+        assert conn.execute("SELECT closed_by FROM studies").fetchone()[0] is None, "closed from the command line"
+        n_ratings = conn.execute("SELECT count(*) FROM ratings").fetchone()[0]
+    with pytest.raises(ReviewError, match="so your rating was not stored"):
+        review.save_rating(db_path, info["ids"]["cleo"], item.assignment_id, good_rating(), 0)
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM ratings").fetchone()[0] == n_ratings
+
+
+def test_the_dashboard_and_report_say_when_a_study_closed(db_path):
+    from rocore.evaluation.dashboard import ScoreCache, compute
+    from rocore.evaluation.outputs import run_pairs
+    from rocore.evaluation.report import html_report, json_figures
+
+    info = running_study(db_path)
+    cache = ScoreCache()
+    with opened(db_path) as conn:
+        runs = run_pairs(conn, [(RUN_1, RUN_2)])
+        open_view = compute(conn, cache, runs)
+        assert open_view.reviews.closed is None and "closed" not in open_view.methods_text
+        closed_at = review.close_study(conn, actor_id=info["admin_id"], study_id=info["study_id"])["closed_at"]
+        view = compute(conn, cache, runs)
+    note = f"The study was closed on {closed_at[:10]} by the administrator; 6 of 60 assignments were rated."
+    assert view.reviews.closed == note and view.methods_text.endswith(note)
+    assert note in html_report(view)
+    assert json_figures(view)["review"]["study"]["closed_at"] == closed_at
 
 
 # --- Concurrency ----------------------------------------------------------------------------------

@@ -93,6 +93,16 @@ class Reviews:
     notes: list[str] = field(default_factory=list)
     order_checks: dict | None = None
 
+    @property
+    def closed(self) -> str | None:
+        """What a report says of a closed study, whose ratings stopped short of its assignments; None while
+        it is open."""
+        closed_at = self.study.get("closed_at")
+        if not closed_at:
+            return None
+        return (f"The study was closed on {closed_at[:10]} by the administrator; {self.n_rated} of "
+                f"{self.n_assigned} assignments were rated.")
+
 
 @dataclass
 class Dashboard:
@@ -131,7 +141,7 @@ def studies_for(conn: sqlite3.Connection, runs: RunPairs) -> list[dict]:
     studies = []
     for task, base_run, finetuned_run in runs.pairs:
         studies += [dict(r) for r in conn.execute(
-            "SELECT study_id, name, task, overlap, created_at, (SELECT count(DISTINCT assignment_id) FROM "
+            "SELECT study_id, name, task, overlap, created_at, closed_at, (SELECT count(DISTINCT assignment_id) FROM "
             "assignments AS a JOIN ratings USING (assignment_id) WHERE a.study_id = s.study_id) AS n_rated "
             "FROM studies AS s WHERE task = ? AND "
             "((run_1_id = ? AND run_2_id = ?) OR (run_1_id = ? AND run_2_id = ?))",
@@ -326,7 +336,9 @@ def _ratings_fingerprint(conn: sqlite3.Connection) -> tuple:
     return tuple(conn.execute(
         "SELECT (SELECT count(*) FROM ratings), (SELECT max(rating_id) FROM ratings), "
         "(SELECT count(*) FROM assignments), (SELECT max(assignment_id) FROM assignments), "
-        "(SELECT count(*) FROM reviewers)").fetchone())
+        "(SELECT count(*) FROM reviewers), "
+        # Every change to a study (a reviewer added, cases reassigned, closing) is audited with it.
+        "(SELECT max(audit_id) FROM audit_log WHERE entity = 'studies')").fetchone())
 
 
 def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetuned_run: int) -> pd.DataFrame:
@@ -335,7 +347,9 @@ def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetun
     cursor.row_factory = None
     rows = cursor.execute(
         "SELECT a.case_id, v.name, a.run_a_id, a.run_b_id, r.rating_id, r.acceptable_a, r.acceptable_b, "
-        "r.unratable_reason, c.site, c.modality, a.position, r.preference, "
+        "r.unratable_reason, c.site, c.modality, "
+        # The place in the reviewer's queue: stored positions have gaps once cases were handed on.
+        "row_number() OVER (PARTITION BY a.reviewer_id ORDER BY a.position), r.preference, "
         "(SELECT count(*) FROM assignments AS q WHERE q.study_id = a.study_id AND q.reviewer_id = a.reviewer_id) "
         "FROM assignments AS a JOIN reviewers AS v USING (reviewer_id) JOIN cases AS c USING (case_id) "
         "LEFT JOIN current_ratings AS r USING (assignment_id) "
@@ -541,5 +555,6 @@ def declare_primary(view: Dashboard, declared: Mapping[str, str] | None = None) 
     regimen = acceptability if view.reviews is not None and view.reviews.study["task"] == "regimen" else None
     primary = (primary_endpoints(view.report, regimen, dict(declared or {})) if view.report is not None
                else None)
-    return dataclasses.replace(view, primary=primary,
-                               methods_text=methods_text(view.report, primary, acceptability))
+    closed = view.reviews.closed if view.reviews is not None else None
+    return dataclasses.replace(view, primary=primary, methods_text=" ".join(
+        filter(None, (methods_text(view.report, primary, acceptability), closed))))

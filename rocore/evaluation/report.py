@@ -403,7 +403,7 @@ def _reviews_html(view: Dashboard) -> list[str]:
         return out + ['<p class="note">No review study on these runs: no ratings yet.</p>']
     out.append(f"<p>Study {reviews.study['study_id']} ({html.escape(reviews.study['name'])}), "
                f"task {html.escape(reviews.study['task'])}: {reviews.n_rated} of {reviews.n_assigned} "
-               "assignments rated.</p>")
+               f"assignments rated.{' ' + html.escape(reviews.closed) if reviews.closed else ''}</p>")
     if reviews.acceptability is None:
         out.append(f'<p class="note">{html.escape(reviews.message or "No ratings yet.")}</p>')
     else:

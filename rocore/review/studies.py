@@ -22,6 +22,12 @@ BEGIN IMMEDIATE transaction, and a form must say which revision it was based on.
 on an older revision than the stored one is refused (`StaleRating`). A submission that repeats the
 stored values exactly (a double click, a resubmitted tab, an unchanged form) returns the stored
 rating instead of adding a row. So two tabs never silently overwrite each other.
+
+A running study can grow (`add_reviewer_to_study`), be repaired when a reviewer leaves
+(`reassign_unrated`) and be closed (`close_study`, after which the store refuses its ratings). Only
+unrated assignments ever change hands, each keeping its case's number of reviewers, with order and
+sides drawn for the new reviewer as `plan_assignments` draws them; a rated assignment is fixed by the
+schema.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import random
 import re
 import secrets
 import sqlite3
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +49,7 @@ import pandas as pd
 from rocore.evaluation.acceptability import RULE, acceptability_figures, likert_comparison
 from rocore.evaluation.statistics import plan_paired_study
 from rocore.review.auth import AccessDenied, active_user, add_user, require_role
+from rocore.store import audit as audit_log
 from rocore.store.audit import audit
 from rocore.store.db import SchemaError, opened, transaction
 from rocore.model.prompts import TASKS
@@ -204,15 +212,20 @@ def plan_assignments(case_ids: Sequence[str], reviewer_ids: Sequence[int], overl
         for reviewer in sorted(reviewers, key=lambda r: (load[r], _keyed(seed, study, "tie", case_id, r)))[:overlap]:
             load[reviewer] += 1
             given[reviewer].append(case_id)
-    planned = []
-    for reviewer in reviewers:
-        mine = sorted(given[reviewer], key=lambda case_id: _keyed(seed, study, "position", reviewer, case_id))
-        ranked = sorted(mine, key=lambda case_id: _keyed(seed, study, "side", reviewer, case_id))
-        first = _keyed(seed, study, "first", reviewer, *sorted(mine))[0] % 2 == 0
-        run_1_is_a = {case_id: (rank % 2 == 0) == first for rank, case_id in enumerate(ranked)}
-        planned += [Planned(reviewer, case_id, position, run_1_is_a[case_id])
-                    for position, case_id in enumerate(mine, start=1)]
-    return planned
+    return [Planned(reviewer, case_id, position, run_1_is_a)
+            for reviewer in reviewers
+            for position, (case_id, run_1_is_a) in enumerate(_queue(seed, study, reviewer, given[reviewer]), 1)]
+
+
+def _queue(seed: int, study: str, reviewer: int, case_ids: Sequence[str], lean: int = 0) -> list[tuple[str, bool]]:
+    """The reviewer's cases in their random order, each with whether run 1 is "A": half of them each way,
+    the odd one at random, or, with a `lean` (how many more of the reviewer's other cases show run 1 as
+    "A" than run 2), the way that evens their sides out."""
+    mine = sorted(case_ids, key=lambda case_id: _keyed(seed, study, "position", reviewer, case_id))
+    ranked = sorted(mine, key=lambda case_id: _keyed(seed, study, "side", reviewer, case_id))
+    first = lean < 0 if lean else _keyed(seed, study, "first", reviewer, *sorted(mine))[0] % 2 == 0
+    run_1_is_a = {case_id: (rank % 2 == 0) == first for rank, case_id in enumerate(ranked)}
+    return [(case_id, run_1_is_a[case_id]) for case_id in mine]
 
 
 def reviewer_text(answer: str | None, raw_text: str | None) -> str:
@@ -341,13 +354,195 @@ def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *
     return codes
 
 
+# --- Growing, repairing and closing a study ----------------------------------------------------
+
+def closed_on(closed_at: str) -> str:
+    """A stored closing time as people read it: 2025-01-31 14:05 UTC."""
+    return f"{closed_at[:10]} {closed_at[11:16]} UTC"
+
+
+def _open_study(conn: sqlite3.Connection, study_id: int) -> sqlite3.Row:
+    study = conn.execute("SELECT * FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+    if study is None:
+        raise ReviewError(f"There is no study {study_id}.")
+    if study["closed_at"]:
+        raise ReviewError(f"Study {study['name']!r} was closed on {closed_on(study['closed_at'])}: it takes no "
+                          "more changes.")
+    return study
+
+
+def _active_reviewer(conn: sqlite3.Connection, reviewer_id: int) -> str:
+    user = active_user(conn, reviewer_id)
+    if user is None:
+        raise ReviewError(f"Reviewer {reviewer_id} does not exist or is deactivated.")
+    return user.name
+
+
+def _name_of(conn: sqlite3.Connection, reviewer_id: int) -> str:
+    row = conn.execute("SELECT name FROM reviewers WHERE reviewer_id = ?", (reviewer_id,)).fetchone()
+    if row is None:
+        raise ReviewError(f"There is no reviewer {reviewer_id}.")
+    return row[0]
+
+
+def _holdings(conn: sqlite3.Connection, study_id: int) -> tuple[dict[int, set[str]], dict[int, list[sqlite3.Row]]]:
+    """Per reviewer of the study: their case ids, and their unrated assignments in queue order."""
+    cases: dict[int, set[str]] = {}
+    unrated: dict[int, list[sqlite3.Row]] = {}
+    for row in conn.execute(
+            "SELECT a.assignment_id, a.reviewer_id, a.case_id, "
+            "EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id) AS rated "
+            "FROM assignments a WHERE a.study_id = ? ORDER BY a.reviewer_id, a.position", (study_id,)):
+        cases.setdefault(row["reviewer_id"], set()).add(row["case_id"])
+        mine = unrated.setdefault(row["reviewer_id"], [])
+        if not row["rated"]:
+            mine.append(row)
+    return cases, unrated
+
+
+def _hand_over(conn: sqlite3.Connection, study: sqlite3.Row, reviewer_id: int, rows: Sequence[sqlite3.Row]) -> None:
+    """Give unrated assignments to `reviewer_id`, after their own cases in a random order of their own and
+    with sides drawn for them (keyed by the study's seed, as `plan_assignments` draws them), so that
+    their sides stay even. The schema refuses to move a rated assignment (`assignments_rated_fixed`)."""
+    if not rows:
+        return
+    run_1, run_2 = study["run_1_id"], study["run_2_id"]
+    last, lean = conn.execute(
+        "SELECT coalesce(max(position), 0), coalesce(sum(CASE WHEN run_a_id = ? THEN 1 ELSE -1 END), 0) "
+        "FROM assignments WHERE study_id = ? AND reviewer_id = ?", (run_1, study["study_id"], reviewer_id)).fetchone()
+    ids = {row["case_id"]: row["assignment_id"] for row in rows}
+    queue = _queue(study["seed"], study["name"], reviewer_id, list(ids), lean)
+    sides = {True: (run_1, run_2), False: (run_2, run_1)}
+    conn.executemany(
+        "UPDATE assignments SET reviewer_id = ?, position = ?, run_a_id = ?, run_b_id = ? WHERE assignment_id = ?",
+        [(reviewer_id, last + number, *sides[run_1_is_a], ids[case_id])
+         for number, (case_id, run_1_is_a) in enumerate(queue, start=1)])
+
+
+def add_reviewer_to_study(conn: sqlite3.Connection, *, actor_id: int | None, study_id: int, reviewer_id: int,
+                          client: str | None = None) -> dict:
+    """Bring a reviewer into a running study: they take over unrated assignments from the reviewers with
+    the most unrated work, until no one who could still hand them a case has more than one unrated case
+    more than they do. Each case keeps its number of reviewers, no one gets a case twice, and ratings
+    already given stay where they are. Staff only.
+
+    Returns the reviewer's name, n_assignments taken over, and from: {name: how many}.
+    """
+    with transaction(conn):
+        actor = require_role(conn, actor_id)
+        study = _open_study(conn, study_id)
+        name = _active_reviewer(conn, reviewer_id)
+        cases, unrated = _holdings(conn, study_id)
+        if reviewer_id in cases:
+            raise ReviewError(f"{name} is already a reviewer of study {study['name']!r}.")
+        if not any(unrated.values()):
+            raise ReviewError(f"Every case of study {study['name']!r} is rated: there is nothing to hand over.")
+        taken: dict[str, tuple[int, sqlite3.Row]] = {}
+        while True:
+            donors = [r for r, rows in unrated.items() if any(row["case_id"] not in taken for row in rows)]
+            if not donors:
+                break
+            donor = max(donors, key=lambda r: (len(unrated[r]), _keyed(study["seed"], study["name"], "donor",
+                                                                        reviewer_id, r)))
+            if len(unrated[donor]) - len(taken) < 2:
+                break
+            # From the end of the donor's queue: the cases they were about to see stay theirs.
+            index = max(i for i, row in enumerate(unrated[donor]) if row["case_id"] not in taken)
+            row = unrated[donor].pop(index)
+            taken[row["case_id"]] = (donor, row)
+        if not taken:
+            raise ReviewError(f"No reviewer of study {study['name']!r} has more than one unrated case left: "
+                              "there is nothing to hand over.")
+        _hand_over(conn, study, reviewer_id, [row for _, row in taken.values()])
+        given = Counter(donor for donor, _ in taken.values())
+        audit(conn, actor, "add-reviewer-to-study", "studies", study_id,
+              {"reviewer_id": reviewer_id, "n_assignments": len(taken),
+               "from": {str(donor): [row["assignment_id"] for d, row in taken.values() if d == donor]
+                        for donor in sorted(given)}}, client)
+        return {"reviewer": name, "n_assignments": len(taken),
+                "from": {_name_of(conn, donor): n for donor, n in sorted(given.items())}}
+
+
+def reassign_unrated(conn: sqlite3.Connection, *, actor_id: int | None, study_id: int, from_reviewer_id: int,
+                     to_reviewer_ids: Sequence[int] | None = None, client: str | None = None) -> dict:
+    """Hand a departed reviewer's unrated assignments to others: `to_reviewer_ids`, or every other active
+    reviewer of the study. Each case goes to the one with the least unrated work who does not already
+    have it; a case everyone has stays where it is, and is counted. Their ratings stay. Staff only.
+
+    Returns from (the name), to: {name: how many}, moved and left (numbers of assignments).
+    """
+    with transaction(conn):
+        actor = require_role(conn, actor_id)
+        study = _open_study(conn, study_id)
+        departing = _name_of(conn, from_reviewer_id)
+        cases, unrated = _holdings(conn, study_id)
+        if from_reviewer_id not in cases:
+            raise ReviewError(f"{departing} has no cases in study {study['name']!r}.")
+        pending = unrated[from_reviewer_id]
+        if not pending:
+            raise ReviewError(f"{departing} has rated every case of study {study['name']!r}: nothing to reassign.")
+        if to_reviewer_ids is None:
+            recipients = [r for r in cases if r != from_reviewer_id and active_user(conn, r) is not None]
+        else:
+            recipients = list(dict.fromkeys(int(r) for r in to_reviewer_ids))
+            if from_reviewer_id in recipients:
+                raise ReviewError(f"Choose reviewers other than {departing} to take their cases.")
+            for recipient in recipients:
+                _active_reviewer(conn, recipient)
+        if not recipients:
+            raise ReviewError(f"No other active reviewer of study {study['name']!r} can take {departing}'s cases: "
+                              "add a reviewer to the study instead.")
+        load = {r: len(unrated.get(r, [])) for r in recipients}
+        moves: dict[int, list[sqlite3.Row]] = {r: [] for r in recipients}
+        left = []
+        for row in pending:
+            eligible = [r for r in recipients if row["case_id"] not in cases.get(r, ())]
+            if not eligible:
+                left.append(row)
+                continue
+            to = min(eligible, key=lambda r: (load[r], _keyed(study["seed"], study["name"], "reassign",
+                                                                row["case_id"], r)))
+            load[to] += 1
+            cases.setdefault(to, set()).add(row["case_id"])
+            moves[to].append(row)
+        if len(left) == len(pending):
+            raise ReviewError(f"Each of {departing}'s {len(pending)} unrated case(s) is already with every other "
+                              "chosen reviewer: none can be reassigned.")
+        for recipient, rows in moves.items():
+            _hand_over(conn, study, recipient, rows)
+        audit(conn, actor, "reassign-unrated", "studies", study_id,
+              {"from_reviewer_id": from_reviewer_id,
+               "to": {str(r): [row["assignment_id"] for row in rows] for r, rows in moves.items() if rows},
+               "left": [row["assignment_id"] for row in left]}, client)
+        return {"from": departing, "to": {_name_of(conn, r): len(rows) for r, rows in moves.items() if rows},
+                "moved": len(pending) - len(left), "left": len(left)}
+
+
+def close_study(conn: sqlite3.Connection, *, actor_id: int | None, study_id: int, client: str | None = None) -> dict:
+    """Close a study for good: from now on the store refuses its ratings, and reports say when it closed
+    and how much was rated. Staff only. Returns closed_at, n_rated and n_assignments."""
+    with transaction(conn):
+        actor = require_role(conn, actor_id)
+        _open_study(conn, study_id)
+        closed_at = audit_log.timestamp(audit_log.now())
+        conn.execute("UPDATE studies SET closed_at = ?, closed_by = ? WHERE study_id = ?",
+                     (closed_at, actor_id, study_id))
+        n_assignments, n_rated = conn.execute(
+            "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)), 0) "
+            "FROM assignments a WHERE a.study_id = ?", (study_id,)).fetchone()
+        audit(conn, actor, "close-study", "studies", study_id, {"n_rated": n_rated, "n_assignments": n_assignments},
+              client)
+    return {"closed_at": closed_at, "n_rated": n_rated, "n_assignments": n_assignments}
+
+
 # --- Staff views (unblinded) --------------------------------------------------------------------
 
 def list_studies(conn: sqlite3.Connection, *, actor_id: int | None) -> list[dict]:
-    """Every study with its settings and overall progress, newest first. Staff only."""
+    """Every study with its settings and overall progress, newest first; a closed one with closed_at and
+    closed_by_name (None when closed from the command line). Staff only."""
     require_role(conn, actor_id)
     rows = conn.execute(
-        "SELECT s.*, "
+        "SELECT s.*, (SELECT name FROM reviewers WHERE reviewer_id = s.closed_by) AS closed_by_name, "
         "(SELECT count(DISTINCT case_id) FROM assignments a WHERE a.study_id = s.study_id) AS n_cases, "
         "(SELECT count(*) FROM assignments a WHERE a.study_id = s.study_id) AS n_assignments, "
         "(SELECT count(*) FROM assignments a WHERE a.study_id = s.study_id AND EXISTS "
@@ -463,10 +658,11 @@ def _reviewer(conn: sqlite3.Connection, reviewer_id: int) -> str:
 
 
 def my_studies(conn: sqlite3.Connection, reviewer_id: int) -> list[dict]:
-    """The reviewer's own studies with their progress: name, task, total and done (rated or flagged)."""
+    """The reviewer's own studies with their progress: name, task, total and done (rated or flagged), and
+    closed_at (None while the study takes ratings)."""
     _reviewer(conn, reviewer_id)
     rows = conn.execute(
-        "SELECT s.study_id, s.name, s.task, count(*) AS total, "
+        "SELECT s.study_id, s.name, s.task, s.closed_at, count(*) AS total, "
         "sum(EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)) AS done "
         "FROM assignments a JOIN studies s USING (study_id) WHERE a.reviewer_id = ? "
         "GROUP BY s.study_id ORDER BY s.study_id", (reviewer_id,))
@@ -508,15 +704,20 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
     """The reviewer's case at `position` (clamped to their range), or with None their first case without
     a rating; None when every case is done. Only the reviewer's own assignments are ever read.
 
+    Positions count the reviewer's cases in the order of their stored positions, which can have gaps
+    once unrated cases have been handed to another reviewer (`add_reviewer_to_study`,
+    `reassign_unrated`): the k-th case stays "Case k of N".
+
     `shown` is (assignment id, revision) of the form already on the reviewer's screen: if it is this
     case, the item stays as of that revision, so the page keeps the form the reviewer is filling in
     and its submission meets the stale check instead of vanishing.
     """
     _reviewer(conn, reviewer_id)
-    rated = "EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)"
     counts = conn.execute(
-        f"SELECT count(*) AS total, sum({rated}) AS done, min(CASE WHEN NOT {rated} THEN position END) "
-        "AS first_open FROM assignments a WHERE a.reviewer_id = ? AND a.study_id = ?",
+        "SELECT count(*) AS total, sum(rated) AS done, min(CASE WHEN NOT rated THEN rank END) AS first_open "
+        "FROM (SELECT row_number() OVER (ORDER BY position) AS rank, "
+        "      EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id) AS rated "
+        "      FROM assignments a WHERE a.reviewer_id = ? AND a.study_id = ?)",
         (reviewer_id, study_id)).fetchone()
     if not counts["total"]:
         raise AccessDenied("You have no cases in this study.")
@@ -528,8 +729,8 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
     row = conn.execute(
         "SELECT a.assignment_id, a.case_id, a.run_a_id, a.run_b_id, s.task, s.form "
         "FROM assignments a JOIN studies s USING (study_id) "
-        "WHERE a.reviewer_id = ? AND a.study_id = ? AND a.position = ?",
-        (reviewer_id, study_id, position)).fetchone()
+        "WHERE a.reviewer_id = ? AND a.study_id = ? ORDER BY a.position LIMIT 1 OFFSET ?",
+        (reviewer_id, study_id, position - 1)).fetchone()
     case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
                         (row["case_id"],)).fetchone()
     texts = [reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations "
@@ -600,10 +801,14 @@ def submit_rating(conn: sqlite3.Connection, reviewer_id: int, assignment_id: int
     try:
         with transaction(conn):
             name = _reviewer(conn, reviewer_id)
-            owner = conn.execute("SELECT a.reviewer_id, a.study_id, s.form FROM assignments a JOIN studies s "
-                                 "USING (study_id) WHERE a.assignment_id = ?", (assignment_id,)).fetchone()
+            owner = conn.execute("SELECT a.reviewer_id, a.study_id, s.form, s.closed_at FROM assignments a "
+                                 "JOIN studies s USING (study_id) WHERE a.assignment_id = ?",
+                                 (assignment_id,)).fetchone()
             if owner is None or owner["reviewer_id"] != reviewer_id:
                 raise _NotYours
+            if owner["closed_at"]:
+                raise ReviewError(f"This study was closed on {closed_on(owner['closed_at'])}, so your rating was "
+                                  "not stored.")
             rating = check_rating(rating, Form.from_json(owner["form"]))
             current = _current(conn, assignment_id)
             revision = current["revision"] if current else 0

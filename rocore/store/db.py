@@ -73,8 +73,14 @@ def _served_generation_and_processes(store: sqlite_utils.Database) -> None:
     store.execute("ALTER TABLE generation_runs ADD COLUMN served_model TEXT")
 
 
+def _closed_studies(store: sqlite_utils.Database) -> None:
+    """Version 5: a study records when and by whom it was closed (NULL: open, as every older study is)."""
+    store.execute("ALTER TABLE studies ADD COLUMN closed_at TEXT")
+    store.execute("ALTER TABLE studies ADD COLUMN closed_by INTEGER REFERENCES reviewers (reviewer_id)")
+
+
 MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs,
-                               4: _served_generation_and_processes}
+                               4: _served_generation_and_processes, 5: _closed_studies}
 
 BUSY_TIMEOUT_S = 30.0
 
