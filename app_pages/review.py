@@ -7,11 +7,16 @@ first case without a rating, so a refresh, a new browser or a server restart res
 Keyboard: Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the previous and next case.
 Imported fields, model outputs and reviewers' own text are shown with `st.text`, never as Markdown:
 an import must not be able to put links, remote images or LaTeX on a reviewer's screen.
+
+A study's adjudicator gets an Adjudication section (`rocore.review.adjudication`): the cases whose raters
+disagree, blinded as the rating form is, with only how many raters found each side acceptable. The
+page pins the case it shows (its id stays in the session, never drawn) so that a submission lands on
+the case its form showed.
 """
 
 import streamlit as st
 
-from rocore.review import auth
+from rocore.review import adjudication, auth
 from rocore.review import studies as review
 from rocore.store.db import default_db_path, opened
 
@@ -31,12 +36,97 @@ st.title("Review")
 try:
     with opened(DB) as conn:
         studies = review.my_studies(conn, user["id"])
+        adjudicating = adjudication.my_adjudications(conn, user["id"])
 except auth.AccessDenied as exc:
     st.error(str(exc))
     st.stop()
-if not studies:
+if not studies and not adjudicating:
     st.info("No cases are assigned to you yet.")
     st.stop()
+
+
+def show_patient(patient: dict) -> None:
+    facts = [f"{field.capitalize() if field != 'ecog' else 'ECOG'}: {patient[field]}"
+             for field in review.PATIENT_FIELDS if patient[field] not in (None, "")]
+    with st.container(border=True):
+        if facts:
+            st.text(" · ".join(facts))
+        st.text(patient["diagnosis"])
+
+
+def adjudicate() -> None:
+    """The adjudicator's queue, one case at a time: both outputs, the raters' counts per side, a verdict each."""
+    by_id = {s["study_id"]: s for s in adjudicating}
+    if st.session_state.get("adjudication-study") not in by_id:
+        st.session_state["adjudication-study"] = next((s["study_id"] for s in adjudicating if s["waiting"]),
+                                                      adjudicating[0]["study_id"])
+    if len(adjudicating) > 1:
+        st.selectbox("Study to adjudicate", list(by_id), key="adjudication-study",
+                     format_func=lambda s: by_id[s]["name"])
+    study_id = st.session_state["adjudication-study"]
+    notice = st.session_state.pop("adjudication-notice", None)
+    if notice:
+        getattr(st, notice[0])(notice[1])
+    try:
+        with opened(DB) as conn:
+            item = adjudication.open_adjudication(conn, user["id"], study_id,
+                                                  st.session_state.get("adjudication-case"))
+    except (auth.AccessDenied, review.ReviewError) as exc:
+        st.session_state.pop("adjudication-case", None)
+        st.error(str(exc))
+        return
+    if item is None:
+        st.success(f"No case waits for adjudication: {by_id[study_id]['adjudicated']} of "
+                   f"{by_id[study_id]['disagreeing']} cases whose raters disagree are adjudicated.")
+        return
+    st.session_state["adjudication-case"] = item.case_id
+    st.subheader(f"Adjudication: {item.waiting} of {item.disagreeing} cases waiting")
+    st.caption("The raters of this case disagree on acceptability. Give your own verdict on each output.")
+    show_patient(item.patient)
+    form = st.session_state.setdefault("adjudication-form", 0)
+    with st.form(f"adjudicate-{form}", border=False):
+        answers = {}
+        for column, side, text, raters in zip(st.columns(2), "ab", (item.text_a, item.text_b),
+                                              (item.raters_a, item.raters_b)):
+            with column:
+                with st.container(border=True, height=box_height(item.text_a, item.text_b)):
+                    st.markdown(f"**{item.label} {side.upper()}**")
+                    st.text(text)
+                st.caption(f"{raters} found {item.label} {side.upper()} acceptable")
+                accepted = getattr(item, f"acceptable_{side}")
+                answers[side] = st.radio(f"Is {item.label} {side.upper()} clinically acceptable?", CHOICES,
+                                         horizontal=True, key=f"adjudicate-{side}-{form}",
+                                         index=None if accepted is None else int(not accepted))
+        comment = st.text_area("Comment (optional)", value=item.comment or "", max_chars=review.MAX_COMMENT,
+                               key=f"adjudicate-comment-{form}")
+        submitted = st.form_submit_button("Submit verdict", type="primary", key=f"adjudicate-submit-{form}")
+    if submitted:
+        choice = {"Acceptable": True, "Not acceptable": False}
+        try:
+            with opened(DB) as conn:
+                adjudication.submit_adjudication(conn, user["id"], study_id, item.case_id, choice.get(answers["a"]),
+                                                 choice.get(answers["b"]), comment, item.revision, client)
+        except (review.ReviewError, auth.AccessDenied) as exc:
+            st.session_state["adjudication-notice"] = ("error", str(exc))
+        else:
+            st.session_state["adjudication-notice"] = ("success", "Verdict stored.")
+            st.session_state.pop("adjudication-case", None)
+            st.session_state["adjudication-form"] = form + 1
+        st.rerun()
+
+
+def box_height(*texts: str) -> int:
+    """One height for both regimen boxes, from the longer text, so that the two forms below them start
+    level whatever the lengths."""
+    lines = max(sum(1 + len(line) // LINE_CHARS for line in text.splitlines() or [""]) for text in texts)
+    return min(56 + LINE_PX * lines, MAX_BOX_PX)
+
+
+if adjudicating:
+    work = st.radio("Work", ("Rate cases", "Adjudicate"), horizontal=True, key="review-work") if studies else None
+    if work != "Rate cases":
+        adjudicate()
+        st.stop()
 
 
 def go_to(position: int | None) -> None:
@@ -103,12 +193,7 @@ st.session_state["review-assignment"], st.session_state["review-revision"] = ite
 st.progress(item.done / item.total, text=f"{item.done} of {item.total} rated")
 st.subheader(f"Case {item.position} of {item.total}")
 
-facts = [f"{field.capitalize() if field != 'ecog' else 'ECOG'}: {item.patient[field]}"
-         for field in review.PATIENT_FIELDS if item.patient[field] not in (None, "")]
-with st.container(border=True):
-    if facts:
-        st.text(" · ".join(facts))
-    st.text(item.patient["diagnosis"])
+show_patient(item.patient)
 
 current = item.current or review.Rating()
 if current.unratable:
@@ -120,13 +205,6 @@ elif item.revision:
 
 key = f"{item.assignment_id}-{item.revision}"
 asked = item.form
-
-
-def box_height(*texts: str) -> int:
-    """One height for both regimen boxes, from the longer text, so that the two forms below them start
-    level whatever the lengths."""
-    lines = max(sum(1 + len(line) // LINE_CHARS for line in text.splitlines() or [""]) for text in texts)
-    return min(56 + LINE_PX * lines, MAX_BOX_PX)
 
 
 def index_of(options, value):
@@ -188,16 +266,12 @@ def save(rating: review.Rating) -> None:
     except (review.ReviewError, auth.AccessDenied) as exc:
         st.session_state["review-notice"] = ("error", str(exc))
     else:
-        # Ctrl+Enter in the comment box submits the form twice (the text area and the button's
-        # shortcut): the repeat adds no row and must not turn "Saved" into "Kept".
-        if saved.duplicate and saved.rating_id == st.session_state.get("review-last-saved"):
-            notice = st.session_state["review-last-notice"]
-        else:
-            what = ("Kept" if saved.duplicate else "Flagged" if rating.unratable
-                    else "Saved" if saved.revision == 1 else "Revised")
-            notice = f"{what} case {item.position}."
-        st.session_state["review-last-saved"], st.session_state["review-last-notice"] = saved.rating_id, notice
-        st.session_state["review-notice"] = ("success", notice)
+        # "Kept" only when the answers equal what the form showed. A duplicate of a newer revision is
+        # this form's own answer stored by a first submission (Ctrl+Enter in the comment box submits
+        # twice; a rerun can cut the first one short after it stored), so it reads as that one did.
+        kept = saved.duplicate and saved.revision <= item.revision
+        what = ("Kept" if kept else "Flagged" if rating.unratable else "Saved" if saved.revision == 1 else "Revised")
+        st.session_state["review-notice"] = ("success", f"{what} case {item.position}.")
         go_to(None)
     st.rerun()
 

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from test_review_studies import REFUSALS, RUN_1, RUN_2, SECRETS, good_rating, make_review_db, store_refusing
 
 from rocore.data.case_import import import_cases
+from rocore.review import adjudication
 from rocore.review import studies as review
 from rocore.store import db
 from rocore.store.db import opened
@@ -144,6 +145,21 @@ def test_revise_an_earlier_case_keeps_the_old_rating(study, db_path):
     first = [r for r in stored(db_path) if r["position"] == 1]
     assert [(r["revision"], r["acceptable_b"], r["preference"]) for r in first] == [(1, 0, "A"),
                                                                                     (2, 1, "none")]
+
+
+def test_an_unchanged_rating_is_kept_and_a_second_submission_of_a_new_one_still_reads_saved(study, db_path):
+    at = rate(open_page(study))
+    assert at.success[0].value == "Saved case 1."
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    at = submit(at)
+    assert at.success[0].value == "Kept case 1." and len(stored(db_path)) == 1
+    at = open_page(study)  # case 2; its answer stored by a first submission the page never finished
+    with opened(db_path) as conn:
+        item = review.open_item(conn, study["ids"]["ada"], study["study_id"])
+    review.save_rating(db_path, study["ids"]["ada"], item.assignment_id, good_rating(), 0)
+    at = rate(at)
+    assert at.success[0].value == "Saved case 2." and len(stored(db_path)) == 2
 
 
 def test_flag_a_case_as_unratable_with_a_reason(study, db_path):
@@ -287,3 +303,57 @@ def test_imported_fields_are_shown_as_plain_text(study, db_path):
 
     walk(at._tree)
     assert rendered == ["text", "text"], "only plain text elements carry the imported fields"
+
+
+def adjudicate_on_page(at: AppTest, a: str, b: str) -> AppTest:
+    at.radio(key=next(r.key for r in at.radio if r.key.startswith("adjudicate-a"))).set_value(a)
+    at.radio(key=next(r.key for r in at.radio if r.key.startswith("adjudicate-b"))).set_value(b)
+    next(b for b in at.button if b.label == "Submit verdict").click()
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_the_adjudicator_settles_the_disagreeing_cases_on_the_page(db_path, monkeypatch):
+    from test_adjudication import rated_study
+
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = rated_study(db_path)
+    rater = open_page(info, "ada")
+    assert not [r for r in rater.radio if r.label == "Work"], "a rater who adjudicates nothing sees no choice"
+
+    at = open_page(info, "eve")
+    assert not [r for r in at.radio if r.label == "Work"], "eve rates nothing: adjudication only"
+    assert at.subheader[0].value == "Adjudication: 2 of 2 cases waiting"
+    assert [r.label for r in at.radio] == ["Is Regimen A clinically acceptable?", "Is Regimen B clinically acceptable?"]
+    captions = [c.value for c in at.caption if c.value.endswith("acceptable")]
+    assert len(captions) == 2 and all(" of 3 raters found Regimen " in c for c in captions)
+    next(b for b in at.button if b.label == "Submit verdict").click()
+    at.run()
+    assert at.error[0].value == "Mark each output Acceptable or Not acceptable."
+    at = adjudicate_on_page(at, "Acceptable", "Not acceptable")
+    assert at.success[0].value == "Verdict stored." and at.subheader[0].value == "Adjudication: 1 of 2 cases waiting"
+    at = adjudicate_on_page(at, "Not acceptable", "Acceptable")
+    assert at.success[-1].value == ("No case waits for adjudication: 2 of 2 cases whose raters disagree are "
+                                    "adjudicated.")
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(DISTINCT case_id), count(*) FROM adjudications").fetchone()[:] == (2, 2)
+        assert adjudication.counts(conn, info["study_id"])["waiting"] == 0
+
+
+def test_someone_who_rates_and_adjudicates_chooses_which_work(db_path, monkeypatch):
+    from test_adjudication import rated_study
+
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = rated_study(db_path)
+    with opened(db_path) as conn:
+        review.create_study(conn, actor_id=info["admin_id"], name="Second look", run_1_id=RUN_1, run_2_id=RUN_2,
+                            reviewer_ids=[info["ids"]["eve"]], form=review.Form())
+    at = open_page(info, "eve")
+    work = at.radio(key="review-work")
+    assert work.options == ["Rate cases", "Adjudicate"] and work.value == "Rate cases"
+    assert at.subheader[0].value == "Case 1 of 4"
+    work.set_value("Adjudicate").run()
+    assert not at.exception and at.subheader[0].value == "Adjudication: 2 of 2 cases waiting"
