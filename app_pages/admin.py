@@ -8,7 +8,7 @@ import streamlit as st
 
 from app_pages.access import require_staff
 from rocore.generation import runs as generation
-from rocore.review import auth, blinding
+from rocore.review import adjudication, auth, blinding
 from rocore.review import studies as review
 from rocore.store.backup import last_backup
 from rocore.store.db import default_db_path, opened
@@ -87,6 +87,23 @@ def study_controls(study: dict, progress: list[dict]) -> None:
     if close.button("Close the study", key=f"close-{sid}", disabled=not sure):
         change_study(review.close_study, lambda r: (
             f"Closed '{study['name']}': {r['n_rated']} of {r['n_assignments']} assignments rated."), study_id=sid)
+
+
+def adjudicator_controls(study: dict, progress: list[dict], settled: dict) -> None:
+    """The adjudication counts, and naming the adjudicator: anyone active who rates none of the study's cases
+    (also once the study is closed: disagreements are usually settled then)."""
+    sid, in_study = study["study_id"], {row["reviewer"] for row in progress}
+    named = f"by {settled['adjudicator']}" if settled["adjudicator"] else "no adjudicator named yet"
+    st.caption(f"Adjudication ({named}): {settled['disagreeing']} cases whose raters disagree on acceptability, "
+               f"{settled['adjudicated']} adjudicated, {settled['waiting']} waiting.")
+    who, go = st.columns(2)
+    chosen = who.selectbox("Adjudicator", [r for r in active if active[r]["name"] not in in_study
+                                           and active[r]["name"] != settled["adjudicator"]],
+                           format_func=lambda r: active[r]["name"], index=None, key=f"adjudicator-{sid}-who",
+                           help="Settles, blinded, the cases whose raters disagree; cannot be one of the raters.")
+    if go.button("Name the adjudicator", key=f"adjudicator-{sid}-set", disabled=chosen is None):
+        change_study(adjudication.set_adjudicator, lambda name: f"'{name}' adjudicates '{study['name']}'.",
+                     study_id=sid, reviewer_id=chosen)
 
 
 with tab_studies:
@@ -194,6 +211,7 @@ with tab_studies:
                 given_away, check = blinding.describe(
                     blinding.study_blinding(conn, study["study_id"], actor_id=user["id"]))
                 (st.warning if given_away else st.caption)(check)
+                adjudicator_controls(study, progress, adjudication.counts(conn, study["study_id"]))
                 if study["closed_at"]:
                     st.info(f"Closed on {review.closed_on(study['closed_at'])} by "
                             f"{study['closed_by_name'] or 'the command line'}: it takes no more ratings.")

@@ -125,6 +125,11 @@ def show_reviews(reviews: dashboard.Reviews | None) -> None:
         show_table(report.acceptability_tests_table(reviews.acceptability),
                    column_config={"value": st.column_config.NumberColumn(format="%.3g")})
         share_chart(table[["share"]], "share of cases judged acceptable", height=140)
+        figures = reviews.post_adjudication
+        st.caption(f"After adjudication ({figures['n_adjudicated']} of {figures['n_disagreeing']} cases whose "
+                   "reviewers disagree adjudicated); the figures above are before adjudication")
+        show_table(report.post_adjudication_table(figures),
+                   column_config={"share": st.column_config.NumberColumn(format="%.3f")})
         st.caption("Inter-rater agreement on acceptability, per model and pooled, with the items behind each")
         show_table(report.agreement_table(reviews.agreement))
     st.caption("Review progress per reviewer (whole study)")

@@ -374,8 +374,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if args.action == "plan":
         return cmd_study_plan(args)
+    from rocore.review import adjudication
+
     needs = {"show": {"--name": args.name}, "close": {"--name": args.name},
              "add-reviewer": {"--name": args.name, "--reviewer": args.reviewer},
+             "adjudicator": {"--name": args.name, "--reviewer": args.reviewer},
              "reassign": {"--name": args.name, "--from": args.from_reviewer}}.get(args.action, {})
     if not all(needs.values()):
         print(f"study {args.action} needs {' and '.join(needs)}", file=sys.stderr)
@@ -387,6 +390,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                                               reviewer_id=user_by_name(conn, args.reviewer).id, client="cli")
                 print(f"added '{added['reviewer']}' to study '{args.name}': {added['n_assignments']} unrated "
                       f"cases taken over from {_counted(added['from'])}")
+            elif args.action == "adjudicator":
+                name = adjudication.set_adjudicator(conn, actor_id=None, study_id=study_id_by_name(conn, args.name),
+                                                    reviewer_id=user_by_name(conn, args.reviewer).id, client="cli")
+                print(f"'{name}' adjudicates study '{args.name}'")
             elif args.action == "reassign":
                 to = None if not args.to else [user_by_name(conn, name).id for name in _names(args.to)]
                 moved = reassign_unrated(conn, actor_id=None, study_id=study_id_by_name(conn, args.name),
@@ -424,6 +431,9 @@ def cmd_study(args: argparse.Namespace) -> int:
                     interval = f", 95% CI {ci[0]:.0%} to {ci[1]:.0%} (Wilson)" if ci else ""
                     print(f"run {number}: {run['acceptable']} of {run['rated']} cases acceptable ({share}{interval})")
                 print(summary["acceptability_rule"])
+                settled = adjudication.counts(conn, study_id)
+                print(f"adjudication ({settled['adjudicator'] or 'no adjudicator named'}): {settled['disagreeing']} "
+                      f"cases with raters disagreeing, {settled['adjudicated']} adjudicated")
                 if summary["likert"] is not None:
                     print(f"1-5 scores over {summary['likert']['n_cases']} cases: one-sided Wilcoxon (run 2 > "
                           f"run 1) p = {summary['likert']['wilcoxon_p_one_sided']:.3g}")
@@ -580,11 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reviewer)
 
     p = commands.add_parser("study", help="plan, create, list or show blinded review studies; add a reviewer to one, "
-                                          "reassign a reviewer's unrated cases, or close one")
-    p.add_argument("action", choices=("create", "list", "show", "plan", "add-reviewer", "reassign", "close"))
+                                          "reassign a reviewer's unrated cases, name its adjudicator, or close one")
+    p.add_argument("action", choices=("create", "list", "show", "plan", "add-reviewer", "reassign", "adjudicator",
+                                      "close"))
     _db_arg(p)
     p.add_argument("--name")
-    p.add_argument("--reviewer", help="add-reviewer: who joins; they take over unrated cases from the busiest")
+    p.add_argument("--reviewer", help="add-reviewer: who joins; they take over unrated cases from the busiest; "
+                                      "adjudicator: who settles the cases whose raters disagree (rates none)")
     p.add_argument("--from", dest="from_reviewer", metavar="NAME",
                    help="reassign: whose unrated cases go to the others (ratings given stay)")
     p.add_argument("--to", metavar="a,b", help="reassign: comma-separated reviewers to take them (default: every "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from conftest import ROOT
@@ -118,3 +119,29 @@ def test_a_reviewer_added_to_a_running_study_is_blinded_like_the_others(db_path,
     assert "regimen a" in sent and [secret for secret in SECRETS if secret.casefold() in sent] == []
     assert len(texts) == 2 * added["n_assignments"]
     assert not [t for t in texts if "icd" in t.casefold() or "modality" in t.casefold()]
+
+
+def test_nothing_sent_to_the_adjudicator_reveals_runs_models_sides_or_raters(db_path, monkeypatch):
+    """The adjudication section, case by case, after a refused and a stored verdict and once the queue is
+    empty, holds no run id, model name, side mapping or rater name; its texts are the extracted answers."""
+    from test_adjudication import RATERS, rated_study
+    from test_page_review import adjudicate_on_page
+
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = rated_study(db_path)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "review.py"), default_timeout=30)
+    at.session_state["user"] = {"id": info["ids"]["eve"], "name": "eve", "role": "reviewer"}
+    at.run()
+    pages = [everything_sent(at)]
+    next(b for b in at.button if b.label == "Submit verdict").click()
+    at.run()
+    pages.append(everything_sent(at))  # the refusal
+    while at.radio:
+        at = adjudicate_on_page(at, "Acceptable", "Not acceptable")
+        pages.append(everything_sent(at))
+    assert at.success[-1].value.startswith("No case waits for adjudication")
+    sent = "\n".join(pages).casefold()
+    assert "regimen a" in sent and "of 3 raters found" in sent and "gy in" in sent
+    assert [secret for secret in SECRETS if secret.casefold() in sent] == []
+    assert [name for name in RATERS if re.search(rf"\b{name}\b", sent)] == []

@@ -298,6 +298,9 @@ def _populate(conn):
         conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, reviewer_id) "
                      "VALUES (1, 1, 1, 0, 1)")
         conn.execute("INSERT INTO audit_log (actor, action, entity, entity_id) VALUES ('dr a', 'rate', 'assignment', '1')")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudications'").fetchone():  # version 6 on
+            conn.execute("INSERT INTO adjudications (study_id, case_id, revision, run_a_id, run_b_id, acceptable_a, "
+                         "acceptable_b, adjudicator_id) VALUES (1, 'P3', 1, 1, 2, 1, 1, 1)")
 
 
 def _columns(conn):
@@ -482,7 +485,14 @@ def test_a_version_2_database_migrated_to_the_current_version_has_the_columns_an
         assert _columns(conn) == _columns(new)
         assert {r[0] for r in conn.execute("SELECT DISTINCT backend FROM generation_runs")} == {"local"}
         assert {r[0] for r in conn.execute("SELECT DISTINCT processes FROM training_runs")} == {None}
-        assert [tuple(r) for r in conn.execute("SELECT closed_at, closed_by FROM studies")] == [(None, None)]
+        assert [tuple(r) for r in conn.execute("SELECT closed_at, closed_by, adjudicator_id FROM studies")] == [
+            (None, None, None)]
+        conn.execute("INSERT INTO adjudications (study_id, case_id, revision, run_a_id, run_b_id, acceptable_a, "
+                     "acceptable_b, adjudicator_id) SELECT study_id, case_id, 1, run_a_id, run_b_id, 1, 0, 1 "
+                     "FROM assignments LIMIT 1")
+        for statement in ("UPDATE adjudications SET acceptable_b = 1", "DELETE FROM adjudications"):
+            with pytest.raises(sqlite3.IntegrityError, match="adjudications are append-only"):
+                conn.execute(statement)
         with pytest.raises(sqlite3.IntegrityError, match="a rated assignment cannot change"):
             conn.execute("UPDATE assignments SET position = 2")
         conn.execute("UPDATE studies SET closed_at = '2026-01-01T00:00:00.000Z', closed_by = 1")

@@ -7,7 +7,7 @@ from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 from test_review_studies import RUN_1, RUN_2, make_review_db
 
-from rocore.review import auth, blinding
+from rocore.review import adjudication, auth, blinding
 from rocore.review import studies as review
 from rocore.store.db import opened
 
@@ -243,3 +243,24 @@ def test_a_refused_change_to_a_study_says_why(info, db_path):
     assert not at.exception and not at.success
     assert at.error[0].value == ("Each of ben's 4 unrated case(s) is already with every other chosen reviewer: "
                                  "none can be reassigned.")
+
+
+def test_name_the_adjudicator_and_see_the_counts(info, db_path):
+    sid = info["study_id"]
+    with opened(db_path) as conn:
+        eve = auth.add_user(conn, "eve", actor_id=info["admin_id"])[0].id
+    at = open_page(info)
+    assert any(c.value == "Adjudication (no adjudicator named yet): 0 cases whose raters disagree on "
+                          "acceptability, 0 adjudicated, 0 waiting." for c in at.caption)
+    assert at.button(key=f"adjudicator-{sid}-set").disabled
+    assert at.selectbox(key=f"adjudicator-{sid}-who").options == ["boss", "eve"], "active, and rating nothing"
+    at.selectbox(key=f"adjudicator-{sid}-who").set_value(eve).run()
+    at.button(key=f"adjudicator-{sid}-set").click().run()
+    assert not at.exception and not at.error
+    assert at.success[0].value == "'eve' adjudicates 'Prostate pilot'."
+    assert any(c.value.startswith("Adjudication (by eve): 0 cases") for c in at.caption)
+    assert at.selectbox(key=f"adjudicator-{sid}-who").options == ["boss"]
+    with opened(db_path) as conn:
+        assert adjudication.counts(conn, sid)["adjudicator"] == "eve"
+        entry = conn.execute("SELECT actor, detail FROM audit_log WHERE action = 'set-adjudicator'").fetchone()
+    assert entry["actor"] == "boss" and f'"adjudicator_id": {eve}' in entry["detail"]

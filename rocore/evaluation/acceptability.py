@@ -28,6 +28,8 @@ RATING_LEVEL = ("share of all verdicts (every reviewer's verdict on every output
                 "percentile bootstrap resampling whole cases with all their verdicts")
 RULE = ("per case and model, acceptable when more than half of the reviewers who gave the output a verdict "
         "judged it acceptable (a tie is not acceptable); ratings marked unratable give no verdict")
+ADJUDICATED_RULE = ("per case and model, the adjudicator's current verdict where the case was adjudicated, "
+                    "else the reviewers' verdict by the majority rule (unanimous where they agree)")
 
 
 def unblind(ratings: pd.DataFrame, runs: Mapping[Hashable, int]) -> pd.DataFrame:
@@ -47,6 +49,44 @@ def case_verdicts(verdicts: pd.DataFrame) -> dict[Hashable, dict[str, int]]:
     """Per model, case id -> 1 when the output is acceptable by the majority rule, else 0."""
     majority = (verdicts.groupby(["model", "case_id"])["verdict"].mean() > 0.5).astype(int)
     return {model: majority[model].to_dict() for model in verdicts["model"].unique()}
+
+
+def disagreeing(verdicts: pd.DataFrame) -> set[Hashable]:
+    """Case ids whose reviewers differ on the acceptability of either model's output."""
+    spread = verdicts.groupby(["case_id", "model"])["verdict"].nunique()
+    return set(spread[spread > 1].index.get_level_values("case_id"))
+
+
+def post_adjudication_figures(verdicts: pd.DataFrame, adjudicated: Mapping[Hashable, Mapping[Hashable, int]],
+                              base: Hashable = "base", finetuned: Hashable = "finetuned") -> dict:
+    """Acceptability after adjudication, per case: the adjudicator's verdict where the case has one, else the
+    reviewers' verdict by RULE (unanimous wherever they agree). Shares and tests as in `acceptability_figures`'
+    primary figure, with the counts the methods report: disagreeing cases and those of them adjudicated.
+
+    `verdicts` as for acceptability_figures; `adjudicated`: case id -> {model: 1/0}, for cases among them.
+    """
+    by_case = case_verdicts(verdicts)
+    adjudicated = {case_id: verdict for case_id, verdict in adjudicated.items()
+                   if case_id in set(verdicts["case_id"])}
+    for model in (base, finetuned):
+        by_case.setdefault(model, {}).update({case_id: int(verdict[model]) for case_id, verdict in adjudicated.items()})
+    shares = acceptability(by_case[base], by_case[finetuned])
+    split = disagreeing(verdicts)
+    shares["rule"] = ADJUDICATED_RULE
+    shares["n_disagreeing"] = len(split)
+    shares["n_adjudicated"] = len(split & set(adjudicated))
+    shares["n_adjudicated_agreeing"] = len(set(adjudicated) - split)
+    return shares
+
+
+def adjudication_sentence(figures: Mapping) -> str:
+    """The methods sentence on adjudication."""
+    agreeing = figures.get("n_adjudicated_agreeing")
+    extra = (f"; {agreeing} adjudicated case(s) whose reviewers agree now keep the adjudicator's verdict"
+             if agreeing else "")
+    return (f"{figures['n_disagreeing']} case(s) had reviewers disagreeing on acceptability; "
+            f"{figures['n_adjudicated']} of them were adjudicated by a named adjudicator blinded to the models"
+            f"{extra}. Post-adjudication acceptability: {ADJUDICATED_RULE}.")
 
 
 def rating_level(verdicts: pd.DataFrame, models: Mapping[str, Hashable]) -> dict:

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rocore.evaluation.acceptability import RATING_LEVEL, RULE, acceptability_figures, order_checks, unblind
+from rocore.evaluation.acceptability import (
+    RATING_LEVEL,
+    RULE,
+    acceptability_figures,
+    adjudication_sentence,
+    order_checks,
+    post_adjudication_figures,
+    unblind,
+)
 from rocore.evaluation.outputs import MODELS, RunPairs, check_run_pair, run_outputs
 from rocore.evaluation.pipeline import (
     MODEL_NAMES,
@@ -92,6 +100,17 @@ class Reviews:
     message: str | None
     notes: list[str] = field(default_factory=list)
     order_checks: dict | None = None
+    # Acceptability after adjudication (rocore.evaluation.acceptability.post_adjudication_figures); None
+    # without verdicts.
+    post_adjudication: dict | None = None
+
+    @property
+    def adjudication(self) -> str | None:
+        """The methods sentence on adjudication; None where no case's reviewers disagree."""
+        figures = self.post_adjudication
+        if not figures or not (figures["n_disagreeing"] or figures["n_adjudicated_agreeing"]):
+            return None
+        return adjudication_sentence(figures)
 
     @property
     def closed(self) -> str | None:
@@ -336,7 +355,7 @@ def _ratings_fingerprint(conn: sqlite3.Connection) -> tuple:
     return tuple(conn.execute(
         "SELECT (SELECT count(*) FROM ratings), (SELECT max(rating_id) FROM ratings), "
         "(SELECT count(*) FROM assignments), (SELECT max(assignment_id) FROM assignments), "
-        "(SELECT count(*) FROM reviewers), "
+        "(SELECT count(*) FROM reviewers), (SELECT count(*) FROM adjudications), "
         # Every change to a study (a reviewer added, cases reassigned, closing) is audited with it.
         "(SELECT max(audit_id) FROM audit_log WHERE entity = 'studies')").fetchone())
 
@@ -360,7 +379,16 @@ def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetun
                                        "case_modality", "position", "preference", "queue_length"])
 
 
-def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int, filters: Filters) -> Reviews:
+def _adjudicated(conn: sqlite3.Connection, study_id: int, base_run: int, finetuned_run: int) -> dict:
+    """Each adjudicated case's current verdict per model: case id -> {"base": 1/0, "finetuned": 1/0}."""
+    from rocore.review.adjudication import adjudication_verdicts
+
+    return {case_id: {"base": runs[base_run], "finetuned": runs[finetuned_run]}
+            for case_id, runs in adjudication_verdicts(conn, study_id).items()}
+
+
+def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int, filters: Filters,
+             adjudicated: Mapping[str, Mapping[str, int]] | None = None) -> Reviews:
     rated = rows["rating_id"].notna()
     progress = pd.DataFrame({
         "assigned": rows.groupby("reviewer").size(),
@@ -379,6 +407,7 @@ def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int,
     verdicts = unblind(judged, runs)
     reviews.acceptability, reviews.agreement = acceptability_figures(verdicts, ratings_per_case=study.get("overlap"))
     reviews.order_checks = order_checks(judged)
+    reviews.post_adjudication = post_adjudication_figures(verdicts, adjudicated or {})
     reviews.notes = [f"acceptability: {n}" for n in reviews.acceptability["notes"]]
     reviews.notes += [f"agreement: {n}" for n in reviews.agreement["notes"]]
     for model, figures in reviews.agreement["by_model"].items():
@@ -443,6 +472,14 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
                 "ratings preferring A or B, Wilson interval and exact binomial test against 1/2 (no side "
                 "effect: 1/2). Order: the share of verdicts 'acceptable' for outputs in the first and the "
                 "second half of each reviewer's queue, each with its Wilson interval."),
+            "Adjudication": (
+                "A case is disagreeing when the current ratings with a verdict differ on the acceptability of "
+                "either model's output. The study's named adjudicator, who rates none of its cases, sees each "
+                "such case blinded (the outputs as A and B, sides drawn for them, and only how many raters "
+                "found each side acceptable) and gives a verdict on each output, stored append-only. "
+                "Post-adjudication acceptability: per case and model, the adjudicator's current verdict where "
+                "there is one, else the reviewers' verdict by the majority rule; shares, intervals and tests as "
+                "for the primary figure."),
             "Review progress": ("Per reviewer: assignments in the study, those with a rating (rated), and of "
                                 "those the ones marked unratable."),
         }
@@ -530,7 +567,8 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
             reviews = cache.figures(
                 ("reviews", study["study_id"], *view), (_ratings_fingerprint(conn), cases_version),
                 lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
-                                 base_run, finetuned_run, filters))
+                                 base_run, finetuned_run, filters,
+                                 _adjudicated(conn, study["study_id"], base_run, finetuned_run)))
         run_notes = [note for pair in runs.distinct() for note in _run_notes(conn, *pair)]
     view = Dashboard(source={"db": db, **runs.as_source()}, filters=filters,
                      **figures, reviews=reviews, methods=_methods(figures["report"], reviews), run_notes=run_notes)
@@ -556,5 +594,6 @@ def declare_primary(view: Dashboard, declared: Mapping[str, str] | None = None) 
     primary = (primary_endpoints(view.report, regimen, dict(declared or {})) if view.report is not None
                else None)
     closed = view.reviews.closed if view.reviews is not None else None
+    adjudication = view.reviews.adjudication if view.reviews is not None else None
     return dataclasses.replace(view, primary=primary, methods_text=" ".join(
-        filter(None, (methods_text(view.report, primary, acceptability), closed))))
+        filter(None, (methods_text(view.report, primary, acceptability), adjudication, closed))))

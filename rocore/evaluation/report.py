@@ -33,6 +33,7 @@ __all__ = [
     "json_figures",
     "metric_table",
     "order_checks_table",
+    "post_adjudication_table",
     "per_case_csv",
     "per_class_table",
     "primary_table",
@@ -167,6 +168,21 @@ def acceptability_table(acceptability: Mapping) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
+def post_adjudication_table(figures: Mapping) -> pd.DataFrame:
+    """Acceptability per model before and after adjudication, per case with Wilson intervals (the post
+    figures: rocore.evaluation.acceptability.post_adjudication_figures), and the paired difference after."""
+    rows = {}
+    for model in MODELS:
+        rows[MODEL_NAMES[model]] = {
+            "acceptable cases": figures[model]["acceptable"], "cases": figures[model]["n"],
+            "share": figures[model]["share"], "Wilson 95% CI": _interval_text(figures[model]["ci95"], "wilson")}
+    difference = figures["paired"]["difference"]["share"]
+    rows["difference (fine-tuned - base)"] = {
+        "acceptable cases": None, "cases": figures["paired"]["n_pairs"], "share": difference["mean"],
+        "Wilson 95% CI": _interval_text(difference["ci95"], "newcombe") + " Newcombe"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("post-adjudication")
+
+
 def acceptability_tests_table(acceptability: Mapping) -> pd.DataFrame:
     """The paired tests on per-case acceptability verdicts."""
     paired = acceptability["paired"]
@@ -224,7 +240,8 @@ def json_figures(view: Dashboard) -> dict:
     if reviews is not None:
         review = {"study": reviews.study, "n_assigned": reviews.n_assigned, "n_rated": reviews.n_rated,
                   "acceptability": reviews.acceptability, "agreement": reviews.agreement,
-                  "order_checks": reviews.order_checks, "message": reviews.message, "notes": reviews.notes}
+                  "order_checks": reviews.order_checks, "message": reviews.message, "notes": reviews.notes,
+                  "post_adjudication": reviews.post_adjudication}
     return {"primary": view.primary, "methods_text": view.methods_text, "review": review}
 
 
@@ -277,6 +294,11 @@ def text_report(report: Mapping) -> str:
                   acceptability_table(review["acceptability"]).to_string(float_format="{:.3f}".format),
                   acceptability_tests_table(review["acceptability"]).to_string(float_format="{:.3g}".format),
                   "inter-rater agreement:", agreement_table(review["agreement"]).to_string(), ""]
+    if review.get("post_adjudication"):
+        figures = review["post_adjudication"]
+        lines += [f"after adjudication ({figures['n_adjudicated']} of {figures['n_disagreeing']} disagreeing "
+                  "cases adjudicated):",
+                  post_adjudication_table(figures).to_string(float_format="{:.3f}".format), ""]
     if report.get("methods_text"):
         lines += ["methods:", report["methods_text"], ""]
     if report["notes"]:
@@ -412,6 +434,12 @@ def _reviews_html(view: Dashboard) -> list[str]:
                 bar_chart_svg(table[["share"]], title="Share judged acceptable, 95% Wilson CI", x_max=1.0,
                               intervals={"share": [reviews.acceptability[m]["ci95"].get("wilson")
                                                    for m in MODELS]})]
+    if reviews.post_adjudication is not None:
+        figures = reviews.post_adjudication
+        out += ["<h3>Acceptability after adjudication</h3>",
+                f"<p>{figures['n_adjudicated']} of {figures['n_disagreeing']} cases whose reviewers disagree "
+                "adjudicated; the figures above are before adjudication.</p>",
+                _table_html(post_adjudication_table(figures))]
     if reviews.agreement is not None:
         out += ["<h3>Inter-rater agreement (acceptability)</h3>",
                 _table_html(agreement_table(reviews.agreement))]

@@ -185,7 +185,7 @@ def sample_cases(case_ids: Sequence[str], sample_n: int | None, seed: int) -> li
     return sorted(random.Random(seed).sample(ordered, sample_n))
 
 
-def _keyed(seed: int, *parts: object) -> bytes:
+def keyed_draw(seed: int, *parts: object) -> bytes:
     """HMAC-SHA256 of `parts` under the seed: what decides sides and orders, so that they depend on the
     case ids and cannot be predicted from the seed, the counts or the positions alone."""
     message = "\x1f".join(str(part) for part in parts).encode()
@@ -199,17 +199,17 @@ def plan_assignments(case_ids: Sequence[str], reviewer_ids: Sequence[int], overl
     Each case goes to the `overlap` least-loaded reviewers (ties broken at random), which keeps
     every reviewer's load within one of every other's. Each reviewer's sides are half run 1 as "A"
     and half run 2 (the odd one at random), and their case order is random. Every draw is a keyed
-    hash of the seed, the study, the reviewer and the case id (`_keyed`), never a shared random
+    hash of the seed, the study, the reviewer and the case id (`keyed_draw`), never a shared random
     stream, so the same seed with other case ids gives unrelated sides.
     """
     reviewers = list(dict.fromkeys(reviewer_ids))
     if not 1 <= overlap <= len(reviewers):
         raise ReviewError(f"Overlap must be between 1 and the number of reviewers ({len(reviewers)}).")
-    cases = sorted(case_ids, key=lambda case_id: _keyed(seed, study, "case", case_id))
+    cases = sorted(case_ids, key=lambda case_id: keyed_draw(seed, study, "case", case_id))
     load = dict.fromkeys(reviewers, 0)
     given: dict[int, list[str]] = {r: [] for r in reviewers}
     for case_id in cases:
-        for reviewer in sorted(reviewers, key=lambda r: (load[r], _keyed(seed, study, "tie", case_id, r)))[:overlap]:
+        for reviewer in sorted(reviewers, key=lambda r: (load[r], keyed_draw(seed, study, "tie", case_id, r)))[:overlap]:
             load[reviewer] += 1
             given[reviewer].append(case_id)
     return [Planned(reviewer, case_id, position, run_1_is_a)
@@ -221,9 +221,9 @@ def _queue(seed: int, study: str, reviewer: int, case_ids: Sequence[str], lean: 
     """The reviewer's cases in their random order, each with whether run 1 is "A": half of them each way,
     the odd one at random, or, with a `lean` (how many more of the reviewer's other cases show run 1 as
     "A" than run 2), the way that evens their sides out."""
-    mine = sorted(case_ids, key=lambda case_id: _keyed(seed, study, "position", reviewer, case_id))
-    ranked = sorted(mine, key=lambda case_id: _keyed(seed, study, "side", reviewer, case_id))
-    first = lean < 0 if lean else _keyed(seed, study, "first", reviewer, *sorted(mine))[0] % 2 == 0
+    mine = sorted(case_ids, key=lambda case_id: keyed_draw(seed, study, "position", reviewer, case_id))
+    ranked = sorted(mine, key=lambda case_id: keyed_draw(seed, study, "side", reviewer, case_id))
+    first = lean < 0 if lean else keyed_draw(seed, study, "first", reviewer, *sorted(mine))[0] % 2 == 0
     run_1_is_a = {case_id: (rank % 2 == 0) == first for rank, case_id in enumerate(ranked)}
     return [(case_id, run_1_is_a[case_id]) for case_id in mine]
 
@@ -400,6 +400,12 @@ def _holdings(conn: sqlite3.Connection, study_id: int) -> tuple[dict[int, set[st
     return cases, unrated
 
 
+def _not_the_adjudicator(study: sqlite3.Row, reviewer_id: int, name: str) -> None:
+    """The adjudicator settles the raters' disagreements, so never rates a case of the study."""
+    if study["adjudicator_id"] == reviewer_id:
+        raise ReviewError(f"{name} adjudicates study {study['name']!r}, so cannot rate its cases.")
+
+
 def _hand_over(conn: sqlite3.Connection, study: sqlite3.Row, reviewer_id: int, rows: Sequence[sqlite3.Row]) -> None:
     """Give unrated assignments to `reviewer_id`, after their own cases in a random order of their own and
     with sides drawn for them (keyed by the study's seed, as `plan_assignments` draws them), so that
@@ -435,6 +441,7 @@ def add_reviewer_to_study(conn: sqlite3.Connection, *, actor_id: int | None, stu
         cases, unrated = _holdings(conn, study_id)
         if reviewer_id in cases:
             raise ReviewError(f"{name} is already a reviewer of study {study['name']!r}.")
+        _not_the_adjudicator(study, reviewer_id, name)
         if not any(unrated.values()):
             raise ReviewError(f"Every case of study {study['name']!r} is rated: there is nothing to hand over.")
         taken: dict[str, tuple[int, sqlite3.Row]] = {}
@@ -442,7 +449,7 @@ def add_reviewer_to_study(conn: sqlite3.Connection, *, actor_id: int | None, stu
             donors = [r for r, rows in unrated.items() if any(row["case_id"] not in taken for row in rows)]
             if not donors:
                 break
-            donor = max(donors, key=lambda r: (len(unrated[r]), _keyed(study["seed"], study["name"], "donor",
+            donor = max(donors, key=lambda r: (len(unrated[r]), keyed_draw(study["seed"], study["name"], "donor",
                                                                         reviewer_id, r)))
             if len(unrated[donor]) - len(taken) < 2:
                 break
@@ -488,7 +495,7 @@ def reassign_unrated(conn: sqlite3.Connection, *, actor_id: int | None, study_id
             if from_reviewer_id in recipients:
                 raise ReviewError(f"Choose reviewers other than {departing} to take their cases.")
             for recipient in recipients:
-                _active_reviewer(conn, recipient)
+                _not_the_adjudicator(study, recipient, _active_reviewer(conn, recipient))
         if not recipients:
             raise ReviewError(f"No other active reviewer of study {study['name']!r} can take {departing}'s cases: "
                               "add a reviewer to the study instead.")
@@ -500,7 +507,7 @@ def reassign_unrated(conn: sqlite3.Connection, *, actor_id: int | None, study_id
             if not eligible:
                 left.append(row)
                 continue
-            to = min(eligible, key=lambda r: (load[r], _keyed(study["seed"], study["name"], "reassign",
+            to = min(eligible, key=lambda r: (load[r], keyed_draw(study["seed"], study["name"], "reassign",
                                                                 row["case_id"], r)))
             load[to] += 1
             cases.setdefault(to, set()).add(row["case_id"])
@@ -750,7 +757,8 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
         current=_rating_of(current) if current else None, revision=revision)
 
 
-def _text(value: str | None, limit: int, what: str) -> str | None:
+def bounded_text(value: str | None, limit: int, what: str) -> str | None:
+    """Free text as stored: trimmed, None when empty, refused past `limit` characters."""
     value = (value or "").strip()
     if len(value) > limit:
         raise ReviewError(f"The {what} has at most {limit} characters.")
@@ -759,7 +767,7 @@ def _text(value: str | None, limit: int, what: str) -> str | None:
 
 def check_rating(rating: Rating, form: Form) -> Rating:
     """The rating as stored: complete for the study's form, or a flag with a reason and nothing else."""
-    reason = _text(rating.unratable_reason, MAX_REASON, "reason")
+    reason = bounded_text(rating.unratable_reason, MAX_REASON, "reason")
     if rating.unratable_reason is not None:
         if reason is None:
             raise ReviewError("Say why this case cannot be rated.")
@@ -776,7 +784,7 @@ def check_rating(rating: Rating, form: Form) -> Rating:
             raise ReviewError("Choose the output you prefer, or no preference.")
     elif rating.preference is not None:
         raise ReviewError("This study does not ask for a preference.")
-    comment = _text(rating.comment, MAX_COMMENT, "comment")
+    comment = bounded_text(rating.comment, MAX_COMMENT, "comment")
     if comment and not form.comment:
         raise ReviewError("This study does not ask for comments.")
     return Rating(rating.acceptable_a, rating.acceptable_b, rating.likert_a, rating.likert_b,

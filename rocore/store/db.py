@@ -79,8 +79,14 @@ def _closed_studies(store: sqlite_utils.Database) -> None:
     store.execute("ALTER TABLE studies ADD COLUMN closed_by INTEGER REFERENCES reviewers (reviewer_id)")
 
 
+def _adjudicators(store: sqlite_utils.Database) -> None:
+    """Version 6: a study names its adjudicator (NULL: none yet, as in every older study); the
+    adjudications table itself comes from the schema file."""
+    store.execute("ALTER TABLE studies ADD COLUMN adjudicator_id INTEGER REFERENCES reviewers (reviewer_id)")
+
+
 MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs,
-                               4: _served_generation_and_processes, 5: _closed_studies}
+                               4: _served_generation_and_processes, 5: _closed_studies, 6: _adjudicators}
 
 BUSY_TIMEOUT_S = 30.0
 
