@@ -200,17 +200,21 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
                          "'C61', 30, 2, 0.1 FROM split_cases WHERE part = 'test'")
             conn.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir) "
                          "VALUES (?, ?, '{}', '/runs/run-1')", (model_id, split_id))
-        # Back to version 1: training_runs as version 2 made it (tests/data/reviews-v2.db.schema), then
-        # the columns versions 2 and 4 added dropped and the later migration rows removed.
+        # Back to version 1: training_runs and studies as version 2 made them (tests/data/reviews-v2.db.schema),
+        # then what versions 2 to 6 added dropped and the later migration rows removed.
         conn.execute("PRAGMA foreign_keys = OFF")
         with transaction(conn):
-            version_2 = re.search(r"CREATE TABLE IF NOT EXISTS training_runs \(.*?\n\);",
-                                  (ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(), re.S).group(0)
-            conn.execute(version_2.replace("training_runs", "training_runs_v2", 1))
-            kept = [r[1] for r in conn.execute("PRAGMA table_info(training_runs_v2)")]
-            conn.execute(f"INSERT INTO training_runs_v2 SELECT {', '.join(kept)} FROM training_runs")
-            conn.execute("DROP TABLE training_runs")
-            conn.execute("ALTER TABLE training_runs_v2 RENAME TO training_runs")
+            for newer in ("TRIGGER ratings_closed_study", "TRIGGER assignments_rated_fixed",
+                          "VIEW current_adjudications", "TABLE adjudications"):
+                conn.execute(f"DROP {newer}")
+            for table in ("training_runs", "studies"):
+                version_2 = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\n\);",
+                                      (ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(), re.S).group(0)
+                conn.execute(version_2.replace(table, f"{table}_v2", 1))
+                kept = [r[1] for r in conn.execute(f"PRAGMA table_info({table}_v2)")]
+                conn.execute(f"INSERT INTO {table}_v2 SELECT {', '.join(kept)} FROM {table}")
+                conn.execute(f"DROP TABLE {table}")
+                conn.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")
             for table, column in (("training_runs", "prompt_format"), ("generation_runs", "prompt_format"),
                                   ("generations", "finish_reason"), ("generations", "prompt"),
                                   ("generation_runs", "backend"), ("generation_runs", "server_url"),

@@ -379,10 +379,16 @@ def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetun
                                        "case_modality", "position", "preference", "queue_length"])
 
 
+def adjudication_verdicts(conn: sqlite3.Connection, study_id: int) -> dict[str, dict[int, int]]:
+    """Each adjudicated case's current verdict in run terms: case id -> {run id: 1 acceptable / 0 not}.
+    Unchecked: for staff pages and reports (rocore.review.adjudication.adjudicated_verdicts checks)."""
+    rows = conn.execute("SELECT case_id, run_a_id, run_b_id, acceptable_a, acceptable_b FROM current_adjudications "
+                        "WHERE study_id = ?", (study_id,))
+    return {r["case_id"]: {r["run_a_id"]: r["acceptable_a"], r["run_b_id"]: r["acceptable_b"]} for r in rows}
+
+
 def _adjudicated(conn: sqlite3.Connection, study_id: int, base_run: int, finetuned_run: int) -> dict:
     """Each adjudicated case's current verdict per model: case id -> {"base": 1/0, "finetuned": 1/0}."""
-    from rocore.review.adjudication import adjudication_verdicts
-
     return {case_id: {"base": runs[base_run], "finetuned": runs[finetuned_run]}
             for case_id, runs in adjudication_verdicts(conn, study_id).items()}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from rocore.evaluation.dashboard import adjudication_verdicts
 from rocore.review.auth import AccessDenied, active_user, require_role
 from rocore.review.studies import (
     MAX_COMMENT,
@@ -268,10 +269,3 @@ def adjudicated_verdicts(conn: sqlite3.Connection, study_id: int, *, actor_id: i
     """Each adjudicated case's current verdict in run terms: case id -> {run id: 1 acceptable / 0 not}. Staff only."""
     require_role(conn, actor_id)
     return adjudication_verdicts(conn, study_id)
-
-
-def adjudication_verdicts(conn: sqlite3.Connection, study_id: int) -> dict[str, dict[int, int]]:
-    """`adjudicated_verdicts` without the access check, for the Dashboard and reports (staff pages)."""
-    rows = conn.execute("SELECT case_id, run_a_id, run_b_id, acceptable_a, acceptable_b FROM current_adjudications "
-                        "WHERE study_id = ?", (study_id,))
-    return {r["case_id"]: {r["run_a_id"]: r["acceptable_a"], r["run_b_id"]: r["acceptable_b"]} for r in rows}

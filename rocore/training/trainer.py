@@ -8,6 +8,7 @@ process, on its own GPU), of which the main one saves the adapter.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -65,7 +66,18 @@ def join_processes(device: str = "auto") -> Processes:
     # On the CPU the state must be told so: without cpu=True accelerate 1.15 starts the group but
     # then counts a single process. The timeout is the Trainer's (ddp_timeout), which reuses this group.
     PartialState(cpu=resolve_device(device) == "cpu", timeout=datetime.timedelta(seconds=1800))
+    atexit.register(_leave_processes)
     return Processes(dist.get_rank(), dist.get_world_size())
+
+
+def _leave_processes() -> None:
+    """Close the process group before the interpreter ends: a gloo group left open can abort the
+    process on exit ("terminate called without an active exception"), which the launcher reports as a
+    failure of a run that finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def from_main(work: Callable[[], object]) -> object:
