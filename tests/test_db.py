@@ -469,14 +469,21 @@ def test_many_threads_opening_an_older_database_at_once_migrate_it_once(db_path,
         _all_kept(conn, columns, before)
 
 
-def test_a_version_2_database_migrated_to_the_current_version_has_the_columns_and_checks_of_a_new_one(tmp_path):
-    path = tmp_path / "v2.db"
+def version_2_database(path):
+    """A database as schema version 2 made it (tests/data/reviews-v2.db.schema), a row or more in every
+    table; the open connection, for a test to add rows of its own before migrating."""
     old = sqlite3.connect(path, isolation_level=None)
     old.row_factory = sqlite3.Row
     old.executescript((ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(encoding="utf-8"))
     old.execute("INSERT INTO schema_migrations (version, description) VALUES (1, 'created'), (2, 'migrated from 1')")
     old.execute("PRAGMA foreign_keys = ON")
     _populate(old)
+    return old
+
+
+def test_a_version_2_database_migrated_to_the_current_version_has_the_columns_and_checks_of_a_new_one(tmp_path):
+    path = tmp_path / "v2.db"
+    old = version_2_database(path)
     columns = _columns(old)
     before = _rows(old, columns)
     old.close()

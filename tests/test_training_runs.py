@@ -431,15 +431,10 @@ def test_a_killed_process_is_detected_and_its_points_past_the_checkpoint_are_rep
 
 
 def test_a_version_2_database_gains_the_cancelling_status_keeping_every_row(tmp_path):
-    from test_db import _all_kept, _columns, _populate, _rows
+    from test_db import _all_kept, _columns, _rows, version_2_database
 
     path = tmp_path / "v2.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    old.row_factory = sqlite3.Row
-    old.executescript((ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(encoding="utf-8"))
-    old.execute("INSERT INTO schema_migrations (version, description) VALUES (1, 'created'), (2, 'migrated from 1')")
-    old.execute("PRAGMA foreign_keys = ON")
-    _populate(old)
+    old = version_2_database(path)
     old.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir, status, pid, prompt_format) "
                 "VALUES (1, 1, '{}', '/runs/2', 'running', 4242, 'chat')")
     old.executemany("INSERT INTO training_metrics (run_id, step, train_loss) VALUES (2, ?, 1.0)", [(1,), (2,)])
