@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -74,7 +75,9 @@ class Server:
         if self.concurrency < 1:
             raise ServerError(f"concurrency {self.concurrency} must be at least 1")
 
+    @cached_property
     def client(self):
+        """One client (and connection pool) for all of a run's requests; it is safe across threads."""
         from openai import OpenAI
 
         return OpenAI(base_url=self.url, api_key=api_key(), timeout=self.timeout_s, max_retries=self.retries)
@@ -132,7 +135,7 @@ def check_server(server: Server) -> None:
     import openai
 
     try:
-        listed = [m.id for m in server.client().with_options(max_retries=1, timeout=15).models.list()]
+        listed = [m.id for m in server.client.with_options(max_retries=1, timeout=15).models.list()]
     except (openai.APIConnectionError, openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         raise ServerError(describe_failure(server, exc)) from exc
     except openai.APIError:
@@ -193,7 +196,7 @@ def complete_all(server: Server, tokenizer, prompts: Sequence[str], max_tokens: 
     """Every prompt's completion, `server.concurrency` requests at a time, in the prompts' order. When a
     request fails for good, the requests in flight finish, `stored` receives the completions made so far
     (index, completion) so nothing answered is lost, and a ServerError names the server and the failure."""
-    client = server.client()
+    client = server.client
     results: dict[int, Completion] = {}
     with ThreadPoolExecutor(max_workers=min(server.concurrency, len(prompts)) or 1) as pool:
         futures = {pool.submit(complete, server, client, wire_prompt(tokenizer, p), max_tokens, stop_strings,
