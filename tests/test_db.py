@@ -301,6 +301,10 @@ def _populate(conn):
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'adjudications'").fetchone():  # version 6 on
             conn.execute("INSERT INTO adjudications (study_id, case_id, revision, run_a_id, run_b_id, acceptable_a, "
                          "acceptable_b, adjudicator_id) VALUES (1, 'P3', 1, 1, 2, 1, 1, 1)")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'practice_ratings'").fetchone():  # version 7 on
+            conn.execute("INSERT INTO practice_assignments (study_id, reviewer_id, case_id, position, run_a_id, "
+                         "run_b_id) VALUES (1, 1, 'P1', 1, 1, 2)")
+            conn.execute("INSERT INTO practice_ratings (practice_id, answers, reviewer_id) VALUES (1, '{}', 1)")
 
 
 def _columns(conn):

@@ -201,13 +201,14 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
             conn.execute("INSERT INTO training_runs (base_model_id, split_id, config, output_dir) "
                          "VALUES (?, ?, '{}', '/runs/run-1')", (model_id, split_id))
         # Back to version 1: training_runs and studies as version 2 made them (tests/data/reviews-v2.db.schema),
-        # then what versions 2 to 6 added dropped and the later migration rows removed.
+        # ratings too, then what versions 2 to 7 added dropped and the later migration rows removed.
         conn.execute("PRAGMA foreign_keys = OFF")
         with transaction(conn):
-            for newer in ("TRIGGER ratings_closed_study", "TRIGGER assignments_rated_fixed",
-                          "VIEW current_adjudications", "TABLE adjudications"):
+            for newer in ("VIEW current_ratings", "TRIGGER ratings_closed_study", "TRIGGER assignments_rated_fixed",
+                          "VIEW current_adjudications", "TABLE adjudications", "TABLE practice_ratings",
+                          "TABLE practice_assignments"):
                 conn.execute(f"DROP {newer}")
-            for table in ("training_runs", "studies"):
+            for table in ("training_runs", "studies", "ratings"):
                 version_2 = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\n\);",
                                       (ROOT / "tests" / "data" / "reviews-v2.db.schema").read_text(), re.S).group(0)
                 conn.execute(version_2.replace(table, f"{table}_v2", 1))

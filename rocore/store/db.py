@@ -85,8 +85,27 @@ def _adjudicators(store: sqlite_utils.Database) -> None:
     store.execute("ALTER TABLE studies ADD COLUMN adjudicator_id INTEGER REFERENCES reviewers (reviewer_id)")
 
 
+def _scales_and_practice(store: sqlite_utils.Database) -> None:
+    """Version 7: ratings take the optional edit-level and harm scales (NULL in every older rating), and a
+    study may name the runs of its practice cases; the practice and session tables come from the
+    schema file."""
+    for side in "ab":
+        store.execute(f"ALTER TABLE ratings ADD COLUMN edit_{side} INTEGER CHECK (edit_{side} IS NULL OR "
+                      f"(edit_{side} IN (0, 1, 2, 3) AND acceptable_{side} = (edit_{side} <= 1)))")
+    for side in "ab":
+        store.execute(f"ALTER TABLE ratings ADD COLUMN harm_{side} INTEGER "
+                      f"CHECK (harm_{side} IS NULL OR harm_{side} IN (0, 1, 2))")
+    for side in "ab":
+        store.execute(f"ALTER TABLE ratings ADD COLUMN likelihood_{side} INTEGER CHECK (likelihood_{side} IS NULL "
+                      f"OR (likelihood_{side} IN (0, 1, 2) AND harm_{side} > 0))")
+    for number in (1, 2):
+        store.execute(f"ALTER TABLE studies ADD COLUMN practice_run_{number}_id INTEGER "
+                      "REFERENCES generation_runs (run_id)")
+
+
 MIGRATIONS: dict[int, Step] = {2: _prompt_formats_and_finish_reasons, 3: _cancelling_training_runs,
-                               4: _served_generation_and_processes, 5: _closed_studies, 6: _adjudicators}
+                               4: _served_generation_and_processes, 5: _closed_studies, 6: _adjudicators,
+                               7: _scales_and_practice}
 
 BUSY_TIMEOUT_S = 30.0
 
