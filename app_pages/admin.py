@@ -253,13 +253,19 @@ with tab_people:
     names = [p["name"] for p in people]
     if names:
         chosen = st.selectbox("Person", names, key="admin-person")
-        reset, off, on = st.columns(3)
+        reset, off, on, end = st.columns(4)
         try:
             if reset.button("New access code", key="admin-reset"):
                 with opened(DB) as conn:
                     code = auth.reset_code(conn, chosen, actor_id=user["id"], client=client)
                 st.success(f"New access code for '{chosen}', shown only now; the old one no longer works.")
                 st.code(code, language=None)
+            if end.button("End sign-in sessions", key="admin-end-sessions",
+                          help="Signs them out everywhere: open pages at their next click, and browsers that "
+                               "remember the sign-in ask for the access code again."):
+                with opened(DB) as conn:
+                    ended = auth.end_sessions(conn, chosen, actor_id=user["id"], client=client)
+                st.success(f"Ended {ended} sign-in session(s) of '{chosen}'.")
             for column, label, state in ((off, "Deactivate", False), (on, "Reactivate", True)):
                 if column.button(label, key=f"admin-{label.lower()}"):
                     with opened(DB) as conn:

@@ -303,7 +303,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_reviewer(args: argparse.Namespace) -> int:
-    from rocore.review.auth import AuthError, add_user, list_users, reset_code, set_active
+    from rocore.review.auth import AuthError, add_user, end_sessions, list_users, reset_code, set_active
 
     client = "cli"
     with opened(args.db, create=False) as conn:
@@ -318,6 +318,10 @@ def cmd_reviewer(args: argparse.Namespace) -> int:
             elif args.action in ("deactivate", "activate"):
                 user = set_active(conn, args.name, args.action == "activate", actor_id=None, client=client)
                 print(f"{args.action}d '{user.name}'")
+            elif args.action == "end-sessions":
+                ended = end_sessions(conn, args.name, actor_id=None, client=client)
+                print(f"ended {ended} sign-in session(s) of '{args.name}': their browsers ask for the access code "
+                      "again, open pages at their next click")
             else:
                 for user in list_users(conn):
                     print(f"{user['reviewer_id']:>4} {user['name']:<24} {user['role']:<10} "
@@ -582,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train,validation,test (default 0.8,0.1,0.1)")
     p.set_defaults(func=cmd_split)
 
-    p = commands.add_parser("reviewer", help="add, list, reset the code of, or (de)activate people")
-    p.add_argument("action", choices=("add", "list", "reset-code", "deactivate", "activate"))
+    p = commands.add_parser("reviewer", help="add, list, reset the code of, (de)activate people, or end their "
+                                             "sign-in sessions (remembered browsers included)")
+    p.add_argument("action", choices=("add", "list", "reset-code", "deactivate", "activate", "end-sessions"))
     p.add_argument("name", nargs="?", default="")
     _db_arg(p)
     p.add_argument("--role", default="reviewer", choices=ROLES)

@@ -37,16 +37,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(db_path: Path, log_path: Path, port: int | None = None) -> Iterator[str]:
+def streamlit_server(db_path: Path, log_path: Path, port: int | None = None,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
     """`streamlit run app.py` serving `db_path` on `port` (a free loopback port unless given, as a
-    restarted server is): its URL, once it answers."""
+    restarted server is), with `env` added to its environment: its URL, once it answers."""
     port = port or free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
          str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
          "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env={**os.environ, "ROCORE_DB": str(db_path)}, stdout=log, stderr=subprocess.STDOUT)
+        cwd=ROOT, env={**os.environ, "ROCORE_DB": str(db_path), **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

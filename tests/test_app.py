@@ -1,5 +1,8 @@
 """app.py through AppTest: a missing database, first-run admin, sign-in, the pages each role gets,
-sign-out, and the sessions that end by themselves (deactivation, code reset, idle).
+sign-out, the sessions that end by themselves (deactivation, code reset, idle, ended elsewhere), the
+session token the browser is given to keep, and sign-in through an identity provider as far as it goes
+without one (AppTest's `secrets` and `user` stand in for secrets.toml and the provider's answer).
+AppTest has no browser: tests/test_browser_session.py resumes a session from the cookie in Chromium.
 
 AppTest resets Streamlit's `pages/`-directory detection before every run, so from a session's second
 `run()` on it executes the requested page file directly, not app.py. Each check here therefore
@@ -11,6 +14,7 @@ on a real server.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import time
 
@@ -205,3 +209,126 @@ def test_a_session_idle_past_the_timeout_is_signed_out(app, db_path):
         actor, action, detail = conn.execute(
             "SELECT actor, action, detail FROM audit_log ORDER BY audit_id DESC").fetchone()
     assert (actor, action, json.loads(detail)["reason"]) == ("ada", "sign-out", "idle")
+
+
+COOKIE_CHANGE = "browser-session-cookie"  # app_pages/browser_session.py: what the page is told to keep
+
+
+def test_a_sign_in_gives_the_browser_a_session_token_to_keep_never_the_code(app, db_path, monkeypatch):
+    monkeypatch.delenv("ROCORE_SESSION_HOURS", raising=False)
+    info = make_review_db(db_path)
+    at = sign_in(app(), "ada", info["codes"]["ada"])
+    change, session = at.session_state[COOKIE_CHANGE], at.session_state["user"]
+    assert change["name"] == "rocore_session" and change["max_age"] == 8 * 3600
+    token = change["value"]
+    assert len(token) >= 43 and info["codes"]["ada"].replace("-", "") not in token.upper()
+    with opened(db_path) as conn:
+        row = conn.execute("SELECT * FROM sessions").fetchone()
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE entity = 'sign-in' "
+                                              "ORDER BY audit_id")]
+    assert row["session_id"] == session["session"] and row["token_hash"] == hashlib.sha256(token.encode()).digest()
+    assert actions == ["sign-in-attempt", "sign-in", "start-session"]
+
+    monkeypatch.setenv("ROCORE_SESSION_HOURS", "0")
+    at = sign_in(app(), "ada", info["codes"]["ada"])
+    assert at.title[0].value == "Review" and at.session_state["user"]["session"]
+    assert COOKIE_CHANGE not in at.session_state, "remembered sign-ins off: no token leaves the server"
+
+    monkeypatch.setenv("ROCORE_SESSION_HOURS", "a day")
+    at = app()
+    assert not at.text_input and at.error[0].value.startswith("$ROCORE_SESSION_HOURS must be the number of hours")
+    assert "'a day'" in at.error[0].value
+
+
+def test_a_sign_out_ends_the_session_in_the_store_and_clears_the_cookie(app, db_path):
+    info = make_review_db(db_path)
+    at = sign_in(app(), "ada", info["codes"]["ada"])
+    at.sidebar.button(key="sign-out").click()
+    at.run()
+    assert "user" not in at.session_state
+    assert {k: at.session_state[COOKIE_CHANGE][k] for k in ("value", "max_age")} == {"value": "", "max_age": 0}
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT end_reason FROM sessions").fetchone()[0] == "sign-out"
+
+
+def test_a_page_whose_session_was_ended_elsewhere_is_signed_out_at_its_next_click(app, db_path):
+    info = make_review_db(db_path)
+    signed_in = sign_in(app(), "ada", info["codes"]["ada"]).session_state["user"]
+    assert app(dict(signed_in)).title[0].value == "Review"
+    with opened(db_path) as conn:
+        assert auth.end_sessions(conn, "ada", actor_id=info["admin_id"]) == 1
+    at = app(dict(signed_in))
+    assert at.title[0].value == "Sign in" and "user" not in at.session_state
+    assert at.info[0].value == auth.SESSION_ENDED["revoked"]
+    assert at.session_state[COOKIE_CHANGE]["value"] == ""
+
+
+def test_the_admin_page_ends_a_persons_sessions(open_page, db_path):
+    info = make_review_db(db_path)
+    with opened(db_path) as conn:
+        ada = auth.user_by_name(conn, "ada")
+        auth.start_session(conn, ada, lifetime_s=3600)
+    at = open_page("app_pages/admin.py", db_path)
+    at.selectbox(key="admin-person").set_value("ada")
+    at.button(key="admin-end-sessions").click()
+    at.run()
+    assert "Ended 1 sign-in session(s) of 'ada'." in [s.value for s in at.success]
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT end_reason FROM sessions").fetchone()[0] == "revoked"
+        entry = conn.execute("SELECT actor, entity_id FROM audit_log WHERE action = 'end-sessions'").fetchone()
+    assert tuple(entry) == ("boss", str(info["ids"]["ada"]))
+
+
+AUTH = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "a-long-random-string",
+        "Hospital": {"client_id": "rocore", "client_secret": "s3cret",
+                     "server_metadata_url": "https://idp.hospital.org/.well-known/openid-configuration"}}
+
+
+def with_identity_provider(db_path, secrets: dict, user: dict | None = None) -> AppTest:
+    """A first run with `secrets` as secrets.toml and `user` as what the identity provider said."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.secrets.update(secrets)
+    if user is not None:
+        at.user = user
+    at.run()
+    assert not at.exception
+    return at
+
+
+def sign_in_buttons(at: AppTest) -> list[str]:
+    return [b.label for b in at.button if b.label.startswith("Sign in with")]
+
+
+def test_the_sign_in_page_offers_the_identity_providers_secrets_toml_configures(app, db_path):
+    make_review_db(db_path)
+    assert sign_in_buttons(app()) == [], "no [auth] section: access codes only"
+    assert sign_in_buttons(with_identity_provider(db_path, {"auth": AUTH})) == ["Sign in with Hospital"]
+    unnamed = {k: v for k, v in AUTH.items() if k != "Hospital"} | AUTH["Hospital"]
+    assert sign_in_buttons(with_identity_provider(db_path, {"auth": unnamed})) == ["Sign in with single sign-on"]
+    assert sign_in_buttons(with_identity_provider(db_path, {"rocore": {"identity_claim": "upn"}})) == []
+
+
+def test_an_identity_provider_sign_in_maps_to_an_existing_account_once(app, db_path):
+    info = make_review_db(db_path)
+    secrets = {"auth": AUTH, "rocore": {"identity_claim": "preferred_username"}}
+    said = {"is_logged_in": True, "provider": "Hospital", "preferred_username": "ADA", "email": "a@hospital.org",
+            "iss": "https://idp.hospital.org", "sub": "1001", "iat": 1_800_000_000, "nonce": "abc"}
+    at = with_identity_provider(db_path, secrets, said)
+    assert at.title[0].value == "Review" and at.session_state["user"]["name"] == "ada"
+    assert at.session_state[COOKIE_CHANGE]["value"], "the browser keeps a session token, as after a code"
+    with opened(db_path) as conn:
+        row = conn.execute("SELECT reviewer_id, via, identity FROM sessions").fetchone()
+    assert (row["reviewer_id"], row["via"]) == (info["ids"]["ada"], "identity-provider") and row["identity"]
+
+    again = with_identity_provider(db_path, secrets, said)  # e.g. after signing out: the provider's sign-in is spent
+    assert again.title[0].value == "Sign in" and not again.error and "user" not in again.session_state
+    assert sign_in_buttons(again) == ["Sign in with Hospital"]
+
+    stranger = with_identity_provider(db_path, secrets, {**said, "preferred_username": "eve", "iat": 1_800_000_100})
+    assert stranger.title[0].value == "Sign in" and "user" not in stranger.session_state
+    assert stranger.error[0].value.startswith("No active account here is named 'eve'.")
+    with opened(db_path) as conn:
+        refused = conn.execute("SELECT detail FROM audit_log WHERE action = 'sign-in-refused'").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM reviewers WHERE name = 'eve'").fetchone()[0] == 0
+    assert json.loads(refused) == {"via": "identity-provider", "provider": "Hospital", "claim": "preferred_username",
+                                   "identity": "eve", "reason": "no-account"}

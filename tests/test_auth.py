@@ -323,3 +323,196 @@ def test_a_sign_out_the_app_makes_says_why(conn, admin):
     auth.sign_out(conn, admin.id, "web localhost", reason="idle")
     detail = conn.execute("SELECT detail FROM audit_log WHERE action = 'sign-out'").fetchone()[0]
     assert json.loads(detail) == {"reviewer_id": admin.id, "reason": "idle"}
+
+
+# Sessions a browser can resume (the `sessions` table): tokens, lifetime, ending them, identity providers.
+
+HOUR = 3600.0
+START = 1_800_000_000.0  # the clock of these tests: a fixed instant, moved by hand
+
+
+def ada_signed_in(conn, admin, lifetime_s=8 * HOUR):
+    """Ada, her access code, and the (session id, token) of a sign-in at START."""
+    _, code = auth.add_user(conn, "Ada", actor_id=admin.id)
+    user = auth.sign_in(conn, "Ada", code)
+    return user, code, auth.start_session(conn, user, lifetime_s=lifetime_s, client="web 10.0.0.1", now=START)
+
+
+def resume(conn, token, at, lifetime_s=8 * HOUR):
+    return auth.resume_session(conn, token, lifetime_s=lifetime_s, client="web 10.0.0.1", now=at)
+
+
+def refusal(conn, token, at, lifetime_s=8 * HOUR) -> str:
+    with pytest.raises(auth.SessionEnded) as refused:
+        resume(conn, token, at, lifetime_s)
+    return refused.value.reason
+
+
+def test_a_session_token_is_shown_once_and_stored_only_as_its_hash(conn, admin):
+    user, code, (session_id, token) = ada_signed_in(conn, admin)
+    assert len(token) >= 43 and token != code and code.replace("-", "") not in token
+    row = conn.execute("SELECT * FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+    assert row["token_hash"] == hashlib.sha256(token.encode()).digest()
+    assert (row["reviewer_id"], row["via"], row["client"], row["ended_at"]) == (user.id, "code", "web 10.0.0.1", None)
+    assert (row["created_at"], row["expires_at"]) == (audit_log.timestamp(START), audit_log.timestamp(START + 8 * HOUR))
+
+    assert resume(conn, token, START + HOUR) == (user, session_id)
+    assert conn.execute("SELECT last_seen_at FROM sessions").fetchone()[0] == audit_log.timestamp(START + HOUR)
+    dump = "\n".join(conn.iterdump())
+    assert token not in dump and hashlib.sha256(token.encode()).hexdigest() not in dump
+    rows = conn.execute("SELECT actor, action, detail, client FROM audit_log WHERE action LIKE '%session%'").fetchall()
+    assert [(r["actor"], r["action"]) for r in rows] == [("Ada", "start-session"), ("Ada", "resume-session")]
+    assert json.loads(rows[0]["detail"]) == {"reviewer_id": user.id, "session_id": session_id, "via": "code",
+                                             "remembered_until": audit_log.timestamp(START + 8 * HOUR)}
+    assert json.loads(rows[1]["detail"]) == {"reviewer_id": user.id, "session_id": session_id}
+
+
+def test_the_lifetime_comes_from_the_environment_and_a_bad_value_is_refused_by_name(conn, admin):
+    assert auth.session_lifetime_s({}) == auth.session_lifetime_s({"ROCORE_SESSION_HOURS": " "}) == 8 * HOUR
+    assert auth.session_lifetime_s({"ROCORE_SESSION_HOURS": "0.5"}) == HOUR / 2
+    assert auth.session_lifetime_s({"ROCORE_SESSION_HOURS": "0"}) == 0
+    for bad in ("eight", "-1", "nan", "inf", "1e6", "8h"):
+        with pytest.raises(auth.SessionSettingError, match=rf"^\$ROCORE_SESSION_HOURS must be the number of hours .* "
+                                                           rf"from 0 .* to 720, .*; it is '{bad}'\.$"):
+            auth.session_lifetime_s({"ROCORE_SESSION_HOURS": bad})
+    # 0: the session still has its row (open pages check it), but no token leaves the server.
+    user, _, (session_id, token) = ada_signed_in(conn, admin, lifetime_s=0)
+    assert token is None and session_id
+    assert conn.execute("SELECT expires_at = created_at FROM sessions").fetchone()[0] == 1
+
+
+def test_a_session_is_not_resumed_once_expired_or_ended(conn, admin):
+    user, _, (session_id, token) = ada_signed_in(conn, admin)
+    assert resume(conn, token, START + 7.9 * HOUR)[0] == user, "after hours without a click, within the lifetime"
+    assert refusal(conn, token, START + 8 * HOUR) == "expired"
+    assert refusal(conn, token, START + 2 * HOUR, lifetime_s=HOUR) == "expired", "a shorter setting holds at once"
+    assert refusal(conn, "not-a-token", START) == "unknown"
+    assert refusal(conn, token[:-1], START) == "unknown"
+
+    assert auth.sign_out(conn, user.id, "web 10.0.0.1", session_id=session_id, now=START + HOUR) is True
+    assert refusal(conn, token, START + HOUR) == "signed-out"
+    assert conn.execute("SELECT end_reason FROM sessions").fetchone()[0] == "sign-out"
+    refused = conn.execute("SELECT actor, entity_id, detail FROM audit_log WHERE action = 'resume-refused' "
+                           "ORDER BY audit_id").fetchall()
+    assert [(r["actor"], json.loads(r["detail"])["reason"]) for r in refused] == [
+        ("Ada", "expired"), ("Ada", "expired"), ("(unknown session)", "unknown"), ("(unknown session)", "unknown"),
+        ("Ada", "signed-out")]
+
+
+def test_an_administrator_a_code_reset_or_a_deactivation_ends_every_session(conn, admin):
+    user, _, (first, token) = ada_signed_in(conn, admin)
+    _, second = auth.start_session(conn, user, lifetime_s=8 * HOUR, now=START)
+    page = auth.new_session(user, START, first)
+    assert auth.session_user(conn, page, START)[0] == user
+    researcher, _ = auth.add_user(conn, "Rita", "researcher", actor_id=admin.id)
+    reviewer, _ = auth.add_user(conn, "Rex", actor_id=admin.id)
+    with pytest.raises(auth.AccessDenied):
+        auth.end_sessions(conn, "Ada", actor_id=reviewer.id)
+    with pytest.raises(auth.AccessDenied):
+        auth.end_sessions(conn, "Boss", actor_id=researcher.id)
+
+    assert auth.end_sessions(conn, "ada", actor_id=researcher.id, client="web") == 2
+    assert refusal(conn, token, START + HOUR) == refusal(conn, second, START + HOUR) == "revoked"
+    assert auth.session_user(conn, page, START + 60) == (None, "revoked"), "an open page, at its next click"
+    entry = conn.execute("SELECT actor, entity_id, detail FROM audit_log WHERE action = 'end-sessions'").fetchone()
+    assert (entry["actor"], entry["entity_id"], json.loads(entry["detail"])) == ("Rita", str(user.id),
+                                                                                 {"sessions_ended": 2})
+    assert auth.end_sessions(conn, "Ada", actor_id=None) == 0, "the command line may; nothing left to end"
+
+    _, token = auth.start_session(conn, user, lifetime_s=8 * HOUR, now=START)
+    auth.reset_code(conn, "Ada", actor_id=admin.id)
+    assert refusal(conn, token, START + HOUR) == "code-reset"
+    new = auth.user_by_name(conn, "Ada")
+    _, token = auth.start_session(conn, new, lifetime_s=8 * HOUR, now=START)
+    auth.set_active(conn, "Ada", False, actor_id=admin.id)
+    assert refusal(conn, token, START + HOUR) == "inactive"
+    details = [json.loads(r[0]) for r in conn.execute("SELECT detail FROM audit_log WHERE action IN "
+                                                      "('reset-code', 'deactivate') ORDER BY audit_id")]
+    assert details == [{"sessions_ended": 1}, {"sessions_ended": 1}]
+    assert dict(conn.execute("SELECT end_reason, count(*) FROM sessions GROUP BY end_reason").fetchall()) == {
+        "revoked": 2, "code-reset": 1, "inactive": 1}
+
+
+def test_a_session_started_with_an_older_code_is_not_resumed_even_if_not_ended(conn, admin):
+    """The credential check holds on its own, say for a row written while the code was being reset."""
+    user, _, (session_id, token) = ada_signed_in(conn, admin)
+    conn.execute("UPDATE sessions SET credential = 'older' WHERE session_id = ?", (session_id,))
+    conn.commit()
+    assert refusal(conn, token, START + 60) == "code-reset"
+    assert conn.execute("SELECT end_reason FROM sessions").fetchone()[0] == "code-reset"
+
+
+def test_an_idle_page_ends_the_session_only_when_no_other_tab_of_the_browser_is_in_use(conn, admin):
+    user, _, (session_id, token) = ada_signed_in(conn, admin)
+    auth.touch_session(conn, session_id, START + 30)
+    assert conn.execute("SELECT last_seen_at FROM sessions").fetchone()[0] == audit_log.timestamp(START), \
+        "a click within TOUCH_INTERVAL_S of the last one writes nothing"
+    auth.touch_session(conn, session_id, START + 600)  # another tab's click, ten minutes on
+    assert conn.execute("SELECT last_seen_at FROM sessions").fetchone()[0] == audit_log.timestamp(START + 600)
+
+    idle_at = START + auth.IDLE_TIMEOUT_S + 1  # the first tab's last click was at START
+    assert auth.sign_out(conn, user.id, reason="idle", session_id=session_id, now=idle_at) is False
+    assert resume(conn, token, idle_at)[0] == user, "the other tab's session lives on"
+    later = idle_at + auth.IDLE_TIMEOUT_S + 1
+    assert auth.sign_out(conn, user.id, reason="idle", session_id=session_id, now=later) is True
+    assert refusal(conn, token, later) == "idle"
+    assert conn.execute("SELECT end_reason FROM sessions").fetchone()[0] == "idle"
+
+
+def identity(email="Ada@Hospital.org", **claims) -> dict:
+    """The claims `st.user` holds after a sign-in with an identity provider."""
+    return {"is_logged_in": True, "email": email, "email_verified": True, "iss": "https://idp.hospital.org",
+            "sub": "248289761001", "iat": 1_800_000_000, "nonce": "n-0S6_WzA2Mj", "provider": "Hospital", **claims}
+
+
+def test_an_identity_provider_signs_in_an_existing_active_account_of_that_name_only(conn, admin):
+    auth.add_user(conn, "ada@hospital.org", actor_id=admin.id)
+    people = auth.list_users(conn)
+    user, fingerprint = auth.identity_sign_in(conn, identity(" ADA@hospital.org "), provider="Hospital",
+                                              client="web 10.0.0.1")
+    assert user.name == "ada@hospital.org" and user.role == "reviewer" and user.credential
+    assert auth.identity_sign_in(conn, identity(iat=1_800_000_001))[1] != fingerprint, "each sign-in its own"
+    entry = conn.execute("SELECT actor, entity_id, detail, client FROM audit_log WHERE action = 'sign-in'").fetchone()
+    assert (entry["actor"], entry["entity_id"], entry["client"]) == ("ada@hospital.org", "ada@hospital.org",
+                                                                     "web 10.0.0.1")
+    assert json.loads(entry["detail"]) == {"via": "identity-provider", "provider": "Hospital", "claim": "email",
+                                           "reviewer_id": user.id}
+
+    refusals = [
+        (identity("eve@hospital.org"), "email", "No active account here is named 'eve@hospital.org'", "no-account"),
+        (identity(email_verified=False), "email", "has not verified the email", "unverified"),
+        (identity(email=None), "email", "did not send your email", "no-claim"),
+        (identity(sub=None), "email", "lacks its subject or time", "incomplete"),
+        (identity(), "upn", "did not send your upn", "no-claim"),
+        (identity(upn="ada.lovelace"), "upn", "named 'ada.lovelace'", "no-account"),
+    ]
+    for claims, claim, message, reason in refusals:
+        with pytest.raises(auth.AuthError, match=message):
+            auth.identity_sign_in(conn, claims, claim=claim)
+    assert auth.identity_sign_in(conn, identity(upn="ada@hospital.org", email=None), claim="upn")[0] == user
+    auth.set_active(conn, "ada@hospital.org", False, actor_id=admin.id)
+    with pytest.raises(auth.AuthError, match="No active account here is named 'Ada@Hospital.org'"):
+        auth.identity_sign_in(conn, identity())
+    assert auth.list_users(conn) == [{**p, "active": 0} if p["name"] == "ada@hospital.org" else p for p in people], \
+        "no account is created or changed"
+    logged = [json.loads(r[0]) for r in conn.execute("SELECT detail FROM audit_log WHERE action = 'sign-in-refused' "
+                                                     "ORDER BY audit_id")]
+    assert [(d["reason"], d["identity"]) for d in logged] == [
+        ("no-account", "eve@hospital.org"), ("unverified", "Ada@Hospital.org"), ("no-claim", ""),
+        ("incomplete", "Ada@Hospital.org"), ("no-claim", ""), ("no-account", "ada.lovelace"),
+        ("no-account", "Ada@Hospital.org")]
+
+
+def test_an_identity_provider_sign_in_starts_one_session_only(conn, admin):
+    auth.add_user(conn, "ada@hospital.org", actor_id=admin.id)
+    user, fingerprint = auth.identity_sign_in(conn, identity())
+    session_id, token = auth.start_session(conn, user, lifetime_s=8 * HOUR, via="identity-provider",
+                                           identity=fingerprint, now=START)
+    assert resume(conn, token, START + 60) == (user, session_id)
+    auth.sign_out(conn, user.id, session_id=session_id, now=START + 120)
+    with pytest.raises(auth.IdentityUsed):  # the browser still holds the provider's sign-in: it is spent
+        auth.identity_sign_in(conn, identity())
+    with pytest.raises(auth.IdentityUsed):  # two pages racing with the same sign-in: one session
+        auth.start_session(conn, user, lifetime_s=8 * HOUR, via="identity-provider", identity=fingerprint)
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM audit_log WHERE action = 'sign-in'").fetchone()[0] == 1

@@ -36,7 +36,8 @@ def test_a_reviewer_rates_three_cases_in_chromium(server, browser, db_path):
 
 
 def rate_three_cases_and_come_back(page, url: str, info: dict) -> tuple[list[bytes], list[str]]:
-    """Sign in, rate cases 1-3, reload, resume at case 4, step back to case 3: what the server sent."""
+    """Sign in, rate cases 1-3, reload (still signed in), resume at case 4, step back to case 3: what the
+    server sent."""
     received: list[bytes] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: received.append(
         frame if isinstance(frame, bytes) else frame.encode())))
@@ -66,8 +67,7 @@ def rate_three_cases_and_come_back(page, url: str, info: dict) -> tuple[list[byt
     settle(page, "Case 4 of 8")
     html.append(page.content())
 
-    page.reload()  # a refresh starts a new session: sign in again, resume at the first unrated case
-    sign_in(page, url, "ada", info["codes"]["ada"])
+    page.reload()  # a refresh starts a new session, signed in from the session cookie, at the first unrated case
     settle(page, "Case 4 of 8")
     page.get_by_text("3 of 8 rated").wait_for(timeout=30_000)
     html.append(page.content())
@@ -98,7 +98,9 @@ def check_stored_and_blinded(db_path, info: dict, page, received: list[bytes], h
 @pytest.mark.fault
 def test_a_server_restart_mid_form_loses_no_rating_silently(db_path, tmp_path, browser):
     """The app restarts while a reviewer has a form filled in: nothing is stored that the reviewer was
-    not told was saved, the page says so, and the case is offered again after signing in."""
+    not told was saved, and the case is offered again, unrated, to the page that reconnects signed in
+    from its session cookie. Without remembered sign-ins the page asks for the code and says that only
+    a "Saved" message means a rating was stored."""
     info = make_review_db(db_path)
     port = free_port()
     context = browser.new_context()
@@ -111,18 +113,18 @@ def test_a_server_restart_mid_form_loses_no_rating_silently(db_path, tmp_path, b
         # While the server is down the page keeps the answers but cannot send them: Submit is disabled.
         expect(page.get_by_role("button", name="Submit")).to_be_disabled(timeout=30_000)
         with streamlit_server(db_path, tmp_path / "after.log", port) as url:
-            # The restarted server knows no session: the reconnected page asks for a sign-in and says
-            # that only a "Saved" message means a rating was stored.
-            page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
-            page.get_by_text("A rating is stored only once the page has said").wait_for(timeout=30_000)
-            assert "Saved case 1" not in page.inner_text("body")
-            assert store_intact(db_path)["ratings"] == 0
-            sign_in(page, url, "ada", info["codes"]["ada"])
+            # The restarted server knows no session: the reconnected page resumes the sign-in from its
+            # cookie and offers case 1 again, its form empty.
             settle(page, "Case 1 of 8")
             page.get_by_text("0 of 8 rated").wait_for(timeout=30_000)
+            assert "Saved case 1" not in page.inner_text("body")
+            assert store_intact(db_path)["ratings"] == 0
             fill_in_the_form(page)
             page.get_by_role("button", name="Submit").click()
             page.get_by_text("Saved case 1.").wait_for(timeout=30_000)
+        with streamlit_server(db_path, tmp_path / "off.log", port, env={"ROCORE_SESSION_HOURS": "0"}):
+            page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+            page.get_by_text("A rating is stored only once the page has said").wait_for(timeout=30_000)
     context.close()
     assert store_intact(db_path)["ratings"] == 1
 

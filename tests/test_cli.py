@@ -327,3 +327,24 @@ def test_study_add_reviewer_reassign_and_close(tmp_path):
         "study reassign needs --name and --from\n")
     unknown = rocore("study", "add-reviewer", "--name", "Nope", "--reviewer", "cleo", "--db", db)
     assert unknown.returncode == 1 and unknown.stderr == "There is no study named 'Nope'.\n"
+
+
+def test_reviewer_end_sessions_ends_every_sign_in_session_of_a_person(tmp_path):
+    from rocore.review import auth
+
+    db = tmp_path / "r.db"
+    with opened(db) as conn:
+        ada, _ = auth.add_user(conn, "Ada", actor_id=None)
+        for _ in range(2):
+            auth.start_session(conn, ada, lifetime_s=3600)
+    done = rocore("reviewer", "end-sessions", "ada", "--db", db)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ended 2 sign-in session(s) of 'ada':")
+    with opened(db) as conn:
+        ended = [tuple(r) for r in conn.execute("SELECT end_reason, count(*) FROM sessions GROUP BY 1")]
+        actor, detail, client = conn.execute("SELECT actor, detail, client FROM audit_log "
+                                             "WHERE action = 'end-sessions'").fetchone()
+    assert ended == [("revoked", 2)]
+    assert (actor, json.loads(detail), client) == (f"cli:{getpass.getuser()}", {"sessions_ended": 2}, "cli")
+    unknown = rocore("reviewer", "end-sessions", "Nobody", "--db", db)
+    assert (unknown.returncode, unknown.stderr) == (1, "No one is named 'Nobody'.\n")

@@ -305,6 +305,10 @@ def _populate(conn):
             conn.execute("INSERT INTO practice_assignments (study_id, reviewer_id, case_id, position, run_a_id, "
                          "run_b_id) VALUES (1, 1, 'P1', 1, 1, 2)")
             conn.execute("INSERT INTO practice_ratings (practice_id, answers, reviewer_id) VALUES (1, '{}', 1)")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchone():  # version 7 on
+            conn.execute("INSERT INTO sessions (token_hash, reviewer_id, credential, via, created_at, expires_at, "
+                         "last_seen_at) VALUES (zeroblob(32), 1, 'c', 'code', '2026-01-01T08:00:00.000Z', "
+                         "'2026-01-01T16:00:00.000Z', '2026-01-01T08:00:00.000Z')")
 
 
 def _columns(conn):

@@ -206,7 +206,7 @@ def test_a_database_at_schema_version_1_gets_the_columns_and_keeps_its_rows(spli
         with transaction(conn):
             for newer in ("VIEW current_ratings", "TRIGGER ratings_closed_study", "TRIGGER assignments_rated_fixed",
                           "VIEW current_adjudications", "TABLE adjudications", "TABLE practice_ratings",
-                          "TABLE practice_assignments"):
+                          "TABLE practice_assignments", "TABLE sessions"):
                 conn.execute(f"DROP {newer}")
             for table in ("training_runs", "studies", "ratings"):
                 version_2 = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\n\);",

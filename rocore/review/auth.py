@@ -12,6 +12,14 @@ and checks the role here, so a page that forgets a check still cannot do more th
 A browser session keeps the credential it signed in with and the time of its last click, and is
 re-checked against the store on every run (`session_user`): a deactivation or a code reset ends it,
 and so does IDLE_TIMEOUT_S without a click.
+
+Every sign-in is also a row of `sessions` (`start_session`), so that a refresh or a reopened tab need
+not ask for the code again: the browser keeps a random token (never the code) and `resume_session`
+signs it in again until the session expires ($ROCORE_SESSION_HOURS after the sign-in) or is ended for
+good: by its sign-out, by an administrator (`end_sessions`), by a code reset or a deactivation, or by
+an open page left idle. The store keeps only the token's SHA-256, and the audit log never holds it.
+An identity provider's sign-in (OpenID Connect) maps to an existing active account of that name
+(`identity_sign_in`); it never creates one.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import getpass
 import hashlib
 import hmac
 import json
+import math
+import os
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,6 +63,16 @@ CLIENT_BASE_DELAY_S, CLIENT_MAX_DELAY_S = 2.0, 300.0
 
 IDLE_TIMEOUT_S = 30 * 60  # a browser session with no click for this long is signed out
 
+# How long a browser may resume a sign-in without the code: $ROCORE_SESSION_HOURS, default 8 (a working
+# day); 0 turns remembered sign-ins off (a refresh asks for the code, as every new page did before).
+SESSION_HOURS_ENV = "ROCORE_SESSION_HOURS"
+DEFAULT_SESSION_HOURS = 8.0
+MAX_SESSION_HOURS = 30 * 24
+SESSION_TOKEN_BYTES = 32
+# A click records itself in `sessions.last_seen_at` at most this often: one write a minute per reviewer,
+# not one per click, is enough to tell a browser whose other tab is still in use from an idle one.
+TOUCH_INTERVAL_S = 60
+
 _DUMMY_SALT = b"\0" * SALT_BYTES
 
 
@@ -72,6 +93,26 @@ class SignInThrottled(AuthError):
 
 class AccessDenied(AuthError):
     pass
+
+
+class SessionEnded(AuthError):
+    """A browser's session token signs no one in; `reason` is a key of SESSION_ENDED, or 'unknown'."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(SESSION_ENDED.get(reason, "Sign in with your access code."))
+
+
+class IdentityUsed(AuthError):
+    """An identity provider's sign-in that has already started a session: it starts one only, so that a
+    sign-out, an expiry or a revocation is not undone by the identity cookie the browser still holds."""
+
+    def __init__(self) -> None:
+        super().__init__("This sign-in with the identity provider has been used: sign in again.")
+
+
+class SessionSettingError(ValueError):
+    """$ROCORE_SESSION_HOURS holds something other than a number of hours the app accepts."""
 
 
 @dataclass(frozen=True)
@@ -141,18 +182,25 @@ def active_user(conn: sqlite3.Connection, user_id: int) -> User | None:
     return _user(row) if row else None
 
 
-def new_session(user: User, now: float) -> dict:
-    """What a browser session keeps of a sign-in: who, the credential they signed in with, and the
-    time (epoch seconds) of their last click."""
-    return {**user.as_session(), "credential": user.credential, "active_at": now}
+def new_session(user: User, now: float, session_id: int | None = None) -> dict:
+    """What a browser session keeps of a sign-in: who, the credential they signed in with, the time
+    (epoch seconds) of their last click, and its row of `sessions` (`start_session`; None for one made
+    without, which only the checks on the user hold)."""
+    return {**user.as_session(), "credential": user.credential, "active_at": now, "session": session_id}
 
 
-# Why `session_user` ended a session, as the sign-in form says it.
+# Why a session ended, as the sign-in form says it.
 SESSION_ENDED = {
     "inactive": "This account is no longer active.",
     "code-reset": "Your access code was changed: sign in with the new one.",
     "idle": f"You were signed out after {IDLE_TIMEOUT_S // 60} minutes without activity.",
+    "revoked": "An administrator ended your sign-in: sign in again.",
+    "signed-out": "You signed out in this browser (in this tab or another).",
+    "expired": "Your sign-in has expired: sign in again.",
 }
+# `sessions.end_reason` -> the key of SESSION_ENDED a page of that session says.
+_ENDED_BY = {"sign-out": "signed-out", "revoked": "revoked", "code-reset": "code-reset",
+             "inactive": "inactive", "idle": "idle"}
 
 
 def session_user(conn: sqlite3.Connection, session: dict, now: float) -> tuple[User | None, str]:
@@ -160,17 +208,160 @@ def session_user(conn: sqlite3.Connection, session: dict, now: float) -> tuple[U
     once it has ended.
 
     It ends when the account is deactivated or gone, when its code was reset since this session
-    signed in (the credential differs), or after IDLE_TIMEOUT_S without a click (`active_at`). A
-    session without those keys ends too: it was not made by `new_session`.
+    signed in (the credential differs), when its row of `sessions` was ended (a sign-out in another tab
+    of the browser, an administrator), or after IDLE_TIMEOUT_S without a click (`active_at`). A session
+    without those keys ends too: it was not made by `new_session`. Its row's expiry does not end it:
+    that only stops new pages resuming it, so no one is signed out in the middle of a rating.
     """
     user = active_user(conn, session["id"])
     if user is None:
         return None, "inactive"
     if not hmac.compare_digest(str(session.get("credential", "")), user.credential):
         return None, "code-reset"
+    if session.get("session") is not None:
+        row = conn.execute("SELECT end_reason FROM sessions WHERE session_id = ?",
+                           (session["session"],)).fetchone()
+        if row is None or row["end_reason"] is not None:
+            return None, _ENDED_BY[row["end_reason"]] if row else "revoked"
     if now - float(session.get("active_at", float("-inf"))) > IDLE_TIMEOUT_S:
         return None, "idle"
     return user, ""
+
+
+def session_lifetime_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds a browser may resume a sign-in: $ROCORE_SESSION_HOURS hours (unset or empty: 8; 0: not
+    at all). Anything but a number from 0 to MAX_SESSION_HOURS is refused, naming the variable."""
+    text = environ.get(SESSION_HOURS_ENV, "").strip()
+    if not text:
+        return DEFAULT_SESSION_HOURS * 3600
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not 0 <= hours <= MAX_SESSION_HOURS:  # NaN fails too
+        raise SessionSettingError(
+            f"${SESSION_HOURS_ENV} must be the number of hours a browser stays signed in, from 0 (a refresh "
+            f"asks for the access code again) to {MAX_SESSION_HOURS}, such as 8 or 0.5; it is {text!r}.")
+    return hours * 3600
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def start_session(conn: sqlite3.Connection, user: User, *, lifetime_s: float, client: str | None = None,
+                  via: str = "code", identity: str | None = None,
+                  now: float | None = None) -> tuple[int, str | None]:
+    """(session id, token) of a new sign-in session of `user`, who has just proved who they are.
+
+    The token is returned here only, and only when `lifetime_s` > 0 (remembered sign-ins are on): the
+    browser keeps it to resume the session until `lifetime_s` from now. The row holds its SHA-256 and
+    the credential `user` signed in with. `identity` (`identity_sign_in`) starts one session only:
+    used again, it is refused with IdentityUsed.
+    """
+    now = audit_log.now() if now is None else now
+    token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
+    at, expires = audit_log.timestamp(now), audit_log.timestamp(now + lifetime_s)
+    with transaction(conn):
+        if active_user(conn, user.id) is None:
+            raise AuthError(SESSION_ENDED["inactive"])
+        try:
+            session_id = conn.execute(
+                "INSERT INTO sessions (token_hash, reviewer_id, credential, via, identity, created_at, "
+                "expires_at, last_seen_at, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (_token_hash(token), user.id, user.credential, via, identity, at, expires, at, client),
+            ).lastrowid
+        except sqlite3.IntegrityError:
+            if identity is not None and conn.execute("SELECT 1 FROM sessions WHERE identity = ?",
+                                                     (identity,)).fetchone():
+                raise IdentityUsed() from None
+            raise
+        audit(conn, user.name, "start-session", "sign-in", user.name.casefold(),
+              {"reviewer_id": user.id, "session_id": session_id, "via": via,
+               "remembered_until": expires if lifetime_s > 0 else None}, client)
+    return session_id, token if lifetime_s > 0 else None
+
+
+def resume_session(conn: sqlite3.Connection, token: str, *, lifetime_s: float, client: str | None = None,
+                   now: float | None = None) -> tuple[User, int]:
+    """(user, session id) of the session a browser's token names, signed in again as at sign-in.
+
+    Refused with SessionEnded (its `reason`) when no session has this token ('unknown'), when it was
+    ended, when it expired (at its own expiry, or `lifetime_s` after it started, so that a shorter
+    $ROCORE_SESSION_HOURS holds for sessions started before), or when its user is now deactivated or
+    has a new code, which also ends it. Resumed or refused, it is in the audit log, by session id,
+    never by token.
+
+    A session unused for longer than IDLE_TIMEOUT_S is resumed within its lifetime: the idle rule is
+    for an open, unattended page, whose idle sign-out ends the session (unless another tab of the
+    browser is in use); a page opened again was closed, not left showing patient data.
+    """
+    now = audit_log.now() if now is None else now
+    at, started_by = audit_log.timestamp(now), audit_log.timestamp(now - lifetime_s)
+    with transaction(conn):
+        row = conn.execute("SELECT s.*, r.name FROM sessions s JOIN reviewers r USING (reviewer_id) "
+                           "WHERE s.token_hash = ?", (_token_hash(token),)).fetchone()
+        if row is None:
+            audit(conn, "(unknown session)", "resume-refused", "sign-in", None, {"reason": "unknown"}, client)
+            refused = "unknown"
+        else:
+            user = active_user(conn, row["reviewer_id"])
+            if row["end_reason"] is not None:
+                refused = _ENDED_BY[row["end_reason"]]
+            elif user is None:
+                refused = "inactive"
+            elif not hmac.compare_digest(row["credential"], user.credential):
+                refused = "code-reset"
+            elif row["expires_at"] <= at or row["created_at"] <= started_by:
+                refused = "expired"
+            else:
+                refused = ""
+            if refused in ("inactive", "code-reset") and row["end_reason"] is None:
+                _end(conn, "session_id = ?", (row["session_id"],), refused, now)
+            detail = {"reviewer_id": row["reviewer_id"], "session_id": row["session_id"]}
+            if refused:
+                audit(conn, row["name"], "resume-refused", "sign-in", row["name"].casefold(),
+                      {**detail, "reason": refused}, client)
+            else:
+                conn.execute("UPDATE sessions SET last_seen_at = ? WHERE session_id = ?",
+                             (at, row["session_id"]))
+                audit(conn, user.name, "resume-session", "sign-in", user.name.casefold(), detail, client)
+    if refused:
+        raise SessionEnded(refused)
+    return user, row["session_id"]
+
+
+def touch_session(conn: sqlite3.Connection, session_id: int | None, now: float) -> None:
+    """Records a click in the session's `last_seen_at`, at most once every TOUCH_INTERVAL_S (a read
+    otherwise, no write)."""
+    if session_id is None:
+        return
+    stale = audit_log.timestamp(now - TOUCH_INTERVAL_S)
+    row = conn.execute("SELECT 1 FROM sessions WHERE session_id = ? AND ended_at IS NULL "
+                       "AND last_seen_at < ?", (session_id, stale)).fetchone()
+    if row:
+        with transaction(conn):
+            conn.execute("UPDATE sessions SET last_seen_at = ? WHERE session_id = ? AND ended_at IS NULL",
+                         (audit_log.timestamp(now), session_id))
+
+
+def _end(conn: sqlite3.Connection, where: str, params: tuple, reason: str, now: float | None = None) -> int:
+    """Ends the sessions not yet ended that `where` selects; how many. Inside a transaction."""
+    at = audit_log.timestamp(audit_log.now() if now is None else now)
+    return conn.execute("UPDATE sessions SET ended_at = ?, end_reason = ? "
+                        f"WHERE ended_at IS NULL AND {where}", (at, reason, *params)).rowcount
+
+
+def end_sessions(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
+                 client: str | None = None) -> int:
+    """Ends every session of `name` now (how many): their open pages are signed out at the next click
+    and their browsers' tokens resume nothing. Only admins end an admin's sessions."""
+    with transaction(conn):
+        target = user_by_name(conn, name)
+        actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
+        ended = _end(conn, "reviewer_id = ?", (target.id,), "revoked")
+        audit(conn, actor, "end-sessions", "reviewers", target.id, {"sessions_ended": ended}, client)
+    return ended
 
 
 def require_role(conn: sqlite3.Connection, actor_id: int | None, roles=STAFF_ROLES) -> str:
@@ -247,7 +438,7 @@ def reset_code(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
 
     The code hash is the one column of `reviewers` that changes after creation; the audit log keeps
     the fact that it changed. The new salt also ends every browser session signed in with the old
-    code, at its next run (`session_user`).
+    code, at its next run (`session_user`), and their rows of `sessions` end now.
     """
     code = new_access_code()
     code_hash, salt = hash_code(code)
@@ -256,20 +447,26 @@ def reset_code(conn: sqlite3.Connection, name: str, *, actor_id: int | None,
         actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
         conn.execute("UPDATE reviewers SET code_hash = ?, code_salt = ? WHERE reviewer_id = ?",
                      (code_hash, salt, target.id))
-        audit(conn, actor, "reset-code", "reviewers", target.id, {}, client)
+        ended = _end(conn, "reviewer_id = ?", (target.id,), "code-reset")
+        audit(conn, actor, "reset-code", "reviewers", target.id, {"sessions_ended": ended}, client)
     return code
 
 
 def set_active(conn: sqlite3.Connection, name: str, active: bool, *, actor_id: int | None,
                client: str | None = None) -> User:
-    """Deactivate (sign-in refused, ratings kept) or reactivate someone; no one deactivates themself."""
+    """Deactivate (sign-in refused, sessions ended, ratings kept) or reactivate someone; no one
+    deactivates themself."""
     with transaction(conn):
         target = user_by_name(conn, name)
         actor = require_role(conn, actor_id, ("admin",) if target.role == "admin" else STAFF_ROLES)
         if not active and target.id == actor_id:
             raise AuthError("You cannot deactivate yourself.")
         conn.execute("UPDATE reviewers SET active = ? WHERE reviewer_id = ?", (int(active), target.id))
-        audit(conn, actor, "activate" if active else "deactivate", "reviewers", target.id, {}, client)
+        if active:
+            audit(conn, actor, "activate", "reviewers", target.id, {}, client)
+        else:
+            ended = _end(conn, "reviewer_id = ?", (target.id,), "inactive")
+            audit(conn, actor, "deactivate", "reviewers", target.id, {"sessions_ended": ended}, client)
     return target
 
 
@@ -428,13 +625,79 @@ def locked_out(conn: sqlite3.Connection, *, actor_id: int | None, now: float | N
             for kind, key, streak, retry in listed]
 
 
-def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None, reason: str | None = None) -> None:
-    """Logs a sign-out; `reason` (a key of SESSION_ENDED) marks one the app made, not the user."""
-    user = active_user(conn, user_id)
-    if user is not None:
-        detail = {"reviewer_id": user.id, **({"reason": reason} if reason else {})}
-        with transaction(conn):
+def sign_out(conn: sqlite3.Connection, user_id: int, client: str | None = None, reason: str | None = None, *,
+             session_id: int | None = None, now: float | None = None) -> bool:
+    """Logs a sign-out and ends its session (`session_id`); `reason` (a key of SESSION_ENDED) marks
+    one the app made, not the user. True when the session has ended, so its token is worth nothing.
+
+    An idle page (reason 'idle') leaves the session alive while another tab of the same browser has
+    been in use within IDLE_TIMEOUT_S (`touch_session`): only that page is signed out.
+    """
+    now = audit_log.now() if now is None else now
+    ended = True
+    with transaction(conn):
+        if session_id is not None:
+            row = conn.execute("SELECT ended_at, last_seen_at FROM sessions WHERE session_id = ?",
+                               (session_id,)).fetchone()
+            if row is not None and row["ended_at"] is None:
+                if reason == "idle" and row["last_seen_at"] > audit_log.timestamp(now - IDLE_TIMEOUT_S):
+                    ended = False
+                else:
+                    _end(conn, "session_id = ?", (session_id,),
+                         reason if reason in ("idle", "code-reset", "inactive") else "sign-out", now)
+        user = active_user(conn, user_id)
+        if user is not None:
+            detail = {"reviewer_id": user.id, **({"reason": reason} if reason else {}),
+                      **({"session_id": session_id} if session_id is not None else {})}
             audit(conn, user.name, "sign-out", "sign-in", user.name.casefold(), detail, client)
+    return ended
+
+
+def identity_sign_in(conn: sqlite3.Connection, claims: Mapping, *, claim: str = "email",
+                     provider: str | None = None, client: str | None = None) -> tuple[User, str]:
+    """(user, identity fingerprint) for the claims of an identity provider's sign-in (`st.user`).
+
+    The claim `claim` (the email by default) must name an existing active account exactly, ignoring
+    case and spaces around it; no account is ever created, and an email the provider marks unverified
+    is refused. The fingerprint (of issuer, subject, issue time and nonce) goes to `start_session`,
+    which lets it start one session only: the provider's sign-in stays in the browser for days, and it
+    must not undo a sign-out or a revocation. Every outcome is in the audit log ('sign-in' with
+    `"via": "identity-provider"`, or 'sign-in-refused' with the identity and why), except an identity
+    already used, which is refused with IdentityUsed and not logged again.
+    """
+    detail = {"via": "identity-provider", "provider": provider or "default", "claim": claim}
+    value = claims.get(claim)
+    identity = " ".join(value.split()) if isinstance(value, str) else ""
+    token_id = [claims.get("iss"), claims.get("sub"), claims.get("iat"), claims.get("nonce")]
+    fingerprint = hashlib.sha256(json.dumps(token_id, default=str).encode()).hexdigest()
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM sessions WHERE identity = ?", (fingerprint,)).fetchone():
+            raise IdentityUsed()
+        match = next((row for row in conn.execute("SELECT * FROM reviewers WHERE active = 1")
+                      if identity and row["name"].casefold() == identity.casefold()), None)
+        if not identity:
+            why, message = "no-claim", (f"The identity provider did not send your {claim}: ask an "
+                                        "administrator.")
+        elif claims.get("sub") is None or claims.get("iat") is None:
+            why, message = "incomplete", ("The identity provider's answer lacks its subject or time: ask an "
+                                          "administrator.")
+        elif claim == "email" and claims.get("email_verified") is False:
+            why, message = "unverified", f"The identity provider has not verified the email {identity!r}."
+        elif match is None:
+            why, message = "no-account", (f"No active account here is named {identity!r}. Signing in with "
+                                          "the identity provider creates none: ask an administrator to add "
+                                          "you under that name.")
+        else:
+            why, message = "", ""
+        if why:
+            audit(conn, "(identity provider)", "sign-in-refused", "sign-in", None,
+                  {**detail, "identity": identity, "reason": why}, client)
+        else:
+            audit(conn, match["name"], "sign-in", "sign-in", match["name"].casefold(),
+                  {**detail, "reviewer_id": match["reviewer_id"]}, client)
+    if why:
+        raise AuthError(message)
+    return _user(match), fingerprint
 
 
 def audit_entries(conn: sqlite3.Connection, *, actor_id: int | None, limit: int = 500) -> list[dict]:
