@@ -7,8 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from app_pages.access import require_staff
+from rocore.evaluation import scales
 from rocore.generation import runs as generation
-from rocore.review import adjudication, auth, blinding
+from rocore.review import adjudication, auth, blinding, practice
 from rocore.review import studies as review
 from rocore.store.backup import last_backup
 from rocore.store.db import default_db_path, opened
@@ -106,6 +107,31 @@ def adjudicator_controls(study: dict, progress: list[dict], settled: dict) -> No
                      study_id=sid, reviewer_id=chosen)
 
 
+def practice_controls(study: dict, answered: dict) -> None:
+    """The study's practice cases: how far each reviewer got, or the choice of practice runs for a study without."""
+    sid = study["study_id"]
+    if study["practice_run_1_id"] is not None:
+        done = ", ".join(f"{active.get(r, {}).get('name', r)} {n} of {total}" for r, (n, total) in answered.items())
+        st.caption(f"Practice cases from runs {study['practice_run_1_id']} and {study['practice_run_2_id']}, shown "
+                   f"first and never counted; answered: {done or 'none yet'}.")
+        return
+    train = [r["run_id"] for r in runs if r["part"] == practice.PRACTICE_PART]
+    label_of = {r["run_id"]: r["label"] for r in runs}
+    if not train:
+        st.caption("Practice cases: generate the two models' outputs over the train part of the split first.")
+        return
+    first, second, count, go = st.columns(4)
+    chosen = (first.selectbox("Practice run for run 1", train, format_func=label_of.get, index=None,
+                              key=f"practice-{sid}-1"),
+              second.selectbox("Practice run for run 2", train, format_func=label_of.get, index=None,
+                               key=f"practice-{sid}-2"))
+    n = count.number_input("Practice cases", 1, 20, 3, key=f"practice-{sid}-n")
+    if go.button("Add practice cases", key=f"practice-{sid}-add", disabled=None in chosen,
+                 help="Every reviewer rates them first and then sees the reference answer; never counted."):
+        change_study(practice.add_practice_cases, lambda cases: f"'{study['name']}' has {len(cases)} practice cases.",
+                     study_id=sid, practice_runs=chosen, practice_n=int(n))
+
+
 with tab_studies:
     notice = st.session_state.pop("admin-notice", None)
     if notice:
@@ -160,6 +186,12 @@ with tab_studies:
                                            "which run each reviewer sees as A.")
             overlap = left.number_input("Reviewers per case", min_value=1, value=1, step=1)
             right.caption("Each output is rated Acceptable or Not acceptable; the form can also ask")
+            edit_level = right.checkbox(
+                "the edit level per output instead of yes/no", help=f"{', '.join(scales.EDIT.levels)}: "
+                f"{scales.EDIT_RULE}, so the paper's yes/no figures stay comparable.")
+            harm = right.checkbox("the potential harm if followed, and its likelihood",
+                                  help=f"Harm: {', '.join(scales.HARM.levels)}; likelihood (asked only with some "
+                                       f"harm): {', '.join(scales.LIKELIHOOD.levels)}.")
             likert = right.checkbox("a score from 1 to 5 per output")
             preference = right.checkbox("which of the two is preferred")
             comment = right.checkbox("a free-text comment", value=True)
@@ -171,7 +203,8 @@ with tab_studies:
                         conn, actor_id=user["id"], name=name, run_1_id=run_1, run_2_id=run_2,
                         reviewer_ids=reviewers, task=task, sample_n=int(sample_n) or None,
                         seed=None if seed is None else int(seed),
-                        overlap=int(overlap), form=review.Form(likert, preference, comment), client=client)
+                        overlap=int(overlap), form=review.Form(likert, preference, comment, edit_level, harm),
+                        client=client)
                 st.success(f"Created study '{' '.join(name.split())}' (id {study_id}).")
                 for advice in review.creation_advice(len(reviewers), int(overlap)):
                     st.info(advice)
@@ -202,16 +235,14 @@ with tab_studies:
                         column.caption(f"95% CI {ci[0]:.1%} to {ci[1]:.1%} (Wilson); share of all verdicts "
                                        f"{verdicts:.1%} (secondary)")
                 metrics[2].metric("Flagged unratable", summary["flagged"])
-                if summary["likert"] is not None:
-                    likert = summary["likert"]
-                    st.caption(f"1-5 scores, per-case means over {likert['n_cases']} cases: run 1 "
-                               f"{likert['base_mean']:.2f}, run 2 {likert['finetuned_mean']:.2f}; one-sided "
-                               f"Wilcoxon (run 2 > run 1) p = {likert['wilcoxon_p_one_sided']:.3g}")
+                for line in scales.summary_lines(summary["scales"], {1: "run 1", 2: "run 2"}):
+                    st.caption(line)
                 st.dataframe(pd.DataFrame(progress), hide_index=True)
                 given_away, check = blinding.describe(
                     blinding.study_blinding(conn, study["study_id"], actor_id=user["id"]))
                 (st.warning if given_away else st.caption)(check)
                 adjudicator_controls(study, progress, adjudication.counts(conn, study["study_id"]))
+                practice_controls(study, practice.practice_progress(conn, study["study_id"]))
                 if study["closed_at"]:
                     st.info(f"Closed on {review.closed_on(study['closed_at'])} by "
                             f"{study['closed_by_name'] or 'the command line'}: it takes no more ratings.")

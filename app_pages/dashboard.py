@@ -132,6 +132,10 @@ def show_reviews(reviews: dashboard.Reviews | None) -> None:
                    column_config={"share": st.column_config.NumberColumn(format="%.3f")})
         st.caption("Inter-rater agreement on acceptability, per model and pooled, with the items behind each")
         show_table(report.agreement_table(reviews.agreement))
+        for title, table in report.scale_tables(reviews.scales):
+            st.caption(title)
+            show_table(table, column_config={"fine-tuned share": st.column_config.NumberColumn(format="%.3f"),
+                                             "base share": st.column_config.NumberColumn(format="%.3f")})
     st.caption("Review progress per reviewer (whole study)")
     show_table(reviews.progress,
                column_config={"share rated": st.column_config.ProgressColumn(min_value=0, max_value=1)})

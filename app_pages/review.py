@@ -4,7 +4,10 @@ The page receives only what `rocore.review.studies.open_item` returns for the si
 the texts as "A" and "B", and the reviewer's own answers. It keeps the study id, the case position
 and widget values in the session, never which run is which. Without a chosen position it opens the
 first case without a rating, so a refresh, a new browser or a server restart resumes there.
-Keyboard: Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the previous and next case.
+Keyboard (a caption under the form lists the keys): digits 1-9 choose that option of the outlined
+question, Backspace moves the outline back one question, Esc leaves a text box (whose keys stay in it),
+Ctrl+Enter (Cmd+Enter on a Mac) submits, Alt+P and Alt+N go to the previous and next case
+(`app_pages.rating_keys`).
 Imported fields, model outputs and reviewers' own text are shown with `st.text`, never as Markdown:
 an import must not be able to put links, remote images or LaTeX on a reviewer's screen.
 
@@ -16,7 +19,9 @@ the case its form showed.
 
 import streamlit as st
 
-from rocore.review import adjudication, auth
+from app_pages.rating_keys import Question, rating_keys
+from rocore.evaluation import scales
+from rocore.review import adjudication, auth, practice
 from rocore.review import studies as review
 from rocore.store.db import default_db_path, opened
 
@@ -122,6 +127,67 @@ def box_height(*texts: str) -> int:
     return min(56 + LINE_PX * lines, MAX_BOX_PX)
 
 
+def index_of(options, value):
+    """The radio index of a stored answer, None (nothing chosen) without one."""
+    return options.index(value) if value in options else None
+
+
+def rating_form(label: str, text_a: str, text_b: str, asked: review.Form, current: review.Rating,
+                key: str) -> tuple[dict, bool]:
+    """The rating form of a case, both outputs side by side with the study's scales under each, and the
+    keys that answer it (app_pages.rating_keys); (answers as Rating fields, submitted)."""
+    answers: dict = {}
+    questions: list[Question] = []
+
+    def ask(scale: scales.Scale, side: str, only_if: tuple[str, tuple[int, ...]] | None = None) -> str:
+        question = scale.question.format(output=f"{label} {side.upper()}")
+        answers[f"{scale.key}_{side}"] = st.radio(
+            question, scale.values, format_func=scale.label, horizontal=True, key=f"{scale.key}-{side}-{key}",
+            index=index_of(scale.values, getattr(current, f"{scale.key}_{side}")))
+        questions.append(Question(question, only_if))
+        return question
+
+    with st.form(f"rate-{key}", border=False):
+        height = box_height(text_a, text_b)
+        for column, side, text in zip(st.columns(2), "ab", (text_a, text_b)):
+            with column:
+                with st.container(border=True, height=height):
+                    st.markdown(f"**{label} {side.upper()}**")
+                    st.text(text)
+                if asked.edit_level:
+                    ask(scales.EDIT, side)
+                else:
+                    question = f"Is {label} {side.upper()} clinically acceptable?"
+                    accepted = getattr(current, f"acceptable_{side}")
+                    answers[f"acceptable_{side}"] = st.radio(
+                        question, CHOICES, horizontal=True, key=f"acceptable-{side}-{key}",
+                        index=None if accepted is None else int(not accepted))
+                    questions.append(Question(question))
+                if asked.harm:
+                    harm = ask(scales.HARM, side)
+                    ask(scales.LIKELIHOOD, side, only_if=(harm, tuple(
+                        i for i, value in enumerate(scales.HARM.values) if value != scales.NO_HARM)))
+                if asked.likert:
+                    ask(scales.LIKERT, side)
+        if asked.preference:
+            names = {"A": f"{label} A", "B": f"{label} B", "none": "No preference"}
+            answers["preference"] = st.radio(
+                "Which do you prefer?", review.PREFERENCES, format_func=names.get, horizontal=True,
+                index=index_of(review.PREFERENCES, current.preference), key=f"preference-{key}")
+            questions.append(Question("Which do you prefer?"))
+        if asked.comment:
+            answers["comment"] = st.text_area("Comment (optional)", value=current.comment or "",
+                                              max_chars=review.MAX_COMMENT, key=f"comment-{key}")
+        submitted = st.form_submit_button("Submit", type="primary", shortcut="Ctrl+Enter", key=f"submit-{key}",
+                                          help="Store this rating and show the next case (Ctrl+Enter)")
+    rating_keys(questions, case=key)
+    choice = {"Acceptable": True, "Not acceptable": False}
+    for side in "ab":
+        if f"acceptable_{side}" in answers:
+            answers[f"acceptable_{side}"] = choice.get(answers[f"acceptable_{side}"])
+    return answers, submitted
+
+
 if adjudicating:
     work = st.radio("Work", ("Rate cases", "Adjudicate"), horizontal=True, key="review-work") if studies else None
     if work != "Rate cases":
@@ -169,6 +235,62 @@ if closed_at:
     my_counts()
     st.stop()
 
+
+
+def answers_text(rating: review.Rating, label: str) -> str:
+    """The reviewer's own answers in words, for the practice reveal."""
+    parts = []
+    for side in "ab":
+        words = [f"{scale.name.lower()}: {scale.label(getattr(rating, f'{scale.key}_{side}')).lower()}"
+                 for scale in scales.SCALES.values() if getattr(rating, f"{scale.key}_{side}") is not None]
+        verdict = "acceptable" if getattr(rating, f"acceptable_{side}") else "not acceptable"
+        parts.append(f"{label} {side.upper()}: {', '.join([verdict, *words])}")
+    if rating.preference:
+        parts.append(f"preferred: {rating.preference if rating.preference != 'none' else 'neither'}")
+    return "\n".join(parts)
+
+
+def practise(trial: practice.PracticeItem) -> None:
+    """One practice case: the rating form, then the reviewer's answers beside the reference answer."""
+    st.subheader(f"Practice case {trial.position} of {trial.total}")
+    st.info("Practice: your answers here are stored but never counted in any result. Once you submit, the "
+            "reference answer from the case record is shown, to calibrate before the study's own cases.")
+    show_patient(trial.patient)
+    if trial.rating is None:
+        answers, submitted = rating_form(trial.label, trial.text_a, trial.text_b, trial.form, review.Rating(),
+                                         f"practice-{trial.practice_id}")
+        if submitted:
+            try:
+                with opened(DB) as conn:
+                    practice.submit_practice(conn, user["id"], trial.practice_id, review.Rating(**answers), client)
+            except (review.ReviewError, auth.AccessDenied) as exc:
+                st.error(str(exc))
+            else:
+                st.session_state["practice-shown"] = trial.practice_id
+                st.rerun()
+        return
+    height = box_height(trial.text_a, trial.text_b)
+    for column, side, text in zip(st.columns(2), "ab", (trial.text_a, trial.text_b)):
+        with column, st.container(border=True, height=height):
+            st.markdown(f"**{trial.label} {side.upper()}**")
+            st.text(text)
+    st.markdown("**Your answers**")
+    st.text(answers_text(trial.rating, trial.label))
+    st.markdown(f"**Reference {trial.label.lower()}** (from the case record)")
+    with st.container(border=True):
+        st.text(trial.reference)
+    if st.button("Continue", type="primary", shortcut="Ctrl+Enter", key=f"practice-continue-{trial.practice_id}",
+                 help="Go on to the next case (Ctrl+Enter)"):
+        st.session_state.pop("practice-shown", None)
+        st.rerun()
+
+
+with opened(DB) as conn:
+    trial = practice.open_practice(conn, user["id"], study_id, st.session_state.get("practice-shown"))
+if trial is not None:
+    practise(trial)
+    st.stop()
+
 shown = (st.session_state.get("review-assignment"), st.session_state.get("review-revision"))
 try:
     with opened(DB) as conn:
@@ -204,42 +326,9 @@ elif item.revision:
                "the earlier rating is kept.")
 
 key = f"{item.assignment_id}-{item.revision}"
-asked = item.form
 
 
-def index_of(options, value):
-    """The radio index of a stored answer, None (nothing chosen) without one."""
-    return options.index(value) if value in options else None
-
-
-with st.form(f"rate-{key}", border=False):
-    columns = st.columns(2)
-    answers = {}
-    height = box_height(item.text_a, item.text_b)
-    for column, side, text in ((columns[0], "a", item.text_a), (columns[1], "b", item.text_b)):
-        with column:
-            with st.container(border=True, height=height):
-                st.markdown(f"**{item.label} {side.upper()}**")
-                st.text(text)
-            accepted = getattr(current, f"acceptable_{side}")
-            answers[f"acceptable_{side}"] = st.radio(
-                f"Is {item.label} {side.upper()} clinically acceptable?", CHOICES, horizontal=True,
-                key=f"acceptable-{side}-{key}", index=None if accepted is None else int(not accepted))
-            if asked.likert:
-                answers[f"likert_{side}"] = st.radio(
-                    f"Score of {item.label} {side.upper()} (1 poor, 5 excellent)", review.LIKERT,
-                    horizontal=True, key=f"likert-{side}-{key}",
-                    index=index_of(review.LIKERT, getattr(current, f"likert_{side}")))
-    if asked.preference:
-        names = {"A": f"{item.label} A", "B": f"{item.label} B", "none": "No preference"}
-        answers["preference"] = st.radio(
-            "Which do you prefer?", review.PREFERENCES, format_func=names.get, horizontal=True,
-            index=index_of(review.PREFERENCES, current.preference), key=f"preference-{key}")
-    if asked.comment:
-        answers["comment"] = st.text_area("Comment (optional)", value=current.comment or "",
-                                          max_chars=review.MAX_COMMENT, key=f"comment-{key}")
-    submitted = st.form_submit_button("Submit", type="primary", shortcut="Ctrl+Enter", key=f"submit-{key}",
-                                      help="Store this rating and show the next case (Ctrl+Enter)")
+answers, submitted = rating_form(item.label, item.text_a, item.text_b, item.form, current, key)
 
 with st.expander("This case cannot be rated"), st.form(f"flag-{key}", border=False):
     reason = st.text_input("Reason", max_chars=review.MAX_REASON, key=f"reason-{key}",
@@ -277,8 +366,6 @@ def save(rating: review.Rating) -> None:
 
 
 if submitted:
-    choice = {"Acceptable": True, "Not acceptable": False}
-    save(review.Rating(**{**answers, "acceptable_a": choice.get(answers["acceptable_a"]),
-                          "acceptable_b": choice.get(answers["acceptable_b"])}))
+    save(review.Rating(**answers))
 if flagged:
     save(review.Rating(unratable_reason=reason))

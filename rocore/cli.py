@@ -378,12 +378,14 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     if args.action == "plan":
         return cmd_study_plan(args)
-    from rocore.review import adjudication
+    from rocore.review import adjudication, practice
+    from rocore.evaluation.scales import summary_lines
 
     needs = {"show": {"--name": args.name}, "close": {"--name": args.name},
              "add-reviewer": {"--name": args.name, "--reviewer": args.reviewer},
              "adjudicator": {"--name": args.name, "--reviewer": args.reviewer},
-             "reassign": {"--name": args.name, "--from": args.from_reviewer}}.get(args.action, {})
+             "reassign": {"--name": args.name, "--from": args.from_reviewer},
+             "practice": {"--name": args.name, "--runs": args.runs, "--practice": args.practice}}.get(args.action, {})
     if not all(needs.values()):
         print(f"study {args.action} needs {' and '.join(needs)}", file=sys.stderr)
         return 2
@@ -407,6 +409,11 @@ def cmd_study(args: argparse.Namespace) -> int:
                         if moved["left"] else "")
                 print(f"reassigned {moved['moved']} unrated cases of '{moved['from']}' in study '{args.name}' to "
                       f"{_counted(moved['to'])}{left}")
+            elif args.action == "practice":
+                cases = practice.add_practice_cases(conn, actor_id=None, study_id=study_id_by_name(conn, args.name),
+                                                    practice_runs=args.runs, practice_n=args.practice, client="cli")
+                print(f"study '{args.name}': {len(cases)} practice cases from runs {args.runs[0]} and {args.runs[1]}, "
+                      "shown first to every reviewer and never counted")
             elif args.action == "close":
                 closed = close_study(conn, actor_id=None, study_id=study_id_by_name(conn, args.name), client="cli")
                 print(f"closed study '{args.name}' on {closed_on(closed['closed_at'])}: {closed['n_rated']} of "
@@ -419,7 +426,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                 study_id = create_study(conn, actor_id=None, name=args.name, run_1_id=args.runs[0],
                                         run_2_id=args.runs[1], reviewer_ids=ids, task=args.task,
                                         sample_n=args.sample, seed=args.seed, overlap=args.overlap,
-                                        form=Form(args.likert, args.preference, args.comment), client="cli")
+                                        form=Form(args.likert, args.preference, args.comment, args.edit_level, args.harm),
+                                        client="cli")
                 study = next(s for s in list_studies(conn, actor_id=None) if s["study_id"] == study_id)
                 print(f"created study '{study['name']}' (id {study_id}, seed {study['seed']}): "
                       f"{study['n_cases']} cases, {study['n_assignments']} assignments")
@@ -438,9 +446,8 @@ def cmd_study(args: argparse.Namespace) -> int:
                 settled = adjudication.counts(conn, study_id)
                 print(f"adjudication ({settled['adjudicator'] or 'no adjudicator named'}): {settled['disagreeing']} "
                       f"cases with raters disagreeing, {settled['adjudicated']} adjudicated")
-                if summary["likert"] is not None:
-                    print(f"1-5 scores over {summary['likert']['n_cases']} cases: one-sided Wilcoxon (run 2 > "
-                          f"run 1) p = {summary['likert']['wilcoxon_p_one_sided']:.3g}")
+                for line in summary_lines(summary["scales"], {1: "run 1", 2: "run 2"}):
+                    print(line)
             else:
                 for s in list_studies(conn, actor_id=None):
                     closed = f" closed={s['closed_at']}" if s["closed_at"] else ""
@@ -594,10 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="reviewer", choices=ROLES)
     p.set_defaults(func=cmd_reviewer)
 
-    p = commands.add_parser("study", help="plan, create, list or show blinded review studies; add a reviewer to one, "
-                                          "reassign a reviewer's unrated cases, name its adjudicator, or close one")
-    p.add_argument("action", choices=("create", "list", "show", "plan", "add-reviewer", "reassign", "adjudicator",
-                                      "close"))
+    p = commands.add_parser("study", help="plan, create, list or show blinded review studies; give one practice "
+                                          "cases, add a reviewer to one, reassign a reviewer's unrated cases, name "
+                                          "its adjudicator, or close one")
+    p.add_argument("action", choices=("create", "list", "show", "plan", "practice", "add-reviewer", "reassign",
+                                      "adjudicator", "close"))
     _db_arg(p)
     p.add_argument("--name")
     p.add_argument("--reviewer", help="add-reviewer: who joins; they take over unrated cases from the busiest; "
@@ -606,13 +614,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reassign: whose unrated cases go to the others (ratings given stay)")
     p.add_argument("--to", metavar="a,b", help="reassign: comma-separated reviewers to take them (default: every "
                                                 "other active reviewer of the study)")
-    p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"), help="the two generation runs")
+    p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"),
+                   help="create: the two generation runs; practice: the same two models' runs over the train part")
+    p.add_argument("--practice", type=int, metavar="N",
+                   help="practice: how many practice cases every reviewer rates first (never counted)")
     p.add_argument("--task", default="regimen", choices=TASKS)
     p.add_argument("--reviewers", help="comma-separated reviewer names")
     p.add_argument("--sample", type=int, help="rate N cases drawn with --seed (default: all)")
     p.add_argument("--seed", type=int, help="seed of the sample and assignment (default: random, stored)")
     p.add_argument("--overlap", type=int, default=1, help="reviewers per case (default 1)")
     p.add_argument("--likert", action="store_true", help="also ask a 1-5 score per output")
+    p.add_argument("--edit-level", action="store_true",
+                   help="ask the edit level (as is / minor / major edits / unacceptable) instead of a yes/no; "
+                        "acceptable = as is or minor edits")
+    p.add_argument("--harm", action="store_true",
+                   help="also ask the potential harm if followed (none / mild or moderate / severe) and its likelihood")
     p.add_argument("--preference", action="store_true", help="also ask which output is preferred")
     p.add_argument("--no-comment", dest="comment", action="store_false",
                    help="leave out the free-text comment the form offers by default")

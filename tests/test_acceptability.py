@@ -9,13 +9,13 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest, wilcoxon
+from scipy.stats import binomtest
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from statsmodels.stats.proportion import proportion_confint
 from test_dashboard import add_study, cases_of, make_runs, rate
 
 from rocore.cli import main
-from rocore.evaluation.acceptability import case_verdicts, likert_comparison, unblind
+from rocore.evaluation.acceptability import case_verdicts, unblind
 from rocore.evaluation.outputs import run_pairs
 from rocore.evaluation.dashboard import ScoreCache, compute
 from rocore.evaluation.pipeline import MODEL_NAMES
@@ -172,14 +172,3 @@ def test_admin_dashboard_report_and_cli_state_the_same_acceptability(store, open
         assert f"<td>{figures['acceptable']}</td>" in page and f"[{low:.3f}, {high:.3f}]" in page
         assert f"<td>{figures['share']:.4g}</td>" in page
 
-
-def test_likert_scores_are_compared_case_by_case_with_wilcoxon():
-    scores = pd.DataFrame({"case_id": ["c1", "c1", "c1", "c2", "c2", "c3", "c3", "c4", "c5", "c5", "c6", "c6"],
-                           "model": ["b", "f", "f", "b", "f", "b", "f", "b", "b", "f", "b", "f"],
-                           "score": [2, 4, 5, 3, 3, 1, 4, 5, 2, 5, 3, 4]})
-    result = likert_comparison(scores, "b", "f")
-    base, finetuned = [2, 3, 1, 2, 3], [4.5, 3, 4, 5, 4]
-    assert result["n_cases"] == 5 and result["finetuned_mean"] == np.mean(finetuned)
-    assert result["wilcoxon_p_one_sided"] == wilcoxon(finetuned, base, alternative="greater",
-                                                      zero_method="wilcox").pvalue
-    assert likert_comparison(scores[scores["model"] == "b"], "b", "f") is None

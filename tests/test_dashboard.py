@@ -7,6 +7,8 @@ the page and report tests import them.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from rocore.evaluation.dashboard import compute, default_study, Filters, from_outputs, ScoreCache, studies_for
@@ -272,3 +274,43 @@ def test_from_outputs_is_the_evaluation_report(store):
     view = from_outputs(outputs, {"file": "outputs.csv"})
     assert view.report == evaluate_outputs(outputs)
     assert len(view.scores) == 2 * len(outputs) - 1
+
+
+def test_each_scale_the_study_asks_has_its_figures_methods_and_report_tables(store):
+    from rocore.evaluation.report import html_report, json_figures, text_report
+
+    base_run, finetuned_run = make_runs(store)
+    study_id = add_study(store, base_run, finetuned_run, reviewers=("ana", "ben"))
+    store.execute("UPDATE studies SET form = ? WHERE study_id = ?",
+                  (json.dumps({"edit_level": True, "harm": True, "comment": True}), study_id))
+    cases = [c["case_id"] for c in cases_of(store)][:6]
+    for i, case_id in enumerate(cases):
+        for reviewer in ("ana", "ben"):
+            a = store.execute("SELECT a.assignment_id, a.reviewer_id, a.run_a_id FROM assignments a JOIN reviewers v "
+                              "USING (reviewer_id) WHERE a.study_id = ? AND v.name = ? AND a.case_id = ?",
+                              (study_id, reviewer, case_id)).fetchone()
+            levels = {base_run: (2 + i % 2, 2 if i < 2 else 0), finetuned_run: (i % 2, 0)}  # (edit, harm) per run
+            edit_a, harm_a = levels[a["run_a_id"]]
+            edit_b, harm_b = levels[finetuned_run if a["run_a_id"] == base_run else base_run]
+            store.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, edit_a, edit_b, "
+                          "harm_a, harm_b, likelihood_a, likelihood_b, reviewer_id) VALUES (?, 1, ?, ?, ?, ?, ?, ?, "
+                          "?, ?, ?)", (a["assignment_id"], edit_a <= 1, edit_b <= 1, edit_a, edit_b, harm_a, harm_b,
+                                       1 if harm_a else None, 1 if harm_b else None, a["reviewer_id"]))
+    view = compute(store, ScoreCache(), run_pairs(store, [(base_run, finetuned_run)]))
+    scales = view.reviews.scales
+    assert list(scales) == ["edit", "harm", "likelihood"]
+    edit = scales["edit"]
+    assert edit["comparison"]["n_cases"] == 6 and edit["comparison"]["base_mean"] == 2.5
+    assert edit["comparison"]["finetuned_mean"] == 0.5 and edit["comparison"]["wilcoxon_p_one_sided"] < 0.05
+    assert edit["agreement"]["level"] == "ordinal" and edit["agreement"]["krippendorff_alpha"] == 1.0
+    assert scales["harm"]["shares"]["base"]["severe"]["share"] == pytest.approx(2 / 6)
+    assert scales["harm"]["shares"]["finetuned"]["any"]["share"] == 0
+    assert view.reviews.acceptability["finetuned"]["acceptable"] == 6, "acceptability is the edit level's"
+    assert "edit level (Acceptable as is, Minor edits, Major edits, Unacceptable)" in view.methods_text
+    assert "with its likelihood (Low, Medium, High)" in view.methods["Rating scales"]
+    page = html_report(view)
+    for title in ("Edit level: ratings per level", "Edit level: figures", "Potential harm if followed: figures",
+                  "share of ratings: severe harm, base [95% CI]", "Likelihood of that harm: ratings per level"):
+        assert title in page
+    text = text_report({"tasks": {}, "notes": [], **json_figures(view)})
+    assert "Edit level: figures:" in text and "Krippendorff's alpha (ordinal), 12 outputs" in text

@@ -56,7 +56,8 @@ def test_create_a_study_from_the_form(info, db_path):
     reviewers.set_value([info["ids"]["ada"], info["ids"]["cleo"]])
     next(n for n in at.number_input if n.label.startswith("Cases to sample")).set_value(5)
     next(n for n in at.number_input if n.label.startswith("Seed")).set_value(42)
-    next(c for c in at.checkbox if c.label.startswith("a score")).check()
+    for label in ("a score", "the edit level", "the potential harm"):
+        next(c for c in at.checkbox if c.label.startswith(label)).check()
     button(at, "Create study").click()
     at.run()
     assert not at.exception
@@ -66,7 +67,20 @@ def test_create_a_study_from_the_form(info, db_path):
     with opened(db_path) as conn:
         study = conn.execute("SELECT * FROM studies WHERE name = 'Second look'").fetchone()
         assert (study["sample_n"], study["seed"], study["overlap"]) == (5, 42, 1)
-        assert study["form"] == '{"likert": true, "preference": false, "comment": true}'
+        assert study["form"] == ('{"likert": true, "preference": false, "comment": true, "edit_level": true, '
+                                 '"harm": true}')
+        second = study["study_id"]
+        ada = info["ids"]["ada"]
+        while (item := review.open_item(conn, ada, second)) is not None:
+            review.submit_rating(conn, ada, item.assignment_id, review.Rating(
+                edit_a=item.position % 4, edit_b=1, harm_a=item.position % 3, harm_b=0, likelihood_a=2,
+                likert_a=3, likert_b=4), 0)
+    at.run()
+    captions = [c.value for c in at.expander[1].caption]
+    for line in ("Edit level, per-case means over", "Potential harm if followed, per-case means over",
+                 "Score (1-5), per-case means over", "run 1: severe harm in", "run 2: severe harm in 0%",
+                 "Likelihood of that harm (ratings with some harm):"):
+        assert any(line in caption for caption in captions), (line, captions)
 
 
 def test_a_refused_study_says_why(info, db_path):
@@ -264,3 +278,21 @@ def test_name_the_adjudicator_and_see_the_counts(info, db_path):
         assert adjudication.counts(conn, sid)["adjudicator"] == "eve"
         entry = conn.execute("SELECT actor, detail FROM audit_log WHERE action = 'set-adjudicator'").fetchone()
     assert entry["actor"] == "boss" and f'"adjudicator_id": {eve}' in entry["detail"]
+
+
+def test_practice_cases_are_added_from_train_runs_and_their_progress_shown(info, db_path):
+    from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
+
+    with opened(db_path) as conn:
+        add_practice_runs(conn)
+    at = open_page(info)
+    sid = info["study_id"]
+    at.selectbox(key=f"practice-{sid}-1").set_value(PRACTICE_1)
+    at.selectbox(key=f"practice-{sid}-2").set_value(PRACTICE_2)
+    at.number_input(key=f"practice-{sid}-n").set_value(2)
+    at.run()
+    at.button(key=f"practice-{sid}-add").click()
+    at.run()
+    assert not at.exception and at.success[0].value == "'Prostate pilot' has 2 practice cases."
+    assert any("Practice cases from runs 103 and 104" in c.value and "ada 0 of 2" in c.value
+               for c in at.expander[1].caption)

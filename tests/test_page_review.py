@@ -357,3 +357,60 @@ def test_someone_who_rates_and_adjudicates_chooses_which_work(db_path, monkeypat
     assert at.subheader[0].value == "Case 1 of 4"
     work.set_value("Adjudicate").run()
     assert not at.exception and at.subheader[0].value == "Adjudication: 2 of 2 cases waiting"
+
+
+def test_a_study_with_edit_level_and_harm_asks_them_and_stores_acceptability_derived(db_path, monkeypatch):
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = make_review_db(db_path, form=review.Form(edit_level=True, harm=True, comment=False))
+    at = open_page(info)
+    assert [r.label for r in at.radio] == [
+        "How much would Regimen A need editing before use?", "Potential harm if Regimen A were followed",
+        "How likely is that harm from Regimen A? (only with some harm)",
+        "How much would Regimen B need editing before use?", "Potential harm if Regimen B were followed",
+        "How likely is that harm from Regimen B? (only with some harm)"]
+    assert at.radio[0].options == ["Acceptable as is", "Minor edits", "Major edits", "Unacceptable"]
+    for prefix, value in (("edit-a", 1), ("edit-b", 3), ("harm-a", 0), ("likelihood-a", 2), ("harm-b", 2),
+                          ("likelihood-b", 1)):
+        at.radio(key=next(r.key for r in at.radio if r.key.startswith(prefix))).set_value(value)
+    at = submit(at)
+    assert at.success[0].value == "Saved case 1."
+    [row] = stored(db_path)
+    assert (row["acceptable_a"], row["acceptable_b"], row["edit_a"], row["edit_b"]) == (1, 0, 1, 3)
+    assert (row["harm_a"], row["likelihood_a"], row["harm_b"], row["likelihood_b"]) == (0, None, 2, 1)
+    next(b for b in at.button if b.label == "Previous case").click()
+    at.run()
+    assert [r.value for r in at.radio] == [1, 0, None, 3, 2, 1], "the stored answers, likelihood left empty"
+
+
+def test_practice_cases_come_first_reveal_the_reference_and_then_the_study_starts(db_path, monkeypatch):
+    from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
+
+    from rocore.review import practice
+
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = make_review_db(db_path, n_cases=30)
+    with opened(db_path) as conn:
+        add_practice_runs(conn)
+        practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
+    at = open_page(info)
+    pages = []
+    for number in (1, 2):
+        assert at.subheader[0].value == f"Practice case {number} of 2"
+        assert "never counted in any result" in at.info[0].value
+        pages.append(everything_sent(at))
+        at = rate(at)
+        assert at.subheader[0].value == f"Practice case {number} of 2" and "Reference regimen" in at.markdown[-1].value
+        assert "Regimen A: acceptable, score (1-5): 4" in [t.value for t in at.text][-2]
+        pages.append(everything_sent(at))
+        next(b for b in at.button if b.label == "Continue").click()
+        at.run()
+    assert at.subheader[0].value.startswith("Case 1 of ")
+    sent = "\n".join(pages).casefold()
+    assert "60 gy in 30 fractions" in sent and "70 gy in 35 fractions" in sent
+    assert [s for s in [*SECRETS, str(PRACTICE_1), str(PRACTICE_2)] if s.casefold() in sent] == []
+    assert stored(db_path) == []
+    with opened(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM practice_ratings").fetchone()[0] == 2

@@ -291,7 +291,9 @@ def test_the_form_decides_what_a_rating_needs(db_path):
         item = review.open_item(conn, ada, info["study_id"])
         for rating, message in [
             (Rating(acceptable_a=True), "Mark each output Acceptable or Not acceptable"),
-            (Rating(True, False, likert_a=3, likert_b=3), "does not ask for scores"),
+            (Rating(True, False, likert_a=3, likert_b=3), "does not ask for score"),
+            (Rating(True, False, edit_a=0, edit_b=3), "does not ask for edit level"),
+            (Rating(True, False, harm_a=0, harm_b=0), "does not ask for potential harm"),
             (Rating(True, False, preference="A"), "does not ask for a preference"),
             (Rating(True, False, comment="x"), "does not ask for comments"),
             (Rating(unratable_reason="   "), "Say why"),
@@ -301,12 +303,40 @@ def test_the_form_decides_what_a_rating_needs(db_path):
                 review.submit_rating(conn, ada, item.assignment_id, rating, 0)
         review.submit_rating(conn, ada, item.assignment_id, Rating(True, False), 0)
     full = Form(likert=True, preference=True)
-    with pytest.raises(ReviewError, match="score from 1 to 5"):
+    with pytest.raises(ReviewError, match=r"score \(1-5\) of output A: 1, 2, 3, 4, 5"):
         review.check_rating(Rating(True, True, likert_a=6, likert_b=1, preference="A"), full)
     with pytest.raises(ReviewError, match="the output you prefer"):
         review.check_rating(Rating(True, True, likert_a=5, likert_b=1), full)
     flagged = review.check_rating(Rating(True, None, unratable_reason=" no diagnosis "), full)
     assert flagged == Rating(unratable_reason="no diagnosis")
+
+
+def test_the_edit_level_decides_acceptability_and_likelihood_is_asked_only_with_some_harm(db_path):
+    scales = Form(edit_level=True, harm=True, comment=False)
+    info = make_review_db(db_path, reviewers=("ada",), overlap=1, form=scales)
+    ada = info["ids"]["ada"]
+    with opened(db_path) as conn:
+        item = review.open_item(conn, ada, info["study_id"])
+        assert item.form == scales and [s.key for s in item.form.scales] == ["edit", "harm", "likelihood"]
+        for rating, message in [
+            (Rating(edit_a=0, harm_a=0, harm_b=0), "edit level of output B"),
+            (Rating(edit_a=4, edit_b=0, harm_a=0, harm_b=0), "edit level of output A: Acceptable as is, Minor edits"),
+            (Rating(edit_a=0, edit_b=1, harm_a=0), "potential harm if followed of output B"),
+            (Rating(edit_a=0, edit_b=1, harm_a=2, harm_b=0), "likelihood of that harm of output A: Low, Medium, High"),
+            (Rating(False, None, edit_a=1, edit_b=2, harm_a=0, harm_b=0), "edit level of output A says it is acceptable"),
+        ]:
+            with pytest.raises(ReviewError, match=message):
+                review.submit_rating(conn, ada, item.assignment_id, rating, 0)
+        saved = review.submit_rating(conn, ada, item.assignment_id, Rating(
+            edit_a=1, edit_b=2, harm_a=0, harm_b=2, likelihood_a=2, likelihood_b=1), 0)
+        stored = conn.execute("SELECT acceptable_a, acceptable_b, edit_a, edit_b, harm_a, harm_b, likelihood_a, "
+                              "likelihood_b FROM ratings WHERE rating_id = ?", (saved.rating_id,)).fetchone()
+        assert tuple(stored) == (1, 0, 1, 2, 0, 2, None, 1), "acceptability derived; no likelihood without harm"
+        assert review.open_item(conn, ada, info["study_id"], position=item.position).current == Rating(
+            True, False, edit_a=1, edit_b=2, harm_a=0, harm_b=2, likelihood_b=1)
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, edit_a, edit_b, "
+                         "reviewer_id) VALUES (?, 2, 1, 1, 1, 2, ?)", (item.assignment_id, ada))
 
 
 def test_stale_form_is_refused_and_a_repeat_is_not_duplicated(db_path, study):
@@ -878,7 +908,7 @@ def test_cli_reviewers_and_studies(db_path):
 
     created = rocore("study", "create", "--db", db_path, "--name", "CLI study", "--runs", RUN_1, RUN_2,
                      "--reviewers", "dora,eve", "--sample", 6, "--seed", 3, "--overlap", 2, "--likert",
-                     "--preference", "--no-comment")
+                     "--preference", "--no-comment", "--edit-level", "--harm")
     assert created.returncode == 0, created.stderr
     assert "6 cases, 12 assignments" in created.stdout
     refused = rocore("study", "create", "--db", db_path, "--name", "x", "--runs", RUN_1, RUN_2,
@@ -891,7 +921,20 @@ def test_cli_reviewers_and_studies(db_path):
     with opened(db_path) as conn:
         stored = conn.execute("SELECT sample_n, seed, overlap, form FROM studies "
                               "WHERE name = 'CLI study'").fetchone()
-        assert tuple(stored) == (6, 3, 2, '{"likert": true, "preference": true, "comment": false}')
+        assert json.loads(stored["form"]) == {"likert": True, "preference": True, "comment": False,
+                                              "edit_level": True, "harm": True}
+        assert tuple(stored)[:3] == (6, 3, 2)
+        study_id = review.study_id_by_name(conn, "CLI study")
+        for name in ("dora", "eve"):
+            reviewer = auth.user_by_name(conn, name).id
+            while (item := review.open_item(conn, reviewer, study_id)) is not None:
+                review.submit_rating(conn, reviewer, item.assignment_id, Rating(
+                    edit_a=item.position % 4, edit_b=0, harm_a=2, harm_b=0, likelihood_a=1, likert_a=2, likert_b=4,
+                    preference="B"), 0)
+    shown = rocore("study", "show", "--db", db_path, "--name", "CLI study").stdout
+    for line in ("Edit level, per-case means over 6 cases (lower is better)", "Score (1-5), per-case means",
+                 "Potential harm if followed, per-case means", "severe harm in", "Likelihood of that harm"):
+        assert line in shown, shown
 
     reset = rocore("reviewer", "reset-code", "dora", "--db", db_path)
     new_code = reset.stdout.split("access code: ")[1].split()[0]

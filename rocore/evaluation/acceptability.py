@@ -20,7 +20,6 @@ from rocore.evaluation.statistics import (
     clustered_share,
     rater_agreement,
     share_with_test,
-    wilcoxon_greater,
 )
 
 PRIMARY = "per_case_majority"
@@ -152,19 +151,3 @@ def order_checks(rows: pd.DataFrame) -> dict:
                             "(position <= half the reviewer's queue) and in the second half, Wilson 95% "
                             "intervals over verdicts")}
 
-
-def likert_comparison(scores: pd.DataFrame, base: Hashable = "base",
-                      finetuned: Hashable = "finetuned") -> dict | None:
-    """The 1-5 scores compared case by case: per case and model the mean of its reviewers' scores, and
-    the one-sided Wilcoxon signed-rank test (fine-tuned > base) on the cases both models have scores
-    for; None without such a case. `scores`: case_id, model, score."""
-    per_case = scores.pivot_table(index="case_id", columns="model", values="score", aggfunc="mean")
-    per_case = per_case.reindex(columns=[base, finetuned]).dropna()
-    if per_case.empty:
-        return None
-    test = wilcoxon_greater(per_case[finetuned].to_numpy(), per_case[base].to_numpy())
-    return {"n_cases": len(per_case), "base_mean": float(per_case[base].mean()),
-            "finetuned_mean": float(per_case[finetuned].mean()), "wilcoxon_p_one_sided": test["p"],
-            "n_nonzero": test["n_nonzero"], "notes": test["notes"],
-            "method": ("per case the mean of its reviewers' 1-5 scores; scipy.stats.wilcoxon(finetuned, base, "
-                       "alternative='greater', zero_method='wilcox', method='auto')")}

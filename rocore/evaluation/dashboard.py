@@ -43,6 +43,7 @@ from rocore.evaluation.pipeline import (
     primary_endpoints,
     score_outputs,
 )
+from rocore.evaluation.scales import SCALE_COLUMNS, methods_sentence, scale_figures, study_scales
 from rocore.evaluation.scoring import score_rows
 from rocore.model.prompts import TASKS
 
@@ -103,6 +104,13 @@ class Reviews:
     # Acceptability after adjudication (rocore.evaluation.acceptability.post_adjudication_figures); None
     # without verdicts.
     post_adjudication: dict | None = None
+    # Per scale the study asks besides acceptability (rocore.evaluation.scales.scale_figures).
+    scales: dict = field(default_factory=dict)
+
+    @property
+    def scales_sentence(self) -> str:
+        """The methods sentence naming the scales the study asked."""
+        return methods_sentence(study_scales(self.study))
 
     @property
     def adjudication(self) -> str | None:
@@ -160,7 +168,8 @@ def studies_for(conn: sqlite3.Connection, runs: RunPairs) -> list[dict]:
     studies = []
     for task, base_run, finetuned_run in runs.pairs:
         studies += [dict(r) for r in conn.execute(
-            "SELECT study_id, name, task, overlap, created_at, closed_at, (SELECT count(DISTINCT assignment_id) FROM "
+            "SELECT study_id, name, task, overlap, form, created_at, closed_at, "
+            "(SELECT count(DISTINCT assignment_id) FROM "
             "assignments AS a JOIN ratings USING (assignment_id) WHERE a.study_id = s.study_id) AS n_rated "
             "FROM studies AS s WHERE task = ? AND "
             "((run_1_id = ? AND run_2_id = ?) OR (run_1_id = ? AND run_2_id = ?))",
@@ -369,14 +378,15 @@ def _review_rows(conn: sqlite3.Connection, study_id: int, base_run: int, finetun
         "r.unratable_reason, c.site, c.modality, "
         # The place in the reviewer's queue: stored positions have gaps once cases were handed on.
         "row_number() OVER (PARTITION BY a.reviewer_id ORDER BY a.position), r.preference, "
-        "(SELECT count(*) FROM assignments AS q WHERE q.study_id = a.study_id AND q.reviewer_id = a.reviewer_id) "
+        "(SELECT count(*) FROM assignments AS q WHERE q.study_id = a.study_id AND q.reviewer_id = a.reviewer_id), "
+        f"{', '.join(f'r.{column}' for column in SCALE_COLUMNS)} "
         "FROM assignments AS a JOIN reviewers AS v USING (reviewer_id) JOIN cases AS c USING (case_id) "
         "LEFT JOIN current_ratings AS r USING (assignment_id) "
         "WHERE a.study_id = ? AND a.run_a_id IN (?, ?) AND a.run_b_id IN (?, ?)",
         (study_id, base_run, finetuned_run, base_run, finetuned_run)).fetchall()
     return pd.DataFrame(rows, columns=["case_id", "reviewer", "run_a_id", "run_b_id", "rating_id",
                                        "acceptable_a", "acceptable_b", "unratable_reason", "site",
-                                       "case_modality", "position", "preference", "queue_length"])
+                                       "case_modality", "position", "preference", "queue_length", *SCALE_COLUMNS])
 
 
 def adjudication_verdicts(conn: sqlite3.Connection, study_id: int) -> dict[str, dict[int, int]]:
@@ -414,6 +424,7 @@ def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int,
     reviews.acceptability, reviews.agreement = acceptability_figures(verdicts, ratings_per_case=study.get("overlap"))
     reviews.order_checks = order_checks(judged)
     reviews.post_adjudication = post_adjudication_figures(verdicts, adjudicated or {})
+    reviews.scales = scale_figures(judged, runs, study_scales(study), study.get("overlap"))
     reviews.notes = [f"acceptability: {n}" for n in reviews.acceptability["notes"]]
     reviews.notes += [f"agreement: {n}" for n in reviews.agreement["notes"]]
     for model, figures in reviews.agreement["by_model"].items():
@@ -486,6 +497,7 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
                 "Post-adjudication acceptability: per case and model, the adjudicator's current verdict where "
                 "there is one, else the reviewers' verdict by the majority rule; shares, intervals and tests as "
                 "for the primary figure."),
+            "Rating scales": reviews.scales_sentence,
             "Review progress": ("Per reviewer: assignments in the study, those with a rating (rated), and of "
                                 "those the ones marked unratable."),
         }
@@ -601,5 +613,6 @@ def declare_primary(view: Dashboard, declared: Mapping[str, str] | None = None) 
                else None)
     closed = view.reviews.closed if view.reviews is not None else None
     adjudication = view.reviews.adjudication if view.reviews is not None else None
+    scales = view.reviews.scales_sentence if view.reviews is not None else None
     return dataclasses.replace(view, primary=primary, methods_text=" ".join(
-        filter(None, (methods_text(view.report, primary, acceptability), adjudication, closed))))
+        filter(None, (methods_text(view.report, primary, acceptability), scales, adjudication, closed))))

@@ -20,6 +20,7 @@ from rocore.data.tables import neutralise
 from rocore.evaluation.dashboard import Dashboard
 from rocore.evaluation.outputs import MODELS, RunPairs
 from rocore.evaluation.pipeline import METRIC_NAMES, MODEL_NAMES
+from rocore.evaluation.scales import distribution_table
 from rocore.evaluation.scoring import ALL_LABEL_COLUMNS, ALL_SCORE_COLUMNS, TASKS
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "json_figures",
     "metric_table",
     "order_checks_table",
+    "scale_tables",
     "post_adjudication_table",
     "per_case_csv",
     "per_class_table",
@@ -232,6 +234,44 @@ def order_checks_table(checks: Mapping) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("check")
 
 
+def _share_text(share: Mapping) -> str:
+    interval = share["ci95_cluster_bootstrap"]
+    if share["share"] is None:
+        return ""
+    return f"{share['share']:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def scale_tables(scales: Mapping) -> list[tuple[str, pd.DataFrame]]:
+    """Per scale the study asked (rocore.evaluation.scales.scale_figures): the ratings per level and model,
+    then its figures: per-case means and the one-sided Wilcoxon test, ordinal agreement, and for harm the
+    shares of ratings finding severe and any harm with their case-clustered 95% intervals."""
+    tables = []
+    for entry in scales.values():
+        tables.append((f"{entry['name']}: ratings per level", distribution_table(entry, MODEL_NAMES)))
+        rows: dict[str, str] = {}
+        comparison, agreement = entry.get("comparison"), entry.get("agreement")
+        if comparison:
+            for model in MODELS:
+                rows[f"per-case mean, {MODEL_NAMES[model]}"] = f"{comparison[f'{model}_mean']:.3f}"
+            p = comparison["wilcoxon_p_one_sided"]
+            rows[f"one-sided Wilcoxon p (fine-tuned {entry['better']}), {comparison['n_cases']} cases"] = (
+                "" if p is None else f"{p:.3g}")
+        if agreement:
+            alpha = agreement["krippendorff_alpha"]
+            rows[f"Krippendorff's alpha (ordinal), {agreement['n_items_krippendorff']} outputs"] = (
+                "" if alpha is None else f"{alpha:.3f}")
+            for pair in agreement["cohen_kappa_pairs"]:
+                kappa = pair["kappa"]
+                rows[f"Cohen's kappa ({agreement['cohen_kappa_weights']}), {' & '.join(pair['raters'])}, "
+                     f"{pair['n_items']} outputs"] = "" if kappa is None else f"{kappa:.3f}"
+        for model, shares in entry.get("shares", {}).items():
+            rows[f"share of ratings: severe harm, {MODEL_NAMES[model]} [95% CI]"] = _share_text(shares["severe"])
+            rows[f"share of ratings: any harm, {MODEL_NAMES[model]} [95% CI]"] = _share_text(shares["any"])
+        if rows:
+            tables.append((f"{entry['name']}: figures", pd.DataFrame({"value": rows}).rename_axis("figure")))
+    return tables
+
+
 def json_figures(view: Dashboard) -> dict:
     """What `evaluate --json` adds to the evaluation report: the primary endpoints, the methods
     paragraph and the blinded review's figures (None without a review study), under stable keys."""
@@ -241,7 +281,7 @@ def json_figures(view: Dashboard) -> dict:
         review = {"study": reviews.study, "n_assigned": reviews.n_assigned, "n_rated": reviews.n_rated,
                   "acceptability": reviews.acceptability, "agreement": reviews.agreement,
                   "order_checks": reviews.order_checks, "message": reviews.message, "notes": reviews.notes,
-                  "post_adjudication": reviews.post_adjudication}
+                  "post_adjudication": reviews.post_adjudication, "scales": reviews.scales}
     return {"primary": view.primary, "methods_text": view.methods_text, "review": review}
 
 
@@ -299,6 +339,8 @@ def text_report(report: Mapping) -> str:
         lines += [f"after adjudication ({figures['n_adjudicated']} of {figures['n_disagreeing']} disagreeing "
                   "cases adjudicated):",
                   post_adjudication_table(figures).to_string(float_format="{:.3f}".format), ""]
+    for title, table in scale_tables(review.get("scales") or {}):
+        lines += [f"{title}:", table.to_string(float_format="{:.3f}".format), ""]
     if report.get("methods_text"):
         lines += ["methods:", report["methods_text"], ""]
     if report["notes"]:
@@ -443,6 +485,8 @@ def _reviews_html(view: Dashboard) -> list[str]:
     if reviews.agreement is not None:
         out += ["<h3>Inter-rater agreement (acceptability)</h3>",
                 _table_html(agreement_table(reviews.agreement))]
+    for title, table in scale_tables(reviews.scales):
+        out += [f"<h3>{html.escape(title)}</h3>", _table_html(table)]
     if reviews.order_checks is not None:
         out += ["<h3>Position and order checks</h3>", _table_html(order_checks_table(reviews.order_checks))]
     out += ["<h3>Review progress per reviewer</h3>", _table_html(reviews.progress)]

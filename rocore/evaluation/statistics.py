@@ -465,24 +465,34 @@ def _undefined(value, what: str, notes: list[str]) -> float | None:
     return number
 
 
-def _cohen_pairs(wide: pd.DataFrame, notes: list[str]) -> list[dict]:
-    """Cohen's kappa (sklearn cohen_kappa_score) for every pair of raters over the items both labelled."""
+def _cohen_pairs(codes: pd.DataFrame, notes: list[str], n_labels: int, weights: str | None) -> list[dict]:
+    """Cohen's kappa (sklearn cohen_kappa_score, with `weights` for ordinal labels) for every pair of raters
+    over the items both labelled; `codes` are the labels' ranks, so weights see their order."""
     pairs = []
-    for first, second in itertools.combinations(wide.columns, 2):
-        both = wide[[first, second]].dropna()
+    for first, second in itertools.combinations(codes.columns, 2):
+        both = codes[[first, second]].dropna()
         kappa = None
         if len(both):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                kappa = _float(cohen_kappa_score(both[first].astype(str), both[second].astype(str)))
+                kappa = _float(cohen_kappa_score(both[first].astype(int), both[second].astype(int),
+                                                 labels=list(range(n_labels)), weights=weights))
             if kappa is None:
                 notes.append(f"Cohen's kappa of {first} and {second} is undefined: one label only")
         pairs.append({"raters": [str(first), str(second)], "n_items": len(both), "kappa": kappa})
     return pairs
 
 
-def rater_agreement(ratings: pd.DataFrame, ratings_per_item: int | None = None) -> dict:
-    """Agreement between raters on nominal labels, from a long table (item, rater, label).
+ORDINAL_KAPPA_WEIGHTS = "quadratic"
+
+
+def rater_agreement(ratings: pd.DataFrame, ratings_per_item: int | None = None, *,
+                    levels: Sequence | None = None) -> dict:
+    """Agreement between raters on nominal labels, from a long table (item, rater, label); given a scale's
+    ordered `levels` (every level, also those no one chose, so that distances are the scale's), on
+    ordinal labels: Krippendorff's alpha at the ordinal level and Cohen's kappa weighted
+    (ORDINAL_KAPPA_WEIGHTS), so that near misses count as partial agreement; Fleiss' kappa stays
+    nominal, as it is defined.
 
     Fits a design in which each item is rated by k of several raters: Fleiss' kappa (statsmodels
     fleiss_kappa over aggregate_raters) on the items with exactly k ratings, whoever gave them
@@ -504,7 +514,11 @@ def rater_agreement(ratings: pd.DataFrame, ratings_per_item: int | None = None) 
             f"rater '{rater}' labelled item '{item}' more than once ({len(repeated)} repeated "
             "ratings in all); keep one rating per item and rater"
         )
-    labels = sorted(rated["label"].unique().tolist(), key=str)
+    ordinal = levels is not None
+    labels = list(levels) if ordinal else sorted(rated["label"].unique().tolist(), key=str)
+    unknown = set(rated["label"]) - set(labels)
+    if unknown:
+        raise ValueError(f"labels {sorted(unknown, key=str)} are not levels of the scale {labels}")
     wide = rated.pivot(index="item", columns="rater", values="label")
     codes = wide.apply(lambda column: pd.Categorical(column, categories=labels).codes)
     codes = codes.where(wide.notna())
@@ -516,11 +530,13 @@ def rater_agreement(ratings: pd.DataFrame, ratings_per_item: int | None = None) 
     result = {"n_items": len(wide), "n_raters": n_raters, "n_ratings": len(rated), "labels": labels,
               "n_items_rated_by_all": int((counts == n_raters).sum()), "ratings_per_item": k,
               "n_items_fleiss": len(exactly_k), "n_items_krippendorff": int((counts >= 2).sum()),
-              "cohen_kappa": None, "cohen_kappa_pairs": [], "fleiss_kappa": None, "krippendorff_alpha": None}
+              "cohen_kappa": None, "cohen_kappa_pairs": [], "fleiss_kappa": None, "krippendorff_alpha": None,
+              "level": "ordinal" if ordinal else "nominal",
+              "cohen_kappa_weights": ORDINAL_KAPPA_WEIGHTS if ordinal else None}
     if n_raters < 2:
         notes.append("agreement needs at least two raters")
         return result | {"notes": notes}
-    result["cohen_kappa_pairs"] = _cohen_pairs(wide, notes)
+    result["cohen_kappa_pairs"] = _cohen_pairs(codes, notes, len(labels), ORDINAL_KAPPA_WEIGHTS if ordinal else None)
     if n_raters == 2:
         result["cohen_kappa"] = result["cohen_kappa_pairs"][0]["kappa"]
     if k < 2 or exactly_k.empty:
@@ -534,7 +550,8 @@ def rater_agreement(ratings: pd.DataFrame, ratings_per_item: int | None = None) 
         result["fleiss_kappa"] = _undefined(kappa, "Fleiss' kappa", notes)
     try:
         alpha = krippendorff.alpha(reliability_data=codes.to_numpy(dtype=float).T,
-                                   level_of_measurement="nominal")
+                                   level_of_measurement=result["level"],
+                                   value_domain=list(range(len(labels))) if ordinal else None)
         result["krippendorff_alpha"] = _undefined(alpha, "Krippendorff's alpha", notes)
     except ValueError as exc:
         notes.append(f"Krippendorff's alpha is undefined: {exc}")

@@ -46,7 +46,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rocore.evaluation.acceptability import RULE, acceptability_figures, likert_comparison
+from rocore.evaluation.acceptability import RULE, acceptability_figures
+from rocore.evaluation.scales import (EDIT, LIKELIHOOD, NO_HARM, SCALES, Scale, acceptable_from_edit, asked_scales,
+                                     scale_figures)
 from rocore.evaluation.statistics import plan_paired_study
 from rocore.review.auth import AccessDenied, active_user, add_user, require_role
 from rocore.store import audit as audit_log
@@ -56,7 +58,6 @@ from rocore.model.prompts import TASKS
 
 TASK_LABELS = {"regimen": "Regimen", "modality": "Modality", "icd10": "ICD-10 code"}
 PREFERENCES = ("A", "B", "none")
-LIKERT = (1, 2, 3, 4, 5)
 MAX_COMMENT, MAX_REASON = 2000, 500
 PATIENT_FIELDS = ("site", "age", "sex", "laterality", "stage", "histology", "ecog")
 NOT_YOURS = "This case is not assigned to you."
@@ -95,11 +96,19 @@ class _NotYours(Exception):
 
 @dataclass(frozen=True)
 class Form:
-    """What the rating form asks besides acceptability of each output."""
+    """What the rating form asks besides acceptability of each output (rocore.evaluation.scales): the
+    edit level (from which acceptability is then derived), potential harm and its likelihood, a 1-5
+    score, a preference and a comment."""
 
     likert: bool = False
     preference: bool = False
     comment: bool = True
+    edit_level: bool = False
+    harm: bool = False
+
+    @property
+    def scales(self) -> list[Scale]:
+        return asked_scales(self.edit_level, self.harm, self.likert)
 
     @classmethod
     def from_json(cls, text: str) -> Form:
@@ -117,10 +126,19 @@ class Rating:
     preference: str | None = None
     comment: str | None = None
     unratable_reason: str | None = None
+    edit_a: int | None = None
+    edit_b: int | None = None
+    harm_a: int | None = None
+    harm_b: int | None = None
+    likelihood_a: int | None = None
+    likelihood_b: int | None = None
 
     @property
     def unratable(self) -> bool:
         return self.unratable_reason is not None
+
+
+RATING_FIELDS = tuple(Rating.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -354,6 +372,28 @@ def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *
     return codes
 
 
+def assign_practice(conn: sqlite3.Connection, study: sqlite3.Row, reviewer_ids: Sequence[int],
+                    case_ids: Sequence[str] | None = None) -> int:
+    """Give each reviewer the study's practice cases (those of `case_ids`, else the ones already given),
+    in an order and with sides drawn for them from the study's seed; the number of rows added. Inside the
+    caller's transaction."""
+    runs = study["practice_run_1_id"], study["practice_run_2_id"]
+    if None in runs:
+        return 0
+    if case_ids is None:
+        case_ids = [r[0] for r in conn.execute("SELECT DISTINCT case_id FROM practice_assignments WHERE study_id = ? "
+                                               "ORDER BY case_id", (study["study_id"],))]
+    rows = []
+    for reviewer in reviewer_ids:
+        ordered = sorted(case_ids, key=lambda c: keyed_draw(study["seed"], study["name"], "practice", reviewer, c))
+        for position, case_id in enumerate(ordered, start=1):
+            run_1_is_a = keyed_draw(study["seed"], study["name"], "practice-side", reviewer, case_id)[0] % 2 == 0
+            rows.append((study["study_id"], reviewer, case_id, position, *(runs if run_1_is_a else runs[::-1])))
+    conn.executemany("INSERT INTO practice_assignments (study_id, reviewer_id, case_id, position, run_a_id, "
+                     "run_b_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
 # --- Growing, repairing and closing a study ----------------------------------------------------
 
 def closed_on(closed_at: str) -> str:
@@ -361,7 +401,8 @@ def closed_on(closed_at: str) -> str:
     return f"{closed_at[:10]} {closed_at[11:16]} UTC"
 
 
-def _open_study(conn: sqlite3.Connection, study_id: int) -> sqlite3.Row:
+def open_study(conn: sqlite3.Connection, study_id: int) -> sqlite3.Row:
+    """The study, refused when it does not exist or is closed: what every change to a study checks first."""
     study = conn.execute("SELECT * FROM studies WHERE study_id = ?", (study_id,)).fetchone()
     if study is None:
         raise ReviewError(f"There is no study {study_id}.")
@@ -436,7 +477,7 @@ def add_reviewer_to_study(conn: sqlite3.Connection, *, actor_id: int | None, stu
     """
     with transaction(conn):
         actor = require_role(conn, actor_id)
-        study = _open_study(conn, study_id)
+        study = open_study(conn, study_id)
         name = _active_reviewer(conn, reviewer_id)
         cases, unrated = _holdings(conn, study_id)
         if reviewer_id in cases:
@@ -461,6 +502,7 @@ def add_reviewer_to_study(conn: sqlite3.Connection, *, actor_id: int | None, stu
             raise ReviewError(f"No reviewer of study {study['name']!r} has more than one unrated case left: "
                               "there is nothing to hand over.")
         _hand_over(conn, study, reviewer_id, [row for _, row in taken.values()])
+        assign_practice(conn, study, [reviewer_id])
         given = Counter(donor for donor, _ in taken.values())
         audit(conn, actor, "add-reviewer-to-study", "studies", study_id,
               {"reviewer_id": reviewer_id, "n_assignments": len(taken),
@@ -480,7 +522,7 @@ def reassign_unrated(conn: sqlite3.Connection, *, actor_id: int | None, study_id
     """
     with transaction(conn):
         actor = require_role(conn, actor_id)
-        study = _open_study(conn, study_id)
+        study = open_study(conn, study_id)
         departing = _name_of(conn, from_reviewer_id)
         cases, unrated = _holdings(conn, study_id)
         if from_reviewer_id not in cases:
@@ -530,7 +572,7 @@ def close_study(conn: sqlite3.Connection, *, actor_id: int | None, study_id: int
     and how much was rated. Staff only. Returns closed_at, n_rated and n_assignments."""
     with transaction(conn):
         actor = require_role(conn, actor_id)
-        _open_study(conn, study_id)
+        open_study(conn, study_id)
         closed_at = audit_log.timestamp(audit_log.now())
         conn.execute("UPDATE studies SET closed_at = ?, closed_by = ? WHERE study_id = ?",
                      (closed_at, actor_id, study_id))
@@ -586,7 +628,8 @@ def unblinded_ratings(conn: sqlite3.Connection, study_id: int, *, actor_id: int 
             "assignment_id": r["assignment_id"], "case_id": r["case_id"], "reviewer": r["reviewer"],
             "reviewer_id": r["reviewer_id"], "revision": r["revision"], "run_1_shown_as": side_of[1].upper(),
             "acceptable_1": r[f"acceptable_{side_of[1]}"], "acceptable_2": r[f"acceptable_{side_of[2]}"],
-            "likert_1": r[f"likert_{side_of[1]}"], "likert_2": r[f"likert_{side_of[2]}"],
+            **{f"{scale}_{number}": r[f"{scale}_{side_of[number]}"]
+               for scale in SCALES for number in (1, 2)},
             "preferred_run": run_of[preference.lower()] if preference in ("A", "B") else preference,
             "unratable": r["unratable_reason"] is not None, "unratable_reason": r["unratable_reason"],
             "comment": r["comment"], "rated_at": r["created_at"]})
@@ -599,11 +642,13 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
 
     runs[1|2]: per-case acceptability (the primary figure) with its Wilson interval, and the share
     of all verdicts with its case-clustered interval; "acceptability" and "agreement" hold the
-    full figures, run 1 as "base" and run 2 as "finetuned", or None before any verdict.
+    full figures, run 1 as "base" and run 2 as "finetuned", or None before any verdict. "scales": per
+    scale the study asks, rocore.evaluation.scales.scale_figures with models 1 and 2 (empty before any).
     """
     ratings = unblinded_ratings(conn, study_id, actor_id=actor_id)
     rated = [r for r in ratings if not r["unratable"]]
-    overlap = conn.execute("SELECT overlap FROM studies WHERE study_id = ?", (study_id,)).fetchone()[0]
+    overlap, form = conn.execute("SELECT overlap, form FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+    scales = Form.from_json(form).scales
     verdicts = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "model": number,
                               "verdict": int(bool(r[f"acceptable_{number}"]))}
                              for r in rated for number in (1, 2)], columns=["case_id", "reviewer", "model", "verdict"])
@@ -620,12 +665,15 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
                         "share_of_verdicts_ci95": level.get("ci95_cluster_bootstrap"),
                         "mean_likert": sum(likert) / len(likert) if likert else None}
     preferences = {key: sum(r["preferred_run"] == key for r in rated) for key in (1, 2, "none")}
-    scores = pd.DataFrame([{"case_id": r["case_id"], "model": number, "score": r[f"likert_{number}"]}
-                           for r in rated for number in (1, 2) if r[f"likert_{number}"] is not None],
-                          columns=["case_id", "model", "score"])
+    # In run terms: run 1 stands as side "a" of every rating.
+    levels = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "run_a_id": 1,
+                            **{f"{scale.key}_{side}": r[f"{scale.key}_{number}"]
+                               for scale in scales for side, number in (("a", 1), ("b", 2))}} for r in rated],
+                          columns=["case_id", "reviewer", "run_a_id",
+                                   *(f"{scale.key}_{side}" for scale in scales for side in "ab")])
     return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated),
             "acceptability_rule": RULE, "acceptability": figures, "agreement": agreement,
-            "likert": likert_comparison(scores, 1, 2)}
+            "scales": scale_figures(levels, {1: 1, 2: 2}, scales, overlap) if rated else {}}
 
 
 def creation_advice(n_reviewers: int, overlap: int) -> list[str]:
@@ -657,7 +705,8 @@ def plan_study(p_base: float, p_finetuned: float, *, discordant: float | None = 
 
 # --- The reviewer's side ------------------------------------------------------------------------
 
-def _reviewer(conn: sqlite3.Connection, reviewer_id: int) -> str:
+def reviewer_name(conn: sqlite3.Connection, reviewer_id: int) -> str:
+    """The signed-in reviewer's name, refused when the account is no longer active."""
     user = active_user(conn, reviewer_id)
     if user is None:
         raise AccessDenied("Your account is not active: ask a study administrator.")
@@ -667,7 +716,7 @@ def _reviewer(conn: sqlite3.Connection, reviewer_id: int) -> str:
 def my_studies(conn: sqlite3.Connection, reviewer_id: int) -> list[dict]:
     """The reviewer's own studies with their progress: name, task, total and done (rated or flagged), and
     closed_at (None while the study takes ratings)."""
-    _reviewer(conn, reviewer_id)
+    reviewer_name(conn, reviewer_id)
     rows = conn.execute(
         "SELECT s.study_id, s.name, s.task, s.closed_at, count(*) AS total, "
         "sum(EXISTS (SELECT 1 FROM ratings r WHERE r.assignment_id = a.assignment_id)) AS done "
@@ -681,7 +730,7 @@ def my_summary(conn: sqlite3.Connection, reviewer_id: int, study_id: int) -> dic
     `flagged` unratable (their current rating), `revised` (rated more than once) and `commented`.
     Nothing about which run wrote what, and no share acceptable: a reviewer who saw how often they
     accepted each side could start to tell the sides apart."""
-    _reviewer(conn, reviewer_id)
+    reviewer_name(conn, reviewer_id)
     row = conn.execute(
         "SELECT count(*) AS cases, "
         "coalesce(sum(r.rating_id IS NOT NULL AND r.unratable_reason IS NULL), 0) AS rated, "
@@ -695,10 +744,11 @@ def my_summary(conn: sqlite3.Connection, reviewer_id: int, study_id: int) -> dic
 
 
 def _rating_of(row: sqlite3.Row) -> Rating:
-    def flag(value):
-        return None if value is None else bool(value)
-    return Rating(flag(row["acceptable_a"]), flag(row["acceptable_b"]), row["likert_a"], row["likert_b"],
-                  row["preference"], row["comment"], row["unratable_reason"])
+    values = {name: row[name] for name in RATING_FIELDS}
+    for side in "ab":
+        if values[f"acceptable_{side}"] is not None:
+            values[f"acceptable_{side}"] = bool(values[f"acceptable_{side}"])
+    return Rating(**values)
 
 
 def _current(conn: sqlite3.Connection, assignment_id: int) -> sqlite3.Row | None:
@@ -719,7 +769,7 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
     case, the item stays as of that revision, so the page keeps the form the reviewer is filling in
     and its submission meets the stale check instead of vanishing.
     """
-    _reviewer(conn, reviewer_id)
+    reviewer_name(conn, reviewer_id)
     counts = conn.execute(
         "SELECT count(*) AS total, sum(rated) AS done, min(CASE WHEN NOT rated THEN rank END) AS first_open "
         "FROM (SELECT row_number() OVER (ORDER BY position) AS rank, "
@@ -772,13 +822,9 @@ def check_rating(rating: Rating, form: Form) -> Rating:
         if reason is None:
             raise ReviewError("Say why this case cannot be rated.")
         return Rating(unratable_reason=reason)
-    if not isinstance(rating.acceptable_a, bool) or not isinstance(rating.acceptable_b, bool):
+    if not form.edit_level and not (isinstance(rating.acceptable_a, bool) and isinstance(rating.acceptable_b, bool)):
         raise ReviewError("Mark each output Acceptable or Not acceptable.")
-    if form.likert:
-        if rating.likert_a not in LIKERT or rating.likert_b not in LIKERT:
-            raise ReviewError("Give each output a score from 1 to 5.")
-    elif rating.likert_a is not None or rating.likert_b is not None:
-        raise ReviewError("This study does not ask for scores.")
+    values = {side: _check_levels(rating, form, side) for side in "ab"}
     if form.preference:
         if rating.preference not in PREFERENCES:
             raise ReviewError("Choose the output you prefer, or no preference.")
@@ -787,8 +833,38 @@ def check_rating(rating: Rating, form: Form) -> Rating:
     comment = bounded_text(rating.comment, MAX_COMMENT, "comment")
     if comment and not form.comment:
         raise ReviewError("This study does not ask for comments.")
-    return Rating(rating.acceptable_a, rating.acceptable_b, rating.likert_a, rating.likert_b,
-                  rating.preference, comment, None)
+    return Rating(preference=rating.preference, comment=comment,
+                  **{f"{name}_{side}": value for side, levels in values.items() for name, value in levels.items()})
+
+
+def _check_levels(rating: Rating, form: Form, side: str) -> dict:
+    """One side's acceptability and scale levels as stored: each asked scale answered with one of its
+    levels, nothing on a scale the study does not ask; acceptability derived from the edit level where
+    the study asks it; a likelihood only with some harm (one given with no harm is dropped, since the
+    form cannot hide it once harm is set to none)."""
+    output = f"output {side.upper()}"
+    levels = {key: getattr(rating, f"{key}_{side}") for key in SCALES}
+    asked = form.scales
+    if levels["harm"] == NO_HARM:
+        levels["likelihood"] = None
+    for scale in SCALES.values():
+        value = levels[scale.key]
+        if scale not in asked:
+            if value is not None:
+                raise ReviewError(f"This study does not ask for {scale.name.lower()}.")
+        elif scale is LIKELIHOOD and levels["harm"] in (None, NO_HARM):
+            continue
+        elif value not in scale.values:
+            raise ReviewError(f"Choose the {scale.name.lower()} of {output}: "
+                              f"{', '.join(scale.levels)}.")
+    acceptable = getattr(rating, f"acceptable_{side}")
+    if EDIT in asked:
+        derived = acceptable_from_edit(levels["edit"])
+        if acceptable is not None and acceptable != derived:
+            raise ReviewError(f"The edit level of {output} says it is {'' if derived else 'not '}acceptable: "
+                              "acceptable means as is or with minor edits.")
+        acceptable = derived
+    return {"acceptable": acceptable, **levels}
 
 
 def _deny(conn: sqlite3.Connection, reviewer_id: int, assignment_id: object, client: str | None) -> None:
@@ -808,7 +884,7 @@ def submit_rating(conn: sqlite3.Connection, reviewer_id: int, assignment_id: int
     """
     try:
         with transaction(conn):
-            name = _reviewer(conn, reviewer_id)
+            name = reviewer_name(conn, reviewer_id)
             owner = conn.execute("SELECT a.reviewer_id, a.study_id, s.form, s.closed_at FROM assignments a "
                                  "JOIN studies s USING (study_id) WHERE a.assignment_id = ?",
                                  (assignment_id,)).fetchone()
@@ -824,19 +900,16 @@ def submit_rating(conn: sqlite3.Connection, reviewer_id: int, assignment_id: int
                 return Saved(current["rating_id"], revision, duplicate=True)
             if revision != base_revision:
                 raise StaleRating(revision)
+            values = asdict(rating)
             rating_id = conn.execute(
-                "INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, likert_a, "
-                "likert_b, preference, comment, unratable_reason, reviewer_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (assignment_id, revision + 1, rating.acceptable_a, rating.acceptable_b, rating.likert_a,
-                 rating.likert_b, rating.preference, rating.comment, rating.unratable_reason,
-                 reviewer_id)).lastrowid
+                f"INSERT INTO ratings (assignment_id, revision, reviewer_id, {', '.join(RATING_FIELDS)}) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(RATING_FIELDS))})",
+                (assignment_id, revision + 1, reviewer_id, *values.values())).lastrowid
             action = "flag-unratable" if rating.unratable else ("rate" if revision == 0 else "revise")
+            detail = {name: value for name, value in values.items() if name not in ("comment", "unratable_reason")}
             audit(conn, name, action, "ratings", rating_id,
                   {"study_id": owner["study_id"], "assignment_id": assignment_id, "revision": revision + 1,
-                   "acceptable_a": rating.acceptable_a, "acceptable_b": rating.acceptable_b,
-                   "likert_a": rating.likert_a, "likert_b": rating.likert_b, "preference": rating.preference,
-                   "has_comment": rating.comment is not None, "unratable": rating.unratable}, client)
+                   **detail, "has_comment": rating.comment is not None, "unratable": rating.unratable}, client)
     except _NotYours:
         _deny(conn, reviewer_id, assignment_id, client)
         raise AccessDenied(NOT_YOURS) from None
@@ -887,7 +960,7 @@ def save_rating(path: str | Path, reviewer_id: int, assignment_id: int, rating: 
 def rating_history(conn: sqlite3.Connection, reviewer_id: int,
                    assignment_id: int) -> list[tuple[int, str, Rating]]:
     """(revision, time, rating) of the reviewer's own assignment, oldest first."""
-    _reviewer(conn, reviewer_id)
+    reviewer_name(conn, reviewer_id)
     owner = conn.execute("SELECT reviewer_id FROM assignments WHERE assignment_id = ?",
                          (assignment_id,)).fetchone()
     if owner is None or owner[0] != reviewer_id:
