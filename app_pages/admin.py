@@ -115,15 +115,16 @@ def practice_controls(study: dict, answered: dict) -> None:
         st.caption(f"Practice cases from runs {study['practice_run_1_id']} and {study['practice_run_2_id']}, shown "
                    f"first and never counted; answered: {done or 'none yet'}.")
         return
-    train = [r["run_id"] for r in runs if r["part"] == practice.PRACTICE_PART]
+    offered = [r["run_id"] for r in runs if r["part"] in practice.PRACTICE_PARTS]
     label_of = {r["run_id"]: r["label"] for r in runs}
-    if not train:
-        st.caption("Practice cases: generate the two models' outputs over the train part of the split first.")
+    if not offered:
+        st.caption("Practice cases: generate the two models' outputs over the validation part of the split (or "
+                   "the train part, whose answers the fine-tuned model has learned) first.")
         return
     first, second, count, go = st.columns(4)
-    chosen = (first.selectbox("Practice run for run 1", train, format_func=label_of.get, index=None,
+    chosen = (first.selectbox("Practice run for run 1", offered, format_func=label_of.get, index=None,
                               key=f"practice-{sid}-1"),
-              second.selectbox("Practice run for run 2", train, format_func=label_of.get, index=None,
+              second.selectbox("Practice run for run 2", offered, format_func=label_of.get, index=None,
                                key=f"practice-{sid}-2"))
     n = count.number_input("Practice cases", 1, 20, 3, key=f"practice-{sid}-n")
     if go.button("Add practice cases", key=f"practice-{sid}-add", disabled=None in chosen,

@@ -266,7 +266,7 @@ def practise(trial: practice.PracticeItem) -> None:
             except (review.ReviewError, auth.AccessDenied) as exc:
                 st.error(str(exc))
             else:
-                st.session_state["practice-shown"] = trial.practice_id
+                st.session_state["practice-shown"] = (study_id, trial.practice_id)
                 st.rerun()
         return
     height = box_height(trial.text_a, trial.text_b)
@@ -286,7 +286,8 @@ def practise(trial: practice.PracticeItem) -> None:
 
 
 with opened(DB) as conn:
-    trial = practice.open_practice(conn, user["id"], study_id, st.session_state.get("practice-shown"))
+    shown_study, shown_practice = st.session_state.get("practice-shown", (None, None))
+    trial = practice.open_practice(conn, user["id"], study_id, shown_practice if shown_study == study_id else None)
 if trial is not None:
     practise(trial)
     st.stop()

@@ -481,6 +481,7 @@ def test_an_identity_provider_signs_in_an_existing_active_account_of_that_name_o
     refusals = [
         (identity("eve@hospital.org"), "email", "No active account here is named 'eve@hospital.org'", "no-account"),
         (identity(email_verified=False), "email", "has not verified the email", "unverified"),
+        (identity(email_verified=None), "email", "has not verified the email", "unverified"),  # not said: refused
         (identity(email=None), "email", "did not send your email", "no-claim"),
         (identity(sub=None), "email", "lacks its subject or time", "incomplete"),
         (identity(), "upn", "did not send your upn", "no-claim"),
@@ -498,7 +499,8 @@ def test_an_identity_provider_signs_in_an_existing_active_account_of_that_name_o
     logged = [json.loads(r[0]) for r in conn.execute("SELECT detail FROM audit_log WHERE action = 'sign-in-refused' "
                                                      "ORDER BY audit_id")]
     assert [(d["reason"], d["identity"]) for d in logged] == [
-        ("no-account", "eve@hospital.org"), ("unverified", "Ada@Hospital.org"), ("no-claim", ""),
+        ("no-account", "eve@hospital.org"), ("unverified", "Ada@Hospital.org"), ("unverified", "Ada@Hospital.org"),
+        ("no-claim", ""),
         ("incomplete", "Ada@Hospital.org"), ("no-claim", ""), ("no-account", "ada.lovelace"),
         ("no-account", "Ada@Hospital.org")]
 

@@ -414,3 +414,25 @@ def test_practice_cases_come_first_reveal_the_reference_and_then_the_study_start
     assert stored(db_path) == []
     with opened(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM practice_ratings").fetchone()[0] == 2
+
+
+def test_switching_study_on_a_practice_reveal_opens_the_other_study(db_path, monkeypatch):
+    from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
+
+    from rocore.review import practice
+
+    monkeypatch.setenv("ROCORE_DB", str(db_path))
+    monkeypatch.chdir(ROOT)
+    info = make_review_db(db_path, n_cases=30)
+    with opened(db_path) as conn:
+        add_practice_runs(conn)
+        practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=1)
+        other = review.create_study(conn, actor_id=info["admin_id"], name="Second look", run_1_id=RUN_1,
+                                    run_2_id=RUN_2, reviewer_ids=[info["ids"]["ada"]], sample_n=3)
+    at = open_page(info)
+    at = rate(at)
+    assert "Reference regimen" in at.markdown[-1].value
+    at.selectbox(key="review-study").set_value(other)
+    at.run()
+    assert not at.exception and at.subheader[0].value == "Case 1 of 3"

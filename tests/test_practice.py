@@ -1,5 +1,5 @@
-"""Practice cases on a real database file: drawn from the train part through practice runs of the study's own
-models, given to every reviewer first, answered once with the reference revealed, and never counted."""
+"""Practice cases on a real database file: drawn from the validation or train part through practice runs of the
+study's own models, given to every reviewer first, answered once with the reference revealed, and never counted."""
 
 from __future__ import annotations
 
@@ -61,11 +61,12 @@ def test_every_reviewer_gets_the_same_train_cases_first_with_their_own_sides(inf
                                         practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
 
 
-def test_practice_runs_must_be_the_study_models_over_the_train_part(db_path):
+def test_practice_runs_must_be_the_study_models_over_another_part_than_the_study(db_path):
     info = make_review_db(db_path, n_cases=30)
     with opened(db_path) as conn:
         add_practice_runs(conn, part="test")
-        with pytest.raises(ReviewError, match="must answer the train part .* never come from the cases under study"):
+        with pytest.raises(ReviewError, match="must answer the validation or train part .* never come from the "
+                                              "cases under study"):
             practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
                                         practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
         conn.execute("UPDATE generation_runs SET part = 'train' WHERE run_id IN (?, ?)", (PRACTICE_1, PRACTICE_2))
@@ -77,6 +78,16 @@ def test_practice_runs_must_be_the_study_models_over_the_train_part(db_path):
                                         practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=99)
         with pytest.raises(AccessDenied):
             practice.add_practice_cases(conn, actor_id=info["ids"]["ada"], study_id=info["study_id"],
+                                        practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
+        conn.execute("UPDATE generation_runs SET part = 'validation' WHERE run_id = ?", (PRACTICE_1,))
+        with pytest.raises(ReviewError, match="must answer the same part"):
+            practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+                                        practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
+        item = review.open_item(conn, info["ids"]["ada"], info["study_id"])
+        review.submit_rating(conn, info["ids"]["ada"], item.assignment_id, good_rating(), 0)
+        conn.execute("UPDATE generation_runs SET part = 'train' WHERE run_id = ?", (PRACTICE_1,))
+        with pytest.raises(ReviewError, match="has ratings already: practice cases come before"):
+            practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
                                         practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
         assert conn.execute("SELECT count(*) FROM practice_assignments").fetchone()[0] == 0
 
@@ -111,15 +122,32 @@ def test_an_answer_reveals_the_reference_and_enters_no_statistic(info, db_path):
         assert practice.practice_progress(conn, info["study_id"])[ada] == (1, 2)
 
 
-def test_a_reviewer_added_later_gets_the_practice_cases_too(info, db_path):
+def test_a_reviewer_added_later_or_given_cases_gets_the_practice_cases_once(info, db_path):
+    admin, study_id = info["admin_id"], info["study_id"]
     with opened(db_path) as conn:
-        cases = practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+        cases = practice.add_practice_cases(conn, actor_id=admin, study_id=study_id,
                                             practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
-        dora, _ = add_user(conn, "dora", actor_id=info["admin_id"])
-        review.add_reviewer_to_study(conn, actor_id=info["admin_id"], study_id=info["study_id"], reviewer_id=dora.id)
-        mine = [r[0] for r in conn.execute("SELECT case_id FROM practice_assignments WHERE reviewer_id = ?", (dora.id,))]
-        assert sorted(mine) == sorted(cases)
-        assert practice.open_practice(conn, dora.id, info["study_id"]).total == 2
+        dora, _ = add_user(conn, "dora", actor_id=admin)
+        eve, _ = add_user(conn, "eve", actor_id=admin)
+        review.add_reviewer_to_study(conn, actor_id=admin, study_id=study_id, reviewer_id=dora.id)
+        review.reassign_unrated(conn, actor_id=admin, study_id=study_id, from_reviewer_id=info["ids"]["cleo"],
+                                to_reviewer_ids=[eve.id])
+        # cleo, with nothing left and nothing rated, joins again: her practice cases are not drawn twice.
+        review.add_reviewer_to_study(conn, actor_id=admin, study_id=study_id, reviewer_id=info["ids"]["cleo"])
+        for reviewer in (dora.id, eve.id, info["ids"]["cleo"]):
+            mine = [r[0] for r in conn.execute("SELECT case_id FROM practice_assignments WHERE reviewer_id = ?",
+                                               (reviewer,))]
+            assert sorted(mine) == sorted(cases)
+        assert practice.open_practice(conn, dora.id, study_id).total == 2
+
+
+def test_the_methods_say_which_part_the_practice_cases_came_from(info, db_path):
+    with opened(db_path) as conn:
+        practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
+                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
+        view = compute(conn, ScoreCache(), run_pairs(conn, [(RUN_1, RUN_2)]))
+    assert "each reviewer rated the same 2 practice case(s) from the train part" in view.methods_text
+    assert "may echo the reference" in view.methods["Practice cases"]
 
 
 def test_the_command_line_gives_a_study_its_practice_cases(info, db_path):

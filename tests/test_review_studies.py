@@ -334,9 +334,12 @@ def test_the_edit_level_decides_acceptability_and_likelihood_is_asked_only_with_
         assert tuple(stored) == (1, 0, 1, 2, 0, 2, None, 1), "acceptability derived; no likelihood without harm"
         assert review.open_item(conn, ada, info["study_id"], position=item.position).current == Rating(
             True, False, edit_a=1, edit_b=2, harm_a=0, harm_b=2, likelihood_b=1)
-        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-            conn.execute("INSERT INTO ratings (assignment_id, revision, acceptable_a, acceptable_b, edit_a, edit_b, "
-                         "reviewer_id) VALUES (?, 2, 1, 1, 1, 2, ?)", (item.assignment_id, ada))
+        for columns, values in (("acceptable_a, acceptable_b, edit_a, edit_b", "1, 1, 1, 2"),
+                                ("unratable_reason, edit_a", "'x', 1"),  # a level needs its verdict
+                                ("unratable_reason, likelihood_a", "'x', 1")):  # a likelihood needs some harm
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute(f"INSERT INTO ratings (assignment_id, revision, reviewer_id, {columns}) "
+                             f"VALUES (?, 2, ?, {values})", (item.assignment_id, ada))
 
 
 def test_stale_form_is_refused_and_a_repeat_is_not_duplicated(db_path, study):

@@ -95,3 +95,4 @@ def test_the_form_asks_scales_in_order_and_the_methods_name_them():
     assert "with its likelihood (Low, Medium, High)" in text and "'minor edits'" in text
     assert "Krippendorff's alpha (ordinal)" in text and "quadratic weights" in text
     assert "binary verdict" in methods_sentence([])
+    assert "Harm:" not in methods_sentence(asked_scales(True, False, True)), "no harm figures where none was asked"

@@ -108,6 +108,18 @@ class Reviews:
     scales: dict = field(default_factory=dict)
 
     @property
+    def practice_sentence(self) -> str | None:
+        """The methods sentence on practice cases; None for a study without."""
+        n, part = self.study.get("n_practice"), self.study.get("practice_part")
+        if not n:
+            return None
+        echo = (" The fine-tuned model was trained on that part, so its practice outputs may echo the reference."
+                if part == "train" else "")
+        return (f"Before the study's own cases, each reviewer rated the same {n} practice case(s) from the {part} "
+                "part of the split (outputs of the same two models, sides randomized), each followed by the "
+                f"reference answer; practice ratings are excluded from every figure.{echo}")
+
+    @property
     def scales_sentence(self) -> str:
         """The methods sentence naming the scales the study asked."""
         return methods_sentence(study_scales(self.study))
@@ -169,6 +181,8 @@ def studies_for(conn: sqlite3.Connection, runs: RunPairs) -> list[dict]:
     for task, base_run, finetuned_run in runs.pairs:
         studies += [dict(r) for r in conn.execute(
             "SELECT study_id, name, task, overlap, form, created_at, closed_at, "
+            "(SELECT count(DISTINCT case_id) FROM practice_assignments AS p WHERE p.study_id = s.study_id) "
+            "AS n_practice, (SELECT part FROM generation_runs WHERE run_id = s.practice_run_1_id) AS practice_part, "
             "(SELECT count(DISTINCT assignment_id) FROM "
             "assignments AS a JOIN ratings USING (assignment_id) WHERE a.study_id = s.study_id) AS n_rated "
             "FROM studies AS s WHERE task = ? AND "
@@ -498,6 +512,7 @@ def _methods(report: dict | None, reviews: Reviews | None) -> dict:
                 "there is one, else the reviewers' verdict by the majority rule; shares, intervals and tests as "
                 "for the primary figure."),
             "Rating scales": reviews.scales_sentence,
+            **({"Practice cases": reviews.practice_sentence} if reviews.practice_sentence else {}),
             "Review progress": ("Per reviewer: assignments in the study, those with a rating (rated), and of "
                                 "those the ones marked unratable."),
         }
@@ -614,5 +629,6 @@ def declare_primary(view: Dashboard, declared: Mapping[str, str] | None = None) 
     closed = view.reviews.closed if view.reviews is not None else None
     adjudication = view.reviews.adjudication if view.reviews is not None else None
     scales = view.reviews.scales_sentence if view.reviews is not None else None
+    practice = view.reviews.practice_sentence if view.reviews is not None else None
     return dataclasses.replace(view, primary=primary, methods_text=" ".join(
-        filter(None, (methods_text(view.report, primary, acceptability), scales, adjudication, closed))))
+        filter(None, (methods_text(view.report, primary, acceptability), scales, practice, adjudication, closed))))

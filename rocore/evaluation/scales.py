@@ -90,12 +90,13 @@ def methods_sentence(scales: Sequence[Scale]) -> str:
     if not scales:
         return "Reviewers gave each output the paper's binary verdict, clinically acceptable or not."
     edit = f" {EDIT_RULE[0].upper()}{EDIT_RULE[1:]}." if EDIT in scales else ""
+    harm = (" Harm: the share of ratings finding severe harm, and any harm, per model, with a percentile "
+            "bootstrap interval resampling whole cases." if HARM in scales else "")
     return (f"Besides the binary verdict (clinically acceptable or not), reviewers rated each output on: {asked}."
             f"{edit} Ordinal scales: per case the mean of its reviewers' levels, compared between the models with "
             "the one-sided Wilcoxon signed-rank test in the scale's better direction; agreement by "
             f"Krippendorff's alpha (ordinal) and Cohen's kappa ({ORDINAL_KAPPA_WEIGHTS} weights) per pair of "
-            "reviewers. Harm: the share of ratings finding severe harm, and any harm, per model, with a "
-            "percentile bootstrap interval resampling whole cases.")
+            f"reviewers.{harm}")
 
 
 def unblind_levels(ratings: pd.DataFrame, runs: Mapping[Hashable, int], scale: Scale) -> pd.DataFrame:
@@ -196,7 +197,9 @@ def _percent(share: Mapping) -> str:
 
 
 def summary_lines(figures: Mapping, model_names: Mapping[Hashable, str]) -> list[str]:
-    """Each asked scale's headline figures in one sentence, for the Admin page, `study show` and the Dashboard."""
+    """Each asked scale's headline figures in a sentence or two, for the Admin page and `study show`: per-case
+    means and the test, ordinal alpha, harm shares (the Dashboard and the report show every figure in
+    rocore.evaluation.report.scale_tables)."""
     lines = []
     for entry in figures.values():
         comparison, agreement = entry.get("comparison"), entry.get("agreement")

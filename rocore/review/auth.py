@@ -681,7 +681,7 @@ def identity_sign_in(conn: sqlite3.Connection, claims: Mapping, *, claim: str = 
         elif claims.get("sub") is None or claims.get("iat") is None:
             why, message = "incomplete", ("The identity provider's answer lacks its subject or time: ask an "
                                           "administrator.")
-        elif claim == "email" and claims.get("email_verified") is False:
+        elif claim == "email" and claims.get("email_verified") is not True:
             why, message = "unverified", f"The identity provider has not verified the email {identity!r}."
         elif match is None:
             why, message = "no-account", (f"No active account here is named {identity!r}. Signing in with "

@@ -1,10 +1,11 @@
 """Practice cases: a reviewer calibrates on a few cases before rating the study's own.
 
-A study may have N practice cases drawn from the train part of its split, never from the part its
-runs answer, with outputs from its practice runs: the study's two models over that train part
-(`check_practice_runs`). Every reviewer gets the same practice cases, first, with sides and order drawn
-for them as for study cases; after submitting one they see the reference answer (the case's own
-regimen, modality or code) beside what they rated. Practice assignments and their ratings live in
+A study may have N practice cases drawn from the validation or train part of its split, never from the
+part its runs answer, with outputs from its practice runs: the study's two models over that part
+(`check_practice_runs`). The validation part is the better choice where it has cases: the fine-tuned
+model has learned the train part's answers and can echo the reference there. Every reviewer gets the
+same practice cases, first, with sides and order drawn for them as for study cases; after submitting
+one they see the reference answer (the case's own regimen, modality or code) beside what they rated. Practice assignments and their ratings live in
 tables of their own (`practice_assignments`, `practice_ratings`), which no statistic reads, and
 nothing in what a reviewer sees names a run or a model.
 """
@@ -23,7 +24,10 @@ from rocore.review.studies import (PATIENT_FIELDS, TASK_LABELS, Form, Rating, Re
 from rocore.store.audit import audit
 from rocore.store.db import transaction
 
-PRACTICE_PART = "train"
+# The parts practice cases may come from: never the test part, whose cases are under study. The fine-tuned
+# model learned the train part's answers, so on those cases its outputs can echo the reference that the
+# reviewer then reads; the validation part, which no adapter was fitted on, does not teach that tell.
+PRACTICE_PARTS = ("validation", "train")
 NOT_YOURS = "This practice case is not assigned to you."
 
 
@@ -51,17 +55,19 @@ class PracticeItem:
 def check_practice_runs(conn: sqlite3.Connection, run_1: sqlite3.Row, run_2: sqlite3.Row,
                         practice_runs: Sequence[int], task: str) -> list[str]:
     """The practice case ids the two practice runs offer, refusing runs that could mislead: each must be
-    the matching study run's model (base and adapter) over the train part of the same split, with
-    outputs of the task."""
+    the matching study run's model (base and adapter) over the same practice part of the study's split
+    (PRACTICE_PARTS, never the part under study), with outputs of the task."""
     if len(practice_runs) != 2 or practice_runs[0] == practice_runs[1]:
         raise ReviewError("Practice cases need two different practice runs, one per study run.")
+    parts = set()
     for number, study_run, run_id in ((1, run_1, practice_runs[0]), (2, run_2, practice_runs[1])):
         run = conn.execute("SELECT * FROM generation_runs WHERE run_id = ?", (run_id,)).fetchone()
         if run is None:
             raise ReviewError(f"There is no generation run {run_id}.")
-        if (run["split_id"], run["part"]) != (study_run["split_id"], PRACTICE_PART):
-            raise ReviewError(f"Practice run {run_id} must answer the train part of the study's split "
-                              f"(split {study_run['split_id']}); it answers the {run['part']} part of split "
+        if (run["split_id"] != study_run["split_id"] or run["part"] not in PRACTICE_PARTS
+                or run["part"] == study_run["part"]):
+            raise ReviewError(f"Practice run {run_id} must answer the validation or train part of the study's "
+                              f"split (split {study_run['split_id']}); it answers the {run['part']} part of split "
                               f"{run['split_id']}. Practice cases never come from the cases under study.")
         models = ("base_model_id", "adapter_model_id")
         if [run[m] for m in models] != [study_run[m] for m in models]:
@@ -70,9 +76,12 @@ def check_practice_runs(conn: sqlite3.Connection, run_1: sqlite3.Row, run_2: sql
                               "they will rate.")
         if task not in json.loads(run["tasks"]):
             raise ReviewError(f"Practice run {run_id} has no '{task}' outputs.")
-    train = {r[0] for r in conn.execute("SELECT case_id FROM split_cases WHERE split_id = ? AND part = ?",
-                                        (run_1["split_id"], PRACTICE_PART))}
-    return [case_id for case_id in eligible_cases(conn, practice_runs[0], practice_runs[1], task) if case_id in train]
+        parts.add(run["part"])
+    if len(parts) > 1:
+        raise ReviewError("The two practice runs must answer the same part of the split.")
+    offered = {r[0] for r in conn.execute("SELECT case_id FROM split_cases WHERE split_id = ? AND part = ?",
+                                          (run_1["split_id"], parts.pop()))}
+    return [case_id for case_id in eligible_cases(conn, practice_runs[0], practice_runs[1], task) if case_id in offered]
 
 
 def add_practice_cases(conn: sqlite3.Connection, *, actor_id: int | None, study_id: int,
@@ -84,6 +93,10 @@ def add_practice_cases(conn: sqlite3.Connection, *, actor_id: int | None, study_
         study = open_study(conn, study_id)
         if study["practice_run_1_id"] is not None:
             raise ReviewError(f"Study {study['name']!r} already has its practice cases.")
+        if conn.execute("SELECT 1 FROM assignments a JOIN ratings r USING (assignment_id) WHERE a.study_id = ? "
+                        "LIMIT 1", (study_id,)).fetchone():
+            raise ReviewError(f"Study {study['name']!r} has ratings already: practice cases come before a "
+                              "reviewer's first rating, so they can only be added to a study no one has rated yet.")
         run_1, run_2 = (conn.execute("SELECT * FROM generation_runs WHERE run_id = ?", (study[f"run_{n}_id"],))
                         .fetchone() for n in (1, 2))
         offered = check_practice_runs(conn, run_1, run_2, practice_runs, study["task"])

@@ -374,17 +374,19 @@ def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *
 
 def assign_practice(conn: sqlite3.Connection, study: sqlite3.Row, reviewer_ids: Sequence[int],
                     case_ids: Sequence[str] | None = None) -> int:
-    """Give each reviewer the study's practice cases (those of `case_ids`, else the ones already given),
-    in an order and with sides drawn for them from the study's seed; the number of rows added. Inside the
-    caller's transaction."""
+    """Give each reviewer who has none yet the study's practice cases (those of `case_ids`, else the ones
+    already given), in an order and with sides drawn for them from the study's seed; the number of rows
+    added. Inside the caller's transaction."""
     runs = study["practice_run_1_id"], study["practice_run_2_id"]
     if None in runs:
         return 0
     if case_ids is None:
         case_ids = [r[0] for r in conn.execute("SELECT DISTINCT case_id FROM practice_assignments WHERE study_id = ? "
                                                "ORDER BY case_id", (study["study_id"],))]
+    given = {r[0] for r in conn.execute("SELECT DISTINCT reviewer_id FROM practice_assignments WHERE study_id = ?",
+                                        (study["study_id"],))}
     rows = []
-    for reviewer in reviewer_ids:
+    for reviewer in (r for r in reviewer_ids if r not in given):
         ordered = sorted(case_ids, key=lambda c: keyed_draw(study["seed"], study["name"], "practice", reviewer, c))
         for position, case_id in enumerate(ordered, start=1):
             run_1_is_a = keyed_draw(study["seed"], study["name"], "practice-side", reviewer, case_id)[0] % 2 == 0
@@ -559,6 +561,7 @@ def reassign_unrated(conn: sqlite3.Connection, *, actor_id: int | None, study_id
                               "chosen reviewer: none can be reassigned.")
         for recipient, rows in moves.items():
             _hand_over(conn, study, recipient, rows)
+        assign_practice(conn, study, [r for r, rows in moves.items() if rows])
         audit(conn, actor, "reassign-unrated", "studies", study_id,
               {"from_reviewer_id": from_reviewer_id,
                "to": {str(r): [row["assignment_id"] for row in rows] for r, rows in moves.items() if rows},
@@ -656,14 +659,12 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
                           else (None, None))
     runs = {}
     for number, model in ((1, "base"), (2, "finetuned")):
-        likert = [r[f"likert_{number}"] for r in rated if r[f"likert_{number}"] is not None]
         shares = figures[model] if figures else {"n": 0, "acceptable": 0, "share": None, "ci95": {}}
         level = figures["rating_level"][model] if figures else {}
         runs[number] = {"rated": shares["n"], "acceptable": shares["acceptable"],
                         "share_acceptable": shares["share"], "ci95_wilson": shares["ci95"].get("wilson"),
                         "share_of_verdicts": level.get("share"),
-                        "share_of_verdicts_ci95": level.get("ci95_cluster_bootstrap"),
-                        "mean_likert": sum(likert) / len(likert) if likert else None}
+                        "share_of_verdicts_ci95": level.get("ci95_cluster_bootstrap")}
     preferences = {key: sum(r["preferred_run"] == key for r in rated) for key in (1, 2, "none")}
     # In run terms: run 1 stands as side "a" of every rating.
     levels = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "run_a_id": 1,

@@ -91,13 +91,14 @@ def _scales_and_practice(store: sqlite_utils.Database) -> None:
     schema file."""
     for side in "ab":
         store.execute(f"ALTER TABLE ratings ADD COLUMN edit_{side} INTEGER CHECK (edit_{side} IS NULL OR "
-                      f"(edit_{side} IN (0, 1, 2, 3) AND acceptable_{side} = (edit_{side} <= 1)))")
+                      f"(edit_{side} IN (0, 1, 2, 3) AND acceptable_{side} IS NOT NULL "
+                      f"AND acceptable_{side} = (edit_{side} <= 1)))")
     for side in "ab":
         store.execute(f"ALTER TABLE ratings ADD COLUMN harm_{side} INTEGER "
                       f"CHECK (harm_{side} IS NULL OR harm_{side} IN (0, 1, 2))")
     for side in "ab":
         store.execute(f"ALTER TABLE ratings ADD COLUMN likelihood_{side} INTEGER CHECK (likelihood_{side} IS NULL "
-                      f"OR (likelihood_{side} IN (0, 1, 2) AND harm_{side} > 0))")
+                      f"OR (likelihood_{side} IN (0, 1, 2) AND harm_{side} IS NOT NULL AND harm_{side} > 0))")
     for number in (1, 2):
         store.execute(f"ALTER TABLE studies ADD COLUMN practice_run_{number}_id INTEGER "
                       "REFERENCES generation_runs (run_id)")
