@@ -8,10 +8,11 @@ import io
 import pytest
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
+from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
 from test_review_studies import REFUSALS, RUN_1, RUN_2, SECRETS, good_rating, make_review_db, store_refusing
 
 from rocore.data.case_import import import_cases
-from rocore.review import adjudication
+from rocore.review import adjudication, practice
 from rocore.review import studies as review
 from rocore.store import db
 from rocore.store.db import opened
@@ -383,18 +384,20 @@ def test_a_study_with_edit_level_and_harm_asks_them_and_stores_acceptability_der
     assert [r.value for r in at.radio] == [1, 0, None, 3, 2, 1], "the stored answers, likelihood left empty"
 
 
-def test_practice_cases_come_first_reveal_the_reference_and_then_the_study_starts(db_path, monkeypatch):
-    from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
-
-    from rocore.review import practice
-
+def with_practice(db_path, monkeypatch, practice_n: int) -> dict:
+    """The study of make_review_db with `practice_n` practice cases from the train part, served to the page."""
     monkeypatch.setenv("ROCORE_DB", str(db_path))
     monkeypatch.chdir(ROOT)
     info = make_review_db(db_path, n_cases=30)
     with opened(db_path) as conn:
         add_practice_runs(conn)
         practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
-                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=2)
+                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=practice_n)
+    return info
+
+
+def test_practice_cases_come_first_reveal_the_reference_and_then_the_study_starts(db_path, monkeypatch):
+    info = with_practice(db_path, monkeypatch, 2)
     at = open_page(info)
     pages = []
     for number in (1, 2):
@@ -417,17 +420,8 @@ def test_practice_cases_come_first_reveal_the_reference_and_then_the_study_start
 
 
 def test_switching_study_on_a_practice_reveal_opens_the_other_study(db_path, monkeypatch):
-    from test_practice import PRACTICE_1, PRACTICE_2, add_practice_runs
-
-    from rocore.review import practice
-
-    monkeypatch.setenv("ROCORE_DB", str(db_path))
-    monkeypatch.chdir(ROOT)
-    info = make_review_db(db_path, n_cases=30)
+    info = with_practice(db_path, monkeypatch, 1)
     with opened(db_path) as conn:
-        add_practice_runs(conn)
-        practice.add_practice_cases(conn, actor_id=info["admin_id"], study_id=info["study_id"],
-                                    practice_runs=(PRACTICE_1, PRACTICE_2), practice_n=1)
         other = review.create_study(conn, actor_id=info["admin_id"], name="Second look", run_1_id=RUN_1,
                                     run_2_id=RUN_2, reviewer_ids=[info["ids"]["ada"]], sample_n=3)
     at = open_page(info)
