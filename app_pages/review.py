@@ -91,12 +91,9 @@ def adjudicate() -> None:
     form = st.session_state.setdefault("adjudication-form", 0)
     with st.form(f"adjudicate-{form}", border=False):
         answers = {}
-        for column, side, text, raters in zip(st.columns(2), "ab", (item.text_a, item.text_b),
-                                              (item.raters_a, item.raters_b)):
+        for (column, side), raters in zip(output_columns(item.label, item.text_a, item.text_b),
+                                          (item.raters_a, item.raters_b)):
             with column:
-                with st.container(border=True, height=box_height(item.text_a, item.text_b)):
-                    st.markdown(f"**{item.label} {side.upper()}**")
-                    st.text(text)
                 st.caption(f"{raters} found {item.label} {side.upper()} acceptable")
                 accepted = getattr(item, f"acceptable_{side}")
                 answers[side] = st.radio(f"Is {item.label} {side.upper()} clinically acceptable?", CHOICES,
@@ -118,6 +115,18 @@ def adjudicate() -> None:
             st.session_state.pop("adjudication-case", None)
             st.session_state["adjudication-form"] = form + 1
         st.rerun()
+
+
+def output_columns(label: str, text_a: str, text_b: str) -> list:
+    """The two outputs side by side, each in a box of one shared height; (column, side) for what goes below
+    each."""
+    columns = st.columns(2)
+    height = box_height(text_a, text_b)
+    for column, side, text in zip(columns, "ab", (text_a, text_b)):
+        with column, st.container(border=True, height=height):
+            st.markdown(f"**{label} {side.upper()}**")
+            st.text(text)
+    return list(zip(columns, "ab"))
 
 
 def box_height(*texts: str) -> int:
@@ -148,12 +157,8 @@ def rating_form(label: str, text_a: str, text_b: str, asked: review.Form, curren
         return question
 
     with st.form(f"rate-{key}", border=False):
-        height = box_height(text_a, text_b)
-        for column, side, text in zip(st.columns(2), "ab", (text_a, text_b)):
+        for column, side in output_columns(label, text_a, text_b):
             with column:
-                with st.container(border=True, height=height):
-                    st.markdown(f"**{label} {side.upper()}**")
-                    st.text(text)
                 if asked.edit_level:
                     ask(scales.EDIT, side)
                 else:
@@ -269,11 +274,7 @@ def practise(trial: practice.PracticeItem) -> None:
                 st.session_state["practice-shown"] = (study_id, trial.practice_id)
                 st.rerun()
         return
-    height = box_height(trial.text_a, trial.text_b)
-    for column, side, text in zip(st.columns(2), "ab", (trial.text_a, trial.text_b)):
-        with column, st.container(border=True, height=height):
-            st.markdown(f"**{trial.label} {side.upper()}**")
-            st.text(text)
+    output_columns(trial.label, trial.text_a, trial.text_b)
     st.markdown("**Your answers**")
     st.text(answers_text(trial.rating, trial.label))
     st.markdown(f"**Reference {trial.label.lower()}** (from the case record)")
