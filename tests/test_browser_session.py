@@ -53,6 +53,12 @@ def sign_in_form(page, says: str | None = None) -> None:
     assert page.get_by_role("heading", name="Case 1 of 4").count() == 0
 
 
+def sign_in_as_ada(page, url: str, code: str) -> None:
+    """Sign in with the code and wait for her first case."""
+    sign_in(page, url, "ada", code)
+    settle(page, "Case 1 of 4")
+
+
 def server_for_ada(db_path, tmp_path, hours: str = "8"):
     info = make_review_db(db_path, n_cases=4, reviewers=("ada",), overlap=1)
     return info, streamlit_server(db_path, tmp_path / "streamlit.log", env={"ROCORE_SESSION_HOURS": hours})
@@ -73,8 +79,7 @@ def test_a_refresh_or_a_new_tab_stays_signed_in_until_the_reviewer_signs_out(db_
     context = browser.new_context()
     page = context.new_page()
     with page_shown_on_failure(page), server as url:
-        sign_in(page, url, "ada", info["codes"]["ada"])
-        settle(page, "Case 1 of 4")
+        sign_in_as_ada(page, url, info["codes"]["ada"])
         cookie = cookie_written(context)
         assert (cookie["path"], cookie["sameSite"], cookie["httpOnly"]) == ("/", "Strict", False)
         assert abs(cookie["expires"] - (time.time() + 8 * 3600)) < 120
@@ -109,8 +114,7 @@ def test_an_administrator_ending_the_sessions_or_a_code_reset_sends_a_refresh_to
     context = browser.new_context()
     page = context.new_page()
     with page_shown_on_failure(page), server as url:
-        sign_in(page, url, "ada", info["codes"]["ada"])
-        settle(page, "Case 1 of 4")
+        sign_in_as_ada(page, url, info["codes"]["ada"])
         first = cookie_written(context)["value"]
         ended = subprocess.run([sys.executable, "-m", "rocore", "reviewer", "end-sessions", "ada",
                                 "--db", str(db_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -119,8 +123,7 @@ def test_an_administrator_ending_the_sessions_or_a_code_reset_sends_a_refresh_to
         sign_in_form(page, auth.SESSION_ENDED["revoked"])
         cookie_cleared(context)
 
-        sign_in(page, url, "ada", info["codes"]["ada"])
-        settle(page, "Case 1 of 4")
+        sign_in_as_ada(page, url, info["codes"]["ada"])
         second = cookie_written(context)["value"]
         assert second != first
         with opened(db_path) as conn:
@@ -128,8 +131,7 @@ def test_an_administrator_ending_the_sessions_or_a_code_reset_sends_a_refresh_to
         page.reload()
         sign_in_form(page, auth.SESSION_ENDED["code-reset"])
         cookie_cleared(context)
-        sign_in(page, url, "ada", new_code)
-        settle(page, "Case 1 of 4")
+        sign_in_as_ada(page, url, new_code)
     context.close()
 
     for token in (first, second):
@@ -146,8 +148,7 @@ def test_with_remembered_sign_ins_off_a_refresh_asks_for_the_code(db_path, tmp_p
     context = browser.new_context()
     page = context.new_page()
     with page_shown_on_failure(page), server as url:
-        sign_in(page, url, "ada", info["codes"]["ada"])
-        settle(page, "Case 1 of 4")
+        sign_in_as_ada(page, url, info["codes"]["ada"])
         page.reload()
         sign_in_form(page)
         assert session_cookie(context) is None
