@@ -16,7 +16,7 @@ from rocore.review.auth import AccessDenied, add_user
 from rocore.review.studies import Rating, ReviewError
 from rocore.store.db import opened
 
-PRACTICE_1, PRACTICE_2 = 103, 104
+PRACTICE_1, PRACTICE_2 = 63917, 71548  # ids no page text would contain by chance, as RUN_1 and RUN_2
 PRACTICE_TEXTS = {PRACTICE_1: "60 Gy in 30 fractions", PRACTICE_2: "70 Gy in 35 fractions"}
 
 
@@ -160,7 +160,7 @@ def test_the_command_line_gives_a_study_its_practice_cases(info, db_path):
 
     done = rocore("practice", "--name", "Prostate pilot", "--runs", PRACTICE_1, PRACTICE_2, "--practice", 3)
     assert done.returncode == 0, done.stderr
-    assert "3 practice cases from runs 103 and 104" in done.stdout
+    assert f"3 practice cases from runs {PRACTICE_1} and {PRACTICE_2}" in done.stdout
     again = rocore("practice", "--name", "Prostate pilot", "--runs", PRACTICE_1, PRACTICE_2, "--practice", 3)
     assert again.returncode == 1 and "already has its practice cases" in again.stderr
     assert rocore("practice", "--name", "Prostate pilot").returncode == 2

@@ -179,11 +179,11 @@ def test_sharded_launches_are_refused_before_anything_loads(monkeypatch, variabl
 def test_processes_hear_the_main_process_result_and_stop_with_it(tmp_path):
     script = tmp_path / "agreeing.py"
     script.write_text(AGREEING)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=180)
     heard = sorted(json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("heard "))
+    assert done.returncode == 0 and len(heard) == 2, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     (main, count, main_pid, main_heard, *main_errors), (other, _, other_pid, other_heard, *other_errors) = heard
     assert (main, other, count) == (0, 1, 2) and main_pid != other_pid
     assert main_heard == other_heard == main_pid, "the main process's result, everywhere"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, store_intact
+from conftest import ROOT, free_port, store_intact
 from rocore.store import db, jobs
 from rocore.store.db import opened
 from rocore.store.jobs import RunBusy
@@ -168,11 +168,12 @@ def test_cancel_and_resume_with_real_processes_keep_one_process_per_run(split_db
 
 
 # On the CPU (gloo): `torchrun`, and `accelerate launch --multi_gpu` told to use the CPU by ACCELERATE_USE_CPU;
-# `accelerate launch --cpu --num_processes 2` starts one process (docs/scale-out.md).
-TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "train"]
+# `accelerate launch --cpu --num_processes 2` starts one process (docs/scale-out.md). Both on a free port, not the
+# default 29500 that another job on the machine may hold.
+TWO_PROCESSES = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "train"]
 ACCELERATE_TWO_PROCESSES = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
                             "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", "-m", "train"]
+                            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "train"]
 
 # A sitecustomize.py for the launched processes: each notes its rank and every SQLite file it opens.
 NOTE_DATABASE_OPENS = """
