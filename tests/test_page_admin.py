@@ -294,5 +294,5 @@ def test_practice_cases_are_added_from_train_runs_and_their_progress_shown(info,
     at.button(key=f"practice-{sid}-add").click()
     at.run()
     assert not at.exception and at.success[0].value == "'Prostate pilot' has 2 practice cases."
-    assert any("Practice cases from runs 103 and 104" in c.value and "ada 0 of 2" in c.value
+    assert any(f"Practice cases from runs {PRACTICE_1} and {PRACTICE_2}" in c.value and "ada 0 of 2" in c.value
                for c in at.expander[1].caption)

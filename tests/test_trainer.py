@@ -145,8 +145,9 @@ def test_the_default_precision_on_the_cpu_is_fp32_and_the_loss_is_logged_from_th
 
 
 # Run by two processes of `torchrun`: what each process hears from the main one.
+# Each process writes what it heard to a file of its own: lines both print to one pipe can interleave.
 AGREEING = """
-import json, os
+import json, os, pathlib, sys
 from rocore.training.trainer import TrainingCancelled, from_main, join_processes
 
 processes = join_processes("cpu")
@@ -158,7 +159,7 @@ for error in (TrainingCancelled("run 1 was cancelled"), ZeroDivisionError("divis
         from_main(fail)
     except Exception as exc:
         heard.append(f"{type(exc).__name__}: {exc}")
-print("heard", json.dumps(heard), flush=True)
+pathlib.Path(sys.argv[1], f"rank-{processes.rank}.json").write_text(json.dumps(heard))
 """
 
 
@@ -180,10 +181,10 @@ def test_processes_hear_the_main_process_result_and_stop_with_it(tmp_path):
     script = tmp_path / "agreeing.py"
     script.write_text(AGREEING)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=180)
-    heard = sorted(json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines() if line.startswith("heard "))
-    assert done.returncode == 0 and len(heard) == 2, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+                           str(script), str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    heard = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     (main, count, main_pid, main_heard, *main_errors), (other, _, other_pid, other_heard, *other_errors) = heard
     assert (main, other, count) == (0, 1, 2) and main_pid != other_pid
     assert main_heard == other_heard == main_pid, "the main process's result, everywhere"
