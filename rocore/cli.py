@@ -615,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", metavar="a,b", help="reassign: comma-separated reviewers to take them (default: every "
                                                 "other active reviewer of the study)")
     p.add_argument("--runs", type=int, nargs=2, metavar=("RUN_1", "RUN_2"),
-                   help="create: the two generation runs; practice: the same two models' runs over the train part")
+                   help="create: the two generation runs; practice: the same two models' runs over the validation "
+                        "(or train) part")
     p.add_argument("--practice", type=int, metavar="N",
                    help="practice: how many practice cases every reviewer rates first (never counted)")
     p.add_argument("--task", default="regimen", choices=TASKS)

@@ -492,26 +492,11 @@ def test_a_study_without_a_seed_gets_a_random_one_stored(db_path, study):
     with opened(db_path) as conn:
         conn.execute("DELETE FROM assignments")
         conn.execute("DELETE FROM studies")
-        conn.execute("DELETE FROM reviewers WHERE name <> 'boss'")
-        review.add_demo_reviewers(conn, RUN_1, RUN_2, n_reviewers=3, sample_n=10, overlap=2)
-        review.create_study(conn, actor_id=study["admin_id"], name="Second", run_1_id=RUN_1, run_2_id=RUN_2,
-                            reviewer_ids=[study["admin_id"]])
+        for name in ("First", "Second"):
+            review.create_study(conn, actor_id=study["admin_id"], name=name, run_1_id=RUN_1, run_2_id=RUN_2,
+                                reviewer_ids=[study["admin_id"]])
         seeds = [r[0] for r in conn.execute("SELECT seed FROM studies ORDER BY study_id")]
     assert len(set(seeds)) == 2 and all(seed.bit_length() > 32 for seed in seeds), seeds
-
-
-def test_demo_reviewers_hook(db_path):
-    make_review_db(db_path, reviewers=())
-    with opened(db_path) as conn:
-        conn.execute("DELETE FROM assignments")
-        conn.execute("DELETE FROM studies")
-        conn.execute("DELETE FROM reviewers")
-        codes = review.add_demo_reviewers(conn, RUN_1, RUN_2, n_reviewers=3, sample_n=30, overlap=2, seed=0)
-        assert list(codes) == ["admin", "reviewer1", "reviewer2", "reviewer3"]
-        assert auth.sign_in(conn, "reviewer2", codes["reviewer2"]).role == "reviewer"
-        assert auth.sign_in(conn, "admin", codes["admin"]).role == "admin"
-        counts = conn.execute("SELECT count(DISTINCT case_id), count(*) FROM assignments").fetchone()
-        assert tuple(counts) == (12, 24)
 
 
 # --- Growing, repairing and closing a study ------------------------------------------------------

@@ -29,7 +29,9 @@ from rocore.evaluation.outputs import outputs_from_runs
 from rocore.generation.runs import decoding_settings, get_or_create_run, run_generation
 from rocore.store.registry import register_model
 from rocore.model.loading import attach_adapter, load_model
-from rocore.review.studies import add_demo_reviewers
+from rocore.review.auth import add_user
+from rocore.review.practice import add_practice_cases
+from rocore.review.studies import Form, create_study, eligible_cases
 from rocore.model.prompts import TASKS, resolve_prompt_format
 from rocore.data.splits import create_split, split_case_ids, split_cases
 from rocore.data.synthetic import generate_cases, write_jsonl
@@ -37,6 +39,11 @@ from rocore.training.runs import create_run, list_runs, run_training
 from rocore.training.trainer import TrainingConfig
 
 DEMO_SPLIT = "demo"
+DEMO_STUDY = "Demo regimen review"
+# The demo study asks every scale the rating form offers, so a first look shows them all, and starts each
+# reviewer on practice cases from the validation part (rocore.review.practice).
+DEMO_FORM = Form(likert=True, preference=True, comment=True, edit_level=True, harm=True)
+DEMO_PRACTICE_N = 3
 # The literature's patients are drawn with a seed of their own, apart from the demo's cases.
 LITERATURE_SEED_OFFSET = 1000
 # The demo's own small model answers in the plain layout in a few tokens (a code, one word, one
@@ -127,6 +134,33 @@ def _without_library_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+def add_demo_study(conn, run_ids: tuple[int, int], practice_run_ids: tuple[int, int] | None = None, *,
+                   n_reviewers: int = 3, sample_n: int = 30, overlap: int = 2, practice_n: int = DEMO_PRACTICE_N,
+                   seed: int | None = None) -> dict[str, str]:
+    """Demo sign-ins and a blinded regimen study of two runs, with practice cases where practice runs are
+    given: name -> access code, shown once.
+
+    Makes an admin named 'admin' and reviewers 'reviewer1'..'reviewerN', each assigned cases of the
+    study; the caller prints the codes (they are not stored in plain text anywhere). The study's
+    seed is random unless given, as for any study: a fixed one would let anyone predict the sides.
+    """
+    codes = {}
+    admin, codes["admin"] = add_user(conn, "admin", "admin", actor_id=None, client="demo")
+    reviewer_ids = []
+    for number in range(1, n_reviewers + 1):
+        reviewer, codes[f"reviewer{number}"] = add_user(conn, f"reviewer{number}", "reviewer", actor_id=None,
+                                                        client="demo")
+        reviewer_ids.append(reviewer.id)
+    available = len(eligible_cases(conn, *run_ids, "regimen"))
+    study_id = create_study(conn, actor_id=admin.id, name=DEMO_STUDY, run_1_id=run_ids[0], run_2_id=run_ids[1],
+                            reviewer_ids=reviewer_ids, sample_n=min(sample_n, available), seed=seed,
+                            overlap=min(overlap, n_reviewers), form=DEMO_FORM, client="demo")
+    if practice_run_ids:
+        add_practice_cases(conn, actor_id=admin.id, study_id=study_id, practice_runs=practice_run_ids,
+                           practice_n=practice_n, client="demo")
+    return codes
+
+
 @dataclass
 class DemoSettings:
     """Sizes of the demo; the defaults fit the 10-minute goal on a 2-core machine."""
@@ -206,26 +240,32 @@ def build_demo(db_path: str | Path, workdir: str | Path, settings: DemoSettings 
             loaded = load_model(base_dir, "auto")
             attach_adapter(loaded, adapter_dir, "finetuned")
             decoding = decoding_settings(DEMO_MAX_NEW_TOKENS)
+            # Every task over the test part, for the figures and the study; the regimen over the validation
+            # part, for the study's practice cases.
             with opened(partial) as conn:
-                runs = {name: get_or_create_run(conn, base_id, model_id, split_id, "test", list(TASKS),
-                                                loaded.quantization, decoding,
-                                                resolve_prompt_format(loaded.tokenizer, base_dir, "auto", adapter))[0]
+                runs = {(part, name): get_or_create_run(conn, base_id, model_id, split_id, part, tasks,
+                                                        loaded.quantization, decoding,
+                                                        resolve_prompt_format(loaded.tokenizer, base_dir, "auto",
+                                                                              adapter))[0]
+                        for part, tasks in (("test", list(TASKS)), ("validation", ["regimen"]))
                         for name, model_id, adapter in (("base", None, None), ("finetuned", adapter_id, adapter_dir))}
-            for i, (name, run_id) in enumerate(runs.items()):
+            for i, ((part, name), run_id) in enumerate(runs.items()):
                 final = run_generation(partial, run_id, loaded, adapter=None if name == "base" else "finetuned",
-                                       batch_size=settings.generation_batch_size,
-                                       progress=lambda state, i=i: bar.advance((i + state.done / state.total) / 2),
-                                       actor="demo")
-                say(f"generated {final.done} {name} outputs (run {run_id}, "
+                                       batch_size=settings.generation_batch_size, actor="demo",
+                                       progress=lambda state, i=i: bar.advance((i + state.done / state.total)
+                                                                               / len(runs)))
+                say(f"generated {final.done} {name} outputs over the {part} part (run {run_id}, "
                     f"{final.new_tokens / final.elapsed_s:.0f} new tokens/s)")
 
         with bar.step("review study"):
             with opened(partial) as conn:
-                report = evaluate_outputs(outputs_from_runs(conn, runs["base"], runs["finetuned"]))
+                report = evaluate_outputs(outputs_from_runs(conn, runs["test", "base"], runs["test", "finetuned"]))
                 # The study's seed is drawn at random and stored: the demo's fixed seed would let anyone
                 # predict which run each reviewer sees as "A".
-                codes = add_demo_reviewers(conn, runs["base"], runs["finetuned"])
-            say(f"created demo sign-ins {', '.join(codes)} and a blinded regimen study of the two runs")
+                codes = add_demo_study(conn, (runs["test", "base"], runs["test", "finetuned"]),
+                                       (runs["validation", "base"], runs["validation", "finetuned"]))
+            say(f"created demo sign-ins {', '.join(codes)} and a blinded regimen study of the two test runs, "
+                f"with {DEMO_PRACTICE_N} practice cases from the validation runs")
             for task, metric in (("regimen", "rouge1_f"), ("modality", "accuracy"), ("icd10", "accuracy")):
                 result = report["tasks"][task]
                 say(f"{task}: {metric} base {result['base'][metric]:.2f}, fine-tuned "

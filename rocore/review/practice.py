@@ -5,9 +5,9 @@ part its runs answer, with outputs from its practice runs: the study's two model
 (`check_practice_runs`). The validation part is the better choice where it has cases: the fine-tuned
 model has learned the train part's answers and can echo the reference there. Every reviewer gets the
 same practice cases, first, with sides and order drawn for them as for study cases; after submitting
-one they see the reference answer (the case's own regimen, modality or code) beside what they rated. Practice assignments and their ratings live in
-tables of their own (`practice_assignments`, `practice_ratings`), which no statistic reads, and
-nothing in what a reviewer sees names a run or a model.
+one they see the reference answer (the case's own regimen, modality or code) beside what they rated.
+Practice assignments and their ratings live in tables of their own (`practice_assignments`,
+`practice_ratings`), which no statistic reads, and nothing in what a reviewer sees names a run or a model.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def add_practice_cases(conn: sqlite3.Connection, *, actor_id: int | None, study_
         offered = check_practice_runs(conn, run_1, run_2, practice_runs, study["task"])
         if not 1 <= practice_n <= len(offered):
             raise ReviewError(f"Cannot draw {practice_n} practice cases: the practice runs have {len(offered)} "
-                              "train cases with outputs of both.")
+                              "cases of their part with outputs of both.")
         seed = int.from_bytes(keyed_draw(study["seed"], study["name"], "practice")[:7], "big")
         cases = sample_cases(offered, practice_n, seed)
         conn.execute("UPDATE studies SET practice_run_1_id = ?, practice_run_2_id = ? WHERE study_id = ?",

@@ -50,7 +50,7 @@ from rocore.evaluation.acceptability import RULE, acceptability_figures
 from rocore.evaluation.scales import (EDIT, LIKELIHOOD, NO_HARM, SCALES, Scale, acceptable_from_edit, asked_scales,
                                      scale_figures)
 from rocore.evaluation.statistics import plan_paired_study
-from rocore.review.auth import AccessDenied, active_user, add_user, require_role
+from rocore.review.auth import AccessDenied, active_user, require_role
 from rocore.store import audit as audit_log
 from rocore.store.audit import audit
 from rocore.store.db import SchemaError, opened, transaction
@@ -346,30 +346,6 @@ def study_id_by_name(conn: sqlite3.Connection, name: str) -> int:
     if row is None:
         raise ReviewError(f"There is no study named {name!r}.")
     return row[0]
-
-
-def add_demo_reviewers(conn: sqlite3.Connection, run_1_id: int, run_2_id: int, *, n_reviewers: int = 3,
-                       sample_n: int | None = 30, overlap: int = 2, seed: int | None = None,
-                       study_name: str = "Demo regimen review") -> dict[str, str]:
-    """Demo sign-ins and a regimen study over two runs: name -> access code, shown once.
-
-    Makes an admin named 'admin' and reviewers 'reviewer1'..'reviewerN', each assigned cases of the
-    study; the caller prints the codes (they are not stored in plain text anywhere). The study's
-    seed is random unless given, as for any study: a fixed one would let anyone predict the sides.
-    """
-    codes = {}
-    user, codes["admin"] = add_user(conn, "admin", "admin", actor_id=None, client="demo")
-    reviewer_ids = []
-    for number in range(1, n_reviewers + 1):
-        reviewer, code = add_user(conn, f"reviewer{number}", "reviewer", actor_id=None, client="demo")
-        codes[reviewer.name] = code
-        reviewer_ids.append(reviewer.id)
-    available = len(eligible_cases(conn, run_1_id, run_2_id, "regimen"))
-    create_study(conn, actor_id=user.id, name=study_name, run_1_id=run_1_id, run_2_id=run_2_id,
-                 reviewer_ids=reviewer_ids, sample_n=min(sample_n, available) if sample_n else None,
-                 seed=seed, overlap=min(overlap, n_reviewers),
-                 form=Form(likert=True, preference=True, comment=True), client="demo")
-    return codes
 
 
 def assign_practice(conn: sqlite3.Connection, study: sqlite3.Row, reviewer_ids: Sequence[int],
