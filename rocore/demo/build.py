@@ -50,10 +50,10 @@ LITERATURE_SEED_OFFSET = 1000
 # prescription): its limits stay tight, so its base model's run-on text costs no build time.
 DEMO_MAX_NEW_TOKENS = {"regimen": 64, "modality": 8, "icd10": 12}
 # Each step's share of the build's wall-clock time with the default settings on the quiet 2-core
-# development machine (docs/benchmarks.md, 2026-12-02: pretraining ends at 186 s, the fine-tune at
-# 344 s, generation at 365 s, of 370 s): the progress bar weights the steps by it.
-STEP_SHARES = {"synthetic cases": 0.0014, "pretraining the base": 0.5013, "fine-tuning": 0.4270,
-               "outputs": 0.0568, "review study": 0.0135}
+# development machine (docs/benchmarks.md, 2026-12-03: pretraining ends at 212 s, the fine-tune at
+# 396 s, generation at 430 s, of 431 s): the progress bar weights the steps by it.
+STEP_SHARES = {"synthetic cases": 0.0044, "pretraining the base": 0.4861, "fine-tuning": 0.4270,
+               "outputs": 0.0802, "review study": 0.0023}
 
 
 class BuildProgress:
