@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import queue
 import os
 import sqlite3
 import subprocess
 import sys
 import threading
+import types
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -770,7 +772,7 @@ def test_the_dashboard_and_report_say_when_a_study_closed(db_path):
 def rate_all(db_path: str, reviewer_id: int, study_id: int, barrier=None) -> int:
     """Rate every case of one reviewer, each submission in its own connection as a page would; count."""
     if barrier is not None:
-        barrier.wait()
+        barrier.wait(timeout=120)  # a process that died before it would otherwise hang the rest
     done = 0
     while True:
         with opened(db_path) as conn:
@@ -832,7 +834,10 @@ def rate_all_and_report(db_path: str, reviewer_id: int, study_id: int, barrier, 
 
 
 @pytest.mark.slow
-def test_twenty_reviewers_at_once_in_processes(db_path, crowd):
+def test_twenty_reviewers_at_once_in_processes(db_path, crowd, monkeypatch):
+    # A spawned process first runs the parent's __main__ file, which after an AppTest test in this pytest
+    # process is a page script: every child then died on Streamlit calls outside a session.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(N_REVIEWERS), context.Queue()
     processes = [context.Process(target=rate_all_and_report, args=(str(db_path), crowd["ids"][f"r{i:02d}"],
@@ -840,10 +845,14 @@ def test_twenty_reviewers_at_once_in_processes(db_path, crowd):
                  for i in range(N_REVIEWERS)]
     for process in processes:
         process.start()
-    outcomes = [results.get(timeout=300) for _ in processes]
+    outcomes = []
+    with contextlib.suppress(queue.Empty):
+        while len(outcomes) < N_REVIEWERS:
+            outcomes.append(results.get(timeout=300))
     for process in processes:
         process.join(timeout=60)
-    assert outcomes == [10] * N_REVIEWERS
+    exits = [process.exitcode for process in processes]
+    assert outcomes == [10] * N_REVIEWERS, (outcomes, exits)
     check_everything_stored(db_path, crowd)
 
 
