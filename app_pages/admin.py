@@ -90,6 +90,15 @@ def study_controls(study: dict, progress: list[dict]) -> None:
             f"Closed '{study['name']}': {r['n_rated']} of {r['n_assignments']} assignments rated."), study_id=sid)
 
 
+def adjudicated_caption(post: dict, number: int) -> str:
+    """Run `number`'s acceptability after adjudication, as the Dashboard states it."""
+    figures = post[("base", "finetuned")[number - 1]]
+    low, high = figures["ci95"]["wilson"]
+    return (f"After adjudication ({post['n_adjudicated']} of {post['n_disagreeing']} disagreeing cases "
+            f"adjudicated): {figures['acceptable']} of {figures['n']} cases, {figures['share']:.1%} "
+            f"(95% CI {low:.1%} to {high:.1%}, Wilson)")
+
+
 def adjudicator_controls(study: dict, progress: list[dict], settled: dict) -> None:
     """The adjudication counts, and naming the adjudicator: anyone active who rates none of the study's cases
     (also once the study is closed: disagreements are usually settled then)."""
@@ -235,6 +244,8 @@ with tab_studies:
                     if ci:
                         column.caption(f"95% CI {ci[0]:.1%} to {ci[1]:.1%} (Wilson); share of all verdicts "
                                        f"{verdicts:.1%} (secondary)")
+                    if summary["post_adjudication"]:
+                        column.caption(adjudicated_caption(summary["post_adjudication"], number))
                 metrics[2].metric("Flagged unratable", summary["flagged"])
                 for line in scales.summary_lines(summary["scales"], {1: "run 1", 2: "run 2"}):
                     st.caption(line)

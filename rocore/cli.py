@@ -443,6 +443,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                     interval = f", 95% CI {ci[0]:.0%} to {ci[1]:.0%} (Wilson)" if ci else ""
                     print(f"run {number}: {run['acceptable']} of {run['rated']} cases acceptable ({share}{interval})")
                 print(summary["acceptability_rule"])
+                post = summary["post_adjudication"]
+                for number, model in ((1, "base"), (2, "finetuned")) if post else ():
+                    print(f"run {number} after adjudication: {post[model]['acceptable']} of {post[model]['n']} cases "
+                          f"acceptable ({post[model]['share']:.0%})")
                 settled = adjudication.counts(conn, study_id)
                 print(f"adjudication ({settled['adjudicator'] or 'no adjudicator named'}): {settled['disagreeing']} "
                       f"cases with raters disagreeing, {settled['adjudicated']} adjudicated")

@@ -197,6 +197,32 @@ def test_post_adjudication_figures_on_a_hand_made_study(db_path, rated):
     assert "after adjudication (1 of 2 disagreeing cases adjudicated):" in text and sentence in text
 
 
+def test_admin_and_study_show_state_the_dashboards_acceptability_after_adjudication(db_path, rated, open_page):
+    from rocore.evaluation.dashboard import ScoreCache, compute
+    from rocore.evaluation.outputs import run_pairs
+
+    with opened(db_path) as conn:
+        assert review.study_summary(conn, rated["study_id"], actor_id=None)["post_adjudication"] is None
+        adjudicate(conn, rated, "P002", True, False)
+        post = compute(conn, ScoreCache(), run_pairs(conn, [(RUN_1, RUN_2)])).reviews.post_adjudication
+        summary = review.study_summary(conn, rated["study_id"], actor_id=None)["post_adjudication"]
+    def figures(post: dict) -> list[tuple]:
+        return [(post[m]["acceptable"], post[m]["n"], post[m]["share"], post[m]["ci95"]["wilson"])
+                for m in ("base", "finetuned")]
+
+    assert figures(summary) == figures(post)
+    assert figures(summary) == [(2, 4, 0.5, pytest.approx(proportion_confint(2, 4, method="wilson"))),
+                                (3, 4, 0.75, pytest.approx(proportion_confint(3, 4, method="wilson")))]
+    captions = [c.value for c in open_page("app_pages/admin.py", db_path).caption]
+    for acceptable, share in ((2, "50.0%"), (3, "75.0%")):
+        assert any(c.startswith(f"After adjudication (1 of 2 disagreeing cases adjudicated): {acceptable} of 4 "
+                                f"cases, {share} (95% CI ") for c in captions)
+    shown = rocore("study", "show", "--name", "Prostate pilot", "--db", db_path)
+    assert shown.returncode == 0, shown.stderr
+    assert ("run 1 after adjudication: 2 of 4 cases acceptable (50%)\n"
+            "run 2 after adjudication: 3 of 4 cases acceptable (75%)") in shown.stdout
+
+
 def test_a_reviewer_added_to_a_running_study_and_an_adjudication_and_the_counts_match(db_path):
     """Done-when: ratings under way, a reviewer joins, every case is rated, the one disagreement is
     adjudicated; assignments, ratings and adjudications in the store match what each step reported."""

@@ -46,7 +46,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rocore.evaluation.acceptability import RULE, acceptability_figures
+from rocore.evaluation.acceptability import RULE, acceptability_figures, post_adjudication_figures
+from rocore.evaluation.dashboard import adjudication_verdicts
 from rocore.evaluation.scales import (EDIT, LIKELIHOOD, NO_HARM, SCALES, Scale, acceptable_from_edit, asked_scales,
                                      scale_figures)
 from rocore.evaluation.statistics import plan_paired_study
@@ -621,18 +622,24 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
 
     runs[1|2]: per-case acceptability (the primary figure) with its Wilson interval, and the share
     of all verdicts with its case-clustered interval; "acceptability" and "agreement" hold the
-    full figures, run 1 as "base" and run 2 as "finetuned", or None before any verdict. "scales": per
-    scale the study asks, rocore.evaluation.scales.scale_figures with models 1 and 2 (empty before any).
+    full figures, run 1 as "base" and run 2 as "finetuned", or None before any verdict; so does
+    "post_adjudication" (the Dashboard's acceptability after adjudication), None until a case is adjudicated.
+    "scales": per scale the study asks, rocore.evaluation.scales.scale_figures with models 1 and 2 (empty
+    before any).
     """
     ratings = unblinded_ratings(conn, study_id, actor_id=actor_id)
     rated = [r for r in ratings if not r["unratable"]]
-    overlap, form = conn.execute("SELECT overlap, form FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+    overlap, form, run_1, run_2 = conn.execute("SELECT overlap, form, run_1_id, run_2_id FROM studies "
+                                               "WHERE study_id = ?", (study_id,)).fetchone()
     scales = Form.from_json(form).scales
     verdicts = pd.DataFrame([{"case_id": r["case_id"], "reviewer": r["reviewer"], "model": number,
                               "verdict": int(bool(r[f"acceptable_{number}"]))}
                              for r in rated for number in (1, 2)], columns=["case_id", "reviewer", "model", "verdict"])
     figures, agreement = (acceptability_figures(verdicts, 1, 2, ratings_per_case=overlap) if rated
                           else (None, None))
+    adjudicated = {case_id: {1: verdict[run_1], 2: verdict[run_2]}
+                   for case_id, verdict in adjudication_verdicts(conn, study_id).items()}
+    post = post_adjudication_figures(verdicts, adjudicated, 1, 2) if rated and adjudicated else None
     runs = {}
     for number, model in ((1, "base"), (2, "finetuned")):
         shares = figures[model] if figures else {"n": 0, "acceptable": 0, "share": None, "ci95": {}}
@@ -649,7 +656,7 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
                           columns=["case_id", "reviewer", "run_a_id",
                                    *(f"{scale.key}_{side}" for scale in scales for side in "ab")])
     return {"runs": runs, "preferences": preferences, "flagged": len(ratings) - len(rated),
-            "acceptability_rule": RULE, "acceptability": figures, "agreement": agreement,
+            "acceptability_rule": RULE, "acceptability": figures, "agreement": agreement, "post_adjudication": post,
             "scales": scale_figures(levels, {1: 1, 2: 2}, scales, overlap) if rated else {}}
 
 
