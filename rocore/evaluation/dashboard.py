@@ -411,10 +411,11 @@ def adjudication_verdicts(conn: sqlite3.Connection, study_id: int) -> dict[str, 
     return {r["case_id"]: {r["run_a_id"]: r["acceptable_a"], r["run_b_id"]: r["acceptable_b"]} for r in rows}
 
 
-def _adjudicated(conn: sqlite3.Connection, study_id: int, base_run: int, finetuned_run: int) -> dict:
-    """Each adjudicated case's current verdict per model: case id -> {"base": 1/0, "finetuned": 1/0}."""
-    return {case_id: {"base": runs[base_run], "finetuned": runs[finetuned_run]}
-            for case_id, runs in adjudication_verdicts(conn, study_id).items()}
+def adjudicated_by_model(conn: sqlite3.Connection, study_id: int, runs: Mapping[Hashable, int]) -> dict:
+    """Each adjudicated case's current verdict per model of `runs` (model -> run id): case id -> {model: 1/0},
+    as post_adjudication_figures takes them."""
+    return {case_id: {model: verdicts[run_id] for model, run_id in runs.items()}
+            for case_id, verdicts in adjudication_verdicts(conn, study_id).items()}
 
 
 def _reviews(rows: pd.DataFrame, study: dict, base_run: int, finetuned_run: int, filters: Filters,
@@ -601,7 +602,8 @@ def compute(conn: sqlite3.Connection, cache: ScoreCache, runs: RunPairs,
                 ("reviews", study["study_id"], *view), (_ratings_fingerprint(conn), cases_version),
                 lambda: _reviews(_review_rows(conn, study["study_id"], base_run, finetuned_run), study,
                                  base_run, finetuned_run, filters,
-                                 _adjudicated(conn, study["study_id"], base_run, finetuned_run)))
+                                 adjudicated_by_model(conn, study["study_id"],
+                                                      {"base": base_run, "finetuned": finetuned_run})))
         run_notes = [note for pair in runs.distinct() for note in _run_notes(conn, *pair)]
     view = Dashboard(source={"db": db, **runs.as_source()}, filters=filters,
                      **figures, reviews=reviews, methods=_methods(figures["report"], reviews), run_notes=run_notes)

@@ -47,7 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from rocore.evaluation.acceptability import RULE, acceptability_figures, post_adjudication_figures
-from rocore.evaluation.dashboard import adjudication_verdicts
+from rocore.evaluation.dashboard import adjudicated_by_model
 from rocore.evaluation.scales import (EDIT, LIKELIHOOD, NO_HARM, SCALES, Scale, acceptable_from_edit, asked_scales,
                                      scale_figures)
 from rocore.evaluation.statistics import plan_paired_study
@@ -637,8 +637,7 @@ def study_summary(conn: sqlite3.Connection, study_id: int, *, actor_id: int | No
                              for r in rated for number in (1, 2)], columns=["case_id", "reviewer", "model", "verdict"])
     figures, agreement = (acceptability_figures(verdicts, 1, 2, ratings_per_case=overlap) if rated
                           else (None, None))
-    adjudicated = {case_id: {1: verdict[run_1], 2: verdict[run_2]}
-                   for case_id, verdict in adjudication_verdicts(conn, study_id).items()}
+    adjudicated = adjudicated_by_model(conn, study_id, {1: run_1, 2: run_2})
     post = post_adjudication_figures(verdicts, adjudicated, 1, 2) if rated and adjudicated else None
     runs = {}
     for number, model in ((1, "base"), (2, "finetuned")):
