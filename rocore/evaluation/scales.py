@@ -147,22 +147,23 @@ def _agreement(levels: pd.DataFrame, scale: Scale, ratings_per_case: int | None)
                            ratings_per_case, levels=scale.values)
 
 
-def _harm_shares(levels: pd.DataFrame, models: Mapping[str, Hashable]) -> dict:
+def _harm_shares(levels: pd.DataFrame, models: Sequence[Hashable]) -> dict:
     """Per model, the share of ratings finding severe harm and any harm, intervals resampling whole cases."""
     shares = {}
-    for name, model in models.items():
+    for model in models:
         mine = levels[levels["model"] == model].groupby("case_id")["value"]
         totals = mine.size().to_numpy()
-        shares[name] = {"severe": clustered_share(mine.apply(lambda v: int((v == SEVERE).sum())).to_numpy(), totals),
-                        "any": clustered_share(mine.apply(lambda v: int((v > NO_HARM).sum())).to_numpy(), totals)}
+        shares[model] = {"severe": clustered_share(mine.apply(lambda v: int((v == SEVERE).sum())).to_numpy(), totals),
+                         "any": clustered_share(mine.apply(lambda v: int((v > NO_HARM).sum())).to_numpy(), totals)}
     return shares
 
 
 def scale_figures(ratings: pd.DataFrame, runs: Mapping[Hashable, int], scales: Sequence[Scale],
                   ratings_per_case: int | None = None) -> dict:
     """Per asked scale: distribution per model, case-by-case comparison, agreement (and for harm, the
-    shares of severe and any harm). `runs` maps "base" and "finetuned" to their run ids; `ratings` are
-    the ratings with a verdict, as for `unblind_levels`."""
+    shares of severe and any harm). `runs` maps the two models, base first, to their run ids ("base" and
+    "finetuned" on the Dashboard, 1 and 2 in study_summary); `ratings` are the ratings with a verdict, as for
+    `unblind_levels`."""
     figures = {}
     for scale in scales:
         levels = unblind_levels(ratings, runs, scale)
@@ -172,7 +173,7 @@ def scale_figures(ratings: pd.DataFrame, runs: Mapping[Hashable, int], scales: S
             entry["comparison"] = _comparison(levels, scale, *runs)
             entry["agreement"] = _agreement(levels, scale, ratings_per_case)
         if scale is HARM:
-            entry["shares"] = _harm_shares(levels, {model: model for model in runs})
+            entry["shares"] = _harm_shares(levels, list(runs))
         figures[scale.key] = entry
     return figures
 
@@ -187,7 +188,6 @@ def distribution_table(figures: Mapping, model_names: Mapping[Hashable, str]) ->
     table = table.reindex(figures["levels"])
     table.columns = [f"{model} {what}" for what, model in table.columns]
     return table[[f"{name} {what}" for name in model_names.values() for what in ("n", "share")]]
-
 
 
 def _percent(share: Mapping) -> str:
