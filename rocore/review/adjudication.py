@@ -28,13 +28,12 @@ from rocore.evaluation.dashboard import adjudication_verdicts
 from rocore.review.auth import AccessDenied, active_user, require_role
 from rocore.review.studies import (
     MAX_COMMENT,
-    PATIENT_FIELDS,
     TASK_LABELS,
     ReviewError,
     StaleRating,
     bounded_text,
     keyed_draw,
-    reviewer_text,
+    shown_case,
 )
 from rocore.store.audit import audit
 from rocore.store.db import transaction
@@ -210,15 +209,11 @@ def open_adjudication(conn: sqlite3.Connection, adjudicator_id: int, study_id: i
     run_1_is_a = _run_1_is_a(study, case_id)
     runs = (study["run_1_id"], study["run_2_id"]) if run_1_is_a else (study["run_2_id"], study["run_1_id"])
     counts_of = {study["run_1_id"]: verdicts[1], study["run_2_id"]: verdicts[2]}
-    case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
-                        (case_id,)).fetchone()
-    texts = [reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations WHERE run_id = ? AND case_id = ? "
-                                         "AND task = ?", (run_id, case_id, study["task"])).fetchone())
-             for run_id in runs]
+    patient, text_a, text_b = shown_case(conn, case_id, study["task"], *runs)
     current = _current(conn, study_id, case_id)
     return AdjudicationItem(
         study_id=study_id, case_id=case_id, task=study["task"], waiting=len(queue), disagreeing=len(disagreeing),
-        patient=dict(case), text_a=texts[0], text_b=texts[1],
+        patient=patient, text_a=text_a, text_b=text_b,
         raters_a=RaterCounts(counts_of[runs[0]], verdicts[0]), raters_b=RaterCounts(counts_of[runs[1]], verdicts[0]),
         acceptable_a=None if current is None else bool(current["acceptable_a"]),
         acceptable_b=None if current is None else bool(current["acceptable_b"]),

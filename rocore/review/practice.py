@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from rocore.review.auth import AccessDenied, require_role
-from rocore.review.studies import (PATIENT_FIELDS, TASK_LABELS, Form, Rating, ReviewError, open_study, reviewer_name,
-                                   assign_practice, check_rating, closed_on, eligible_cases, keyed_draw,
-                                   reviewer_text, sample_cases)
+from rocore.review.studies import (TASK_LABELS, Form, Rating, ReviewError, assign_practice, check_rating, closed_on,
+                                   eligible_cases, keyed_draw, open_study, reviewer_name, sample_cases, shown_case)
 from rocore.store.audit import audit
 from rocore.store.db import transaction
 
@@ -122,16 +121,12 @@ def _reference(conn: sqlite3.Connection, case_id: str, task: str) -> str:
 
 
 def _item(conn: sqlite3.Connection, row: sqlite3.Row, total: int) -> PracticeItem:
-    case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
-                        (row["case_id"],)).fetchone()
-    texts = [reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations WHERE run_id = ? AND case_id = ? "
-                                         "AND task = ?", (run_id, row["case_id"], row["task"])).fetchone())
-             for run_id in (row["run_a_id"], row["run_b_id"])]
+    patient, text_a, text_b = shown_case(conn, row["case_id"], row["task"], row["run_a_id"], row["run_b_id"])
     answers = conn.execute("SELECT answers FROM practice_ratings WHERE practice_id = ?",
                            (row["practice_id"],)).fetchone()
     rating = Rating(**json.loads(answers[0])) if answers else None
     return PracticeItem(practice_id=row["practice_id"], study_id=row["study_id"], task=row["task"],
-                        position=row["position"], total=total, patient=dict(case), text_a=texts[0], text_b=texts[1],
+                        position=row["position"], total=total, patient=patient, text_a=text_a, text_b=text_b,
                         form=Form.from_json(row["form"]), rating=rating,
                         reference=_reference(conn, row["case_id"], row["task"]) if rating else None)
 

@@ -771,12 +771,7 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
         "FROM assignments a JOIN studies s USING (study_id) "
         "WHERE a.reviewer_id = ? AND a.study_id = ? ORDER BY a.position LIMIT 1 OFFSET ?",
         (reviewer_id, study_id, position - 1)).fetchone()
-    case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
-                        (row["case_id"],)).fetchone()
-    texts = [reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations "
-                                         "WHERE run_id = ? AND case_id = ? AND task = ?",
-                                         (run_id, row["case_id"], row["task"])).fetchone())
-             for run_id in (row["run_a_id"], row["run_b_id"])]
+    patient, text_a, text_b = shown_case(conn, row["case_id"], row["task"], row["run_a_id"], row["run_b_id"])
     current = _current(conn, row["assignment_id"])
     revision = current["revision"] if current else 0
     if shown and shown[0] == row["assignment_id"] and 0 <= shown[1] < revision:
@@ -785,9 +780,22 @@ def open_item(conn: sqlite3.Connection, reviewer_id: int, study_id: int, positio
                                (row["assignment_id"], revision)).fetchone()
     return ReviewItem(
         assignment_id=row["assignment_id"], study_id=study_id, task=row["task"],
-        position=position, total=counts["total"], done=counts["done"], patient=dict(case),
-        text_a=texts[0], text_b=texts[1], form=Form.from_json(row["form"]),
+        position=position, total=counts["total"], done=counts["done"], patient=patient,
+        text_a=text_a, text_b=text_b, form=Form.from_json(row["form"]),
         current=_rating_of(current) if current else None, revision=revision)
+
+
+def shown_case(conn: sqlite3.Connection, case_id: str, task: str, run_a_id: int,
+               run_b_id: int) -> tuple[dict, str, str]:
+    """What a reviewer sees of a case: the patient (diagnosis and PATIENT_FIELDS) and the outputs shown as
+    A and B (`reviewer_text`), the same for a study case, a practice case and an adjudication."""
+    case = conn.execute(f"SELECT diagnosis, {', '.join(PATIENT_FIELDS)} FROM cases WHERE case_id = ?",
+                        (case_id,)).fetchone()
+    text_a, text_b = (reviewer_text(*conn.execute("SELECT answer, raw_text FROM generations "
+                                                  "WHERE run_id = ? AND case_id = ? AND task = ?",
+                                                  (run_id, case_id, task)).fetchone())
+                      for run_id in (run_a_id, run_b_id))
+    return dict(case), text_a, text_b
 
 
 def bounded_text(value: str | None, limit: int, what: str) -> str | None:
