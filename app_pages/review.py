@@ -241,7 +241,6 @@ if closed_at:
     st.stop()
 
 
-
 def answers_text(rating: review.Rating, label: str) -> str:
     """The reviewer's own answers in words, for the practice reveal."""
     parts = []
